@@ -1,0 +1,65 @@
+"""The `kunbench` command line. Each command parses flags, calls library code, and turns
+KunbenchError into a one-line message with exit status 2."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+import kunbench
+from kunbench.errors import KunbenchError
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+def friendly_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except KunbenchError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            sys.exit(2)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(kunbench.__version__, prog_name="kunbench")
+def main() -> None:
+    """kunbench: synthetic CTR data and benchmarks for ranking architectures and kernels."""
+
+
+@main.command()
+@friendly_errors
+def info() -> None:
+    """Print the environment: Python, torch, triton, CPU, and GPUs through NVML."""
+    from kunbench.environment import environment_stamp
+
+    stamp = environment_stamp()
+    table = Table(title="kunbench environment", show_header=False)
+    for key in ("kunbench", "python", "torch", "triton", "numpy", "pyarrow", "cuda", "git_sha",
+                "hostname", "platform", "cpu", "cpu_count"):
+        table.add_row(key, str(stamp.get(key)))
+    gpu = stamp["gpu"]
+    if gpu.get("available"):
+        table.add_row("driver", gpu["driver"])
+        for dev in gpu["devices"]:
+            table.add_row(f"gpu {dev['index']}", f"{dev['name']} ({dev['memory_total_gib']} GiB)")
+    else:
+        table.add_row("gpu", gpu.get("reason", "no GPU"))
+    console.print(table)
+
+
+def _register_subcommands() -> None:
+    from kunbench.cli_data import generate, inspect_cmd
+
+    main.add_command(generate)
+    main.add_command(inspect_cmd)
+
+
+_register_subcommands()
