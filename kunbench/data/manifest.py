@@ -1,0 +1,133 @@
+"""Reading a dataset directory's manifest.json: the public contract between generator and users.
+
+`DatasetSchema` is the part models need (fields, cardinalities, event types); `Manifest` adds
+files, checksums and per-split statistics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kunbench.errors import KunbenchError
+
+MANIFEST_NAME = "manifest.json"
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+ROLES = ("request_ts", "label", "oracle", "context_categorical", "context_dense", "context_multihot",
+         "sequence")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    role: str
+    dtype: str
+    cardinality: int | None = None  # categorical, multi-hot, sequence item/category
+    entity: str | None = None  # shared ID spaces: "user", "item", "item_category", "surface"
+    event_type: str | None = None  # sequence columns
+    part: str | None = None  # sequence columns: item | category | ts
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Column":
+        known = {"name", "role", "dtype", "cardinality", "entity", "event_type", "part"}
+        missing = {"name", "role", "dtype"} - d.keys()
+        if missing:
+            raise KunbenchError(f"manifest column entry {d!r} lacks {', '.join(sorted(missing))}")
+        if d["role"] not in ROLES:
+            raise KunbenchError(f"manifest column {d['name']!r} has unknown role {d['role']!r}")
+        return cls(**{k: d.get(k) for k in known}, extra={k: v for k, v in d.items() if k not in known})
+
+
+@dataclass(frozen=True)
+class DatasetSchema:
+    """What a model must know about a dataset's columns to build its input layer."""
+
+    categorical: tuple[Column, ...]
+    dense: tuple[Column, ...]
+    multihot: tuple[Column, ...]
+    event_types: tuple[str, ...]
+    sequence_columns: dict[str, dict[str, Column]]  # event type -> part -> column
+
+    @classmethod
+    def from_columns(cls, columns: list[Column]) -> "DatasetSchema":
+        seq: dict[str, dict[str, Column]] = {}
+        for c in columns:
+            if c.role == "sequence":
+                seq.setdefault(c.event_type, {})[c.part] = c
+        for et, parts in seq.items():
+            if set(parts) != {"item", "category", "ts"}:
+                raise KunbenchError(f"event type {et!r} needs item, category and ts columns, has {sorted(parts)}")
+        return cls(
+            categorical=tuple(c for c in columns if c.role == "context_categorical"),
+            dense=tuple(c for c in columns if c.role == "context_dense"),
+            multihot=tuple(c for c in columns if c.role == "context_multihot"),
+            event_types=tuple(seq),
+            sequence_columns=seq,
+        )
+
+    def categorical_index(self, entity: str) -> int:
+        """Position in `Batch.context_categorical` of the field holding an entity (e.g. the ad)."""
+        for i, c in enumerate(self.categorical):
+            if c.entity == entity:
+                return i
+        raise KunbenchError(f"dataset has no categorical column with entity {entity!r}")
+
+    @property
+    def item_cardinality(self) -> int:
+        return max(c.cardinality for cols in self.sequence_columns.values() for c in [cols["item"]])
+
+    @property
+    def category_cardinality(self) -> int:
+        return max(c.cardinality for cols in self.sequence_columns.values() for c in [cols["category"]])
+
+
+@dataclass(frozen=True)
+class Manifest:
+    root: Path
+    data: dict[str, Any]
+    columns: tuple[Column, ...]
+    schema: DatasetSchema
+
+    @property
+    def splits(self) -> dict[str, Any]:
+        return self.data["splits"]
+
+    def files(self, split: str) -> list[Path]:
+        if split not in self.splits:
+            raise KunbenchError(f"dataset {self.root} has no split {split!r} (has {', '.join(self.splits)})")
+        return [self.root / f["path"] for f in self.splits[split]["files"]]
+
+    def split_rows(self, split: str) -> int:
+        return int(self.splits[split]["rows"])
+
+
+def load_manifest(root: str | Path) -> Manifest:
+    root = Path(root)
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise KunbenchError(f"{root} is not a kunbench dataset (no {MANIFEST_NAME})")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise KunbenchError(f"{path} is not readable JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("schema_version") not in SUPPORTED_SCHEMA_VERSIONS:
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        raise KunbenchError(f"{path}: unsupported schema_version {version!r} "
+                            f"(this kunbench reads {SUPPORTED_SCHEMA_VERSIONS})")
+    for key in ("columns", "splits"):
+        if key not in data:
+            raise KunbenchError(f"{path} lacks {key!r}")
+    columns = tuple(Column.from_dict(c) for c in data["columns"])
+    return Manifest(root, data, columns, DatasetSchema.from_columns(list(columns)))
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
