@@ -49,6 +49,8 @@ class SignalConfig:
 
 @dataclass(frozen=True)
 class GeneratorConfig:
+    """Context fields = 4 entity columns (user, ad, ad category, surface) + categorical + dense + multi-hot."""
+
     preset: str = "tiny"
     rows: int = 4096
     seed: int = 0
@@ -201,7 +203,7 @@ def _events(spec: dict[str, tuple]) -> dict[str, EventTypeConfig]:
 PRESETS: dict[str, GeneratorConfig] = {
     "tiny": GeneratorConfig(
         preset="tiny", rows=4096, rows_per_shard=1024, row_group_rows=256,
-        num_categorical=16, num_dense=3, num_multihot=1, cardinality_max=100_000,
+        num_categorical=12, num_dense=3, num_multihot=1, cardinality_max=100_000,
         num_users=50_000, num_items=20_000, num_item_categories=100,
         history_span_days=30.0,
         events=_events({
@@ -213,7 +215,7 @@ PRESETS: dict[str, GeneratorConfig] = {
     ),
     "small": GeneratorConfig(
         preset="small", rows=50_000, rows_per_shard=4096, row_group_rows=512,
-        num_categorical=96, num_dense=6, num_multihot=2, cardinality_max=1_000_000,
+        num_categorical=88, num_dense=6, num_multihot=2, cardinality_max=1_000_000,
         num_users=500_000, num_items=100_000, num_item_categories=500,
         history_span_days=60.0,
         events=_events({
@@ -224,7 +226,7 @@ PRESETS: dict[str, GeneratorConfig] = {
     ),
     "standard": GeneratorConfig(
         preset="standard", rows=200_000, rows_per_shard=2048, row_group_rows=256,
-        num_categorical=280, num_dense=14, num_multihot=6, cardinality_max=10_000_000,
+        num_categorical=276, num_dense=14, num_multihot=6, cardinality_max=10_000_000,
         num_users=5_000_000, num_items=1_000_000, num_item_categories=2_000,
         history_span_days=90.0,
         events=_events({
@@ -235,7 +237,7 @@ PRESETS: dict[str, GeneratorConfig] = {
     ),
     "paper": GeneratorConfig(
         preset="paper", rows=1_000_000, rows_per_shard=1024, row_group_rows=128,
-        num_categorical=940, num_dense=48, num_multihot=12, cardinality_max=10_000_000,
+        num_categorical=936, num_dense=48, num_multihot=12, cardinality_max=10_000_000,
         num_users=20_000_000, num_items=4_000_000, num_item_categories=5_000,
         history_span_days=180.0,
         events=_events({
