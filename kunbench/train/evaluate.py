@@ -1,0 +1,146 @@
+"""Evaluation on the eval split (measurement.md): NE, AUC, log loss, calibration, oracle NE, gap closed.
+
+Exactness across ranks: each rank accumulates float64 sufficient statistics (`LogLossSums`) for the
+model and, from the loader's `p_true` on the same rows, for the oracle; the sums are all-reduced,
+so distributed NE equals single-process NE up to float64 summation order (~1e-15 relative).
+AUC is not additive, so every rank's predictions and labels are all-gathered (16 bytes per eval
+row) and the exact rank-sum AUC is computed on the full set; no histogram approximation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from kunbench.data.batch import Batch
+from kunbench.metrics import LogLossSums, auc, gap_closed
+from kunbench.train.distributed import DistContext
+
+
+@dataclass
+class EvalResult:
+    examples: int
+    ne: float
+    auc: float
+    logloss: float
+    calibration: float
+    base_rate: float
+    oracle_ne: float | None  # from p_true on exactly these rows; None when the data has no p_true
+    oracle_auc: float | None
+    oracle_logloss: float | None
+    gap_closed: float | None
+    flops_per_example: float | None  # forward FLOPs, mean over eval examples (models.md section 4)
+    seconds: float  # forward-pass wall time (the slowest rank)
+    examples_per_s: float  # global eval examples / seconds
+    model_sums: LogLossSums | None = None
+    oracle_sums: LogLossSums | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("model_sums")
+        d.pop("oracle_sums")
+        return {k: _clean(v) for k, v in d.items()}
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def autocast_context(device: torch.device, dtype: str):
+    if dtype == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sums_vector(s: LogLossSums) -> list[float]:
+    return [float(s.count), s.positives, s.logloss_sum, s.prediction_sum]
+
+
+def sums_from_vector(v: np.ndarray) -> LogLossSums:
+    return LogLossSums(int(round(v[0])), float(v[1]), float(v[2]), float(v[3]))
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, batches: Iterable[Batch], ctx: DistContext | None = None, *,
+             dtype: str = "fp32", flops_fn: Callable[[Batch], torch.Tensor] | None = None,
+             max_batches: int | None = None, progress: Callable[[int], None] | None = None) -> EvalResult:
+    """Run the model over `batches` (this rank's slice) and reduce the metrics over all ranks."""
+    ctx = ctx or DistContext()
+    inner = getattr(model, "module", model)
+    was_training = inner.training
+    inner.eval()
+    device = ctx.device
+    sums, oracle = LogLossSums(), LogLossSums()
+    has_oracle = True
+    scores: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    oracle_scores: list[np.ndarray] = []
+    flops_sum, flops_n = 0.0, 0
+    seconds = 0.0
+    try:
+        for i, batch in enumerate(batches):
+            if max_batches is not None and i >= max_batches:
+                break
+            if flops_fn is not None:
+                f = flops_fn(batch)
+                flops_sum += float(torch.as_tensor(f, dtype=torch.float64).sum())
+                flops_n += batch.batch_size
+            _sync(device)
+            t0 = time.perf_counter()
+            dev_batch = batch.to(device, non_blocking=True)
+            with autocast_context(device, dtype):
+                logits = inner(dev_batch)
+            probs = torch.sigmoid(logits.detach().double()).cpu().numpy()
+            seconds += time.perf_counter() - t0
+            y = batch.labels.detach().cpu().numpy().astype(np.float64)
+            sums.add(y, probs)
+            scores.append(logits.detach().double().cpu().numpy())
+            labels.append(y)
+            if batch.p_true is None:
+                has_oracle = False
+            elif has_oracle:
+                pt = batch.p_true.detach().cpu().numpy().astype(np.float64)
+                oracle.add(y, pt)
+                oracle_scores.append(pt)
+            if progress is not None:
+                progress(batch.batch_size)
+    finally:
+        inner.train(was_training)
+
+    # ---- reduce over ranks ---------------------------------------------------------------
+    has_oracle = ctx.all_reduce_min(1.0 if has_oracle and oracle.count == sums.count else 0.0) > 0
+    vec = ctx.all_reduce_sum(sums_vector(sums) + sums_vector(oracle) + [flops_sum, float(flops_n)])
+    sums, oracle = sums_from_vector(vec[0:4]), sums_from_vector(vec[4:8])
+    flops_sum, flops_n = float(vec[8]), int(round(vec[9]))
+    seconds = ctx.all_reduce_max(seconds)
+    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
+    all_scores = np.concatenate(ctx.all_gather_arrays(cat(scores)))
+    all_labels = np.concatenate(ctx.all_gather_arrays(cat(labels)))
+    model_auc = auc(all_labels, all_scores) if all_labels.size else float("nan")
+    o_ne = o_auc = o_ll = gap = None
+    if has_oracle and oracle.count:
+        o_ne, o_ll = oracle.ne, oracle.logloss
+        o_auc = auc(all_labels, np.concatenate(ctx.all_gather_arrays(cat(oracle_scores))))
+        gap = gap_closed(sums.ne, o_ne)
+    return EvalResult(
+        examples=sums.count, ne=sums.ne, auc=model_auc, logloss=sums.logloss,
+        calibration=sums.calibration, base_rate=sums.base_rate,
+        oracle_ne=o_ne, oracle_auc=o_auc, oracle_logloss=o_ll, gap_closed=gap,
+        flops_per_example=(flops_sum / flops_n) if flops_n else None,
+        seconds=seconds, examples_per_s=(sums.count / seconds) if seconds > 0 else float("nan"),
+        model_sums=sums, oracle_sums=oracle if has_oracle else None,
+    )

@@ -1,0 +1,147 @@
+"""One training loop for every backend: a single streaming pass over this rank's train batches.
+
+Per step: forward (bf16 autocast on CUDA when asked), binary cross-entropy on the logits in fp32,
+one small all-reduce that carries [has batch, loss not finite, loss sum, examples] so every rank
+takes the same decision, backward (DDP all-reduces gradients), clip the dense gradient norm, AdamW
+on dense parameters and the embedding optimizer on tables (optim.py).
+
+Unequal batch counts across ranks: the step agreement above stops every rank as soon as one rank
+runs out of batches, so no rank waits in a collective that another never enters (the few batches
+left on the other ranks are dropped, at most one per rank per step).
+
+Failure: a non-finite loss or gradient norm, or a loss EMA above `divergence_loss`, raises
+`TrainingDiverged` naming the step, on every rank at the same step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kunbench.data.batch import Batch
+from kunbench.errors import KunbenchError
+from kunbench.train.config import TrainConfig
+from kunbench.train.distributed import DistContext
+from kunbench.train.evaluate import autocast_context
+from kunbench.train.optim import Optimizers, has_sparse_embeddings, split_parameters
+
+
+class TrainingDiverged(KunbenchError):
+    """The loss or the gradients went non-finite or diverged; the message names the step."""
+
+
+@dataclass
+class TrainStats:
+    steps: int
+    examples: int  # global, all ranks
+    seconds: float  # wall time of the whole loop
+    examples_per_s: float  # global examples/s after `timing_warmup_steps` steps
+    mean_loss: float  # mean train loss over all examples seen
+    final_loss_ema: float
+    stopped_early: bool  # a rank ran out of batches before --steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in asdict(self).items()}
+
+
+ProgressFn = Callable[[int, int, float, float], None]  # step, examples, loss EMA, examples/s
+
+
+def wrap_ddp(model: nn.Module, ctx: DistContext) -> nn.Module:
+    if not ctx.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
+               broadcast_buffers=False, find_unused_parameters=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: DistContext | None = None,
+          *, progress: ProgressFn | None = None) -> TrainStats:
+    """Train `model` (already on ctx.device) in place on this rank's `batches`."""
+    ctx = ctx or DistContext()
+    device = ctx.device
+    groups = split_parameters(model)
+    opts = Optimizers(groups, cfg, sparse_grads=has_sparse_embeddings(model))
+    net = wrap_ddp(model, ctx)
+    net.train()
+
+    step = examples = 0
+    loss_total = 0.0
+    ema = float("nan")
+    stopped_early = False
+    t_start = time.perf_counter()
+    t_timed, ex_timed = None, 0
+    it = iter(batches)
+    while cfg.steps is None or step < cfg.steps:
+        batch = next(it, None)
+        loss = None
+        n = 0
+        loss_val = 0.0
+        if batch is not None:
+            n = batch.batch_size
+            b = batch.to(device, non_blocking=True)
+            with autocast_context(device, cfg.dtype):
+                logits = net(b)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), b.labels.float())
+            loss_val = float(loss.detach())
+        finite = math.isfinite(loss_val)
+        agreed = ctx.all_reduce_sum([1.0 if batch is not None else 0.0, 0.0 if finite else 1.0,
+                                     loss_val * n if finite else 0.0, float(n)])
+        if agreed[0] < ctx.world_size:
+            stopped_early = cfg.steps is not None
+            break
+        step += 1
+        if agreed[1] > 0:
+            raise TrainingDiverged(f"training stopped at step {step}: loss is not finite "
+                                   f"({loss_val if not finite else 'on another rank'})")
+        step_loss = float(agreed[2] / agreed[3])
+        step_examples = int(agreed[3])
+
+        opts.set_step(step)
+        loss.backward()
+        if cfg.clip_grad_norm is not None and groups.dense:
+            norm = float(torch.nn.utils.clip_grad_norm_(groups.dense, cfg.clip_grad_norm))
+            if not math.isfinite(norm):
+                raise TrainingDiverged(f"training stopped at step {step}: gradient norm is not finite")
+        opts.step()
+        opts.zero_grad()
+
+        examples += step_examples
+        loss_total += step_loss * step_examples
+        ema = step_loss if math.isnan(ema) else (1 - cfg.loss_ema) * ema + cfg.loss_ema * step_loss
+        if step > 10 and ema > cfg.divergence_loss:
+            raise TrainingDiverged(f"training diverged at step {step}: train loss EMA {ema:.4f} is above "
+                                   f"divergence_loss={cfg.divergence_loss} (try a lower --lr)")
+        if step == cfg.timing_warmup_steps:
+            _sync(device)
+            t_timed, ex_timed = time.perf_counter(), 0
+        elif t_timed is not None:
+            ex_timed += step_examples
+        if progress is not None:
+            now = time.perf_counter()
+            rate = ex_timed / (now - t_timed) if t_timed is not None and now > t_timed and ex_timed else \
+                examples / max(now - t_start, 1e-9)
+            progress(step, examples, ema, rate)
+    _sync(device)
+    t_end = time.perf_counter()
+    if t_timed is not None and ex_timed > 0:
+        rate = ex_timed / (t_end - t_timed)
+    else:
+        rate = examples / (t_end - t_start) if t_end > t_start else float("nan")
+    if step == 0:
+        raise KunbenchError("no training batches: the train split is empty for this rank")
+    return TrainStats(step, examples, t_end - t_start, rate, loss_total / max(examples, 1), ema,
+                      stopped_early)
