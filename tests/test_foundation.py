@@ -154,3 +154,18 @@ def test_auc_equals_pairwise_count(pairs):
 def test_gap_closed():
     assert metrics.gap_closed(0.9, 0.8) == pytest.approx(0.5)
     assert math.isnan(metrics.gap_closed(0.9, 1.0))
+
+
+def test_every_package_folder_is_listed_for_the_wheel():
+    """A package folder missing from pyproject's list would vanish from wheel installs."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    mapping = {"kunbench": "kunbench", "generators": "kunbench.generators",
+               "backends": "kunbench.backends", "suites": "kunbench.suites"}
+    found = set()
+    for folder, pkg in mapping.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((pkg, *rel)))
+    assert found <= listed, f"add to pyproject packages: {sorted(found - listed)}"

@@ -1,0 +1,83 @@
+"""Kernels behind Kunlun's operators. `gdpa` validates its inputs, then dispatches.
+
+Implementations: `torch` (the PyTorch reference, every device). The Triton path plugs in here,
+chosen on CUDA; `KUNBENCH_KERNELS=triton|torch` forces one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+
+from kunbench.kernels.gdpa_reference import ACTIVATIONS, gdpa_flops, gdpa_reference, per_head_activations
+
+IMPLEMENTATIONS = ("torch",)
+
+__all__ = ["ACTIVATIONS", "IMPLEMENTATIONS", "gdpa", "gdpa_flops", "select_implementation"]
+
+
+def select_implementation(device: torch.device, override: str | None = None) -> str:
+    choice = override or os.environ.get("KUNBENCH_KERNELS") or "auto"
+    if choice == "auto":
+        return "torch"
+    if choice not in IMPLEMENTATIONS:
+        raise ValueError(f"kernel implementation {choice!r} is not available (have: {', '.join(IMPLEMENTATIONS)})")
+    return choice
+
+
+def _check_offsets(name: str, offsets: torch.Tensor, rows: int) -> None:
+    if offsets.dim() != 1 or offsets.numel() < 1:
+        raise ValueError(f"{name} must be a 1-D [B+1] tensor, got shape {tuple(offsets.shape)}")
+    if int(offsets[0]) != 0 or int(offsets[-1]) != rows or bool((offsets[1:] < offsets[:-1]).any()):
+        raise ValueError(f"{name} must start at 0, be non-decreasing and end at {rows}")
+
+
+def gdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    q_offsets: torch.Tensor | None = None,
+    kv_offsets: torch.Tensor | None = None,
+    activation: str | Sequence[str] = "gelu",
+    scale: float | None = None,
+    scale_position: str = "post",
+    window: int | None = None,
+    broadcast_q: bool = False,
+    implementation: str | None = None,
+) -> torch.Tensor:
+    """Generalized dot-product attention: out = act(Q K^T) * scale @ V per head, no softmax.
+
+    q: jagged `[sum Lq, H, d_h]` with `q_offsets [B+1]`, or with `broadcast_q` one `[Lq, H, d_h]`
+    set shared by the batch (output `[B, Lq, H, d_h]`). k, v: dense `[B, F, H, d_h]` (PFFN mode) or
+    jagged with `kv_offsets` (seed pooling, self-attention). `scale` defaults to 1 / max q length
+    and is applied after (`post`) or before (`pre`) the activation; `window` keeps |i - j| <= w
+    (self-attention mode, where q and k share offsets).
+    """
+    if q.shape[-1] != k.shape[-1] or k.shape != v.shape or q.shape[-2] != k.shape[-2]:
+        raise ValueError(f"gdpa shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if kv_offsets is not None:
+        if k.dim() != 3:
+            raise ValueError(f"jagged k/v must be [sum Lk, H, d_h], got {tuple(k.shape)}")
+        _check_offsets("kv_offsets", kv_offsets, k.shape[0])
+    elif k.dim() != 4:
+        raise ValueError(f"dense k/v must be [B, F, H, d_h], got {tuple(k.shape)}")
+    if not broadcast_q:
+        if q_offsets is None or q.dim() != 3:
+            raise ValueError("jagged q must be [sum Lq, H, d_h] with q_offsets")
+        _check_offsets("q_offsets", q_offsets, q.shape[0])
+        batch = kv_offsets.numel() - 1 if kv_offsets is not None else k.shape[0]
+        if q_offsets.numel() - 1 != batch:
+            raise ValueError(f"q has {q_offsets.numel() - 1} rows but k/v have {batch}")
+    if window is not None:
+        if window < 0:
+            raise ValueError(f"window must be >= 0, got {window}")
+        if kv_offsets is None or q_offsets is None or not torch.equal(q_offsets, kv_offsets):
+            raise ValueError("window needs self-attention mode: jagged q and k/v with equal offsets")
+    per_head_activations(activation, q.shape[-2])
+    impl = select_implementation(q.device, implementation)
+    assert impl == "torch"
+    return gdpa_reference(q, k, v, q_offsets=q_offsets, kv_offsets=kv_offsets, activation=activation,
+                          scale=scale, scale_position=scale_position, window=window, broadcast_q=broadcast_q)
