@@ -64,31 +64,22 @@ def columns_from_config(config: Any) -> list[Column]:
     """The manifest columns a generator run with `config` writes, without writing anything.
 
     Uses the generator's own column builder when it has one, so names, roles and cardinalities
-    match; otherwise follows the documented contract with the world's drawn cardinalities.
+    match; otherwise follows the documented contract with cardinalities drawn here.
     """
     try:
-        from kunbench.generators import schema as gen_schema  # type: ignore[attr-defined]
-    except ImportError:
-        gen_schema = None
-    if gen_schema is not None and hasattr(gen_schema, "manifest_columns"):
-        return [Column.from_dict(d) for d in gen_schema.manifest_columns(config)]
-    return [Column.from_dict(d) for d in _contract_columns(config)]
+        from kunbench.generators.schema import column_entries
+        from kunbench.generators.world import build_world
+    except ImportError:  # generator not available: the documented contract, cardinalities drawn here
+        return [Column.from_dict(d) for d in _contract_columns(config)]
+    return [Column.from_dict(d) for d in column_entries(build_world(config))]
 
 
 def _contract_columns(cfg: Any) -> list[dict]:
-    try:
-        from kunbench.generators.world import build_world
-
-        world = build_world(cfg)
-        cat_card = [int(c) for c in world.cat_cardinality]
-        mh_card = [int(c) for c in world.mh_cardinality]
-        items = int(world.item_space)
-    except ImportError:  # no generator installed: draw plausible cardinalities ourselves
-        rng = np.random.default_rng([int(cfg.seed), 0x53594E])
-        lo, hi = math.log(cfg.cardinality_min), math.log(cfg.cardinality_max)
-        cat_card = [int(round(math.exp(v))) for v in rng.uniform(lo, hi, cfg.num_categorical)]
-        mh_card = [int(round(math.exp(v))) for v in rng.uniform(lo, min(hi, math.log(100_000)), cfg.num_multihot)]
-        items = int(cfg.num_items)
+    rng = np.random.default_rng([int(cfg.seed), 0x53594E])
+    lo, hi = math.log(cfg.cardinality_min), math.log(cfg.cardinality_max)
+    cat_card = [int(round(math.exp(v))) for v in rng.uniform(lo, hi, cfg.num_categorical)]
+    mh_card = [int(round(math.exp(v))) for v in rng.uniform(lo, min(hi, math.log(100_000)), cfg.num_multihot)]
+    items = int(cfg.num_items)
     cols: list[dict] = [{"name": "request_ts", "role": "request_ts", "dtype": "int64"},
                         {"name": "click", "role": "label", "dtype": "int8"},
                         {"name": "p_true", "role": "oracle", "dtype": "float64"}]
@@ -192,7 +183,8 @@ class SyntheticBatches:
 
         card = lambda c: int(c.cardinality) if c.cardinality else DEFAULT_CARDINALITY  # noqa: E731
         self._cat_card = torch.tensor([card(c) for c in schema.categorical], dtype=torch.float64, device=self.device)
-        self._mh = [(c.name, card(c)) for c in schema.multihot]
+        self._mh = [(c.name, card(c), int(c.extra.get("max_length", self.multihot_max_length)))
+                    for c in schema.multihot]
         self._seq_card = {e: (card(schema.sequence_columns[e]["item"]), card(schema.sequence_columns[e]["category"]))
                           for e in self.event_types}
         self.generator = torch.Generator(device=self.device)
@@ -277,8 +269,8 @@ class SyntheticBatches:
         cat = (u * self._cat_card).to(torch.int64)
         dense = torch.randn((B, len(self.schema.dense)), generator=g, device=dev, dtype=torch.float32)
         multihot = {}
-        for name, card in self._mh:
-            lens = torch.randint(0, self.multihot_max_length + 1, (B,), generator=g, device=dev, dtype=torch.int64)
+        for name, card, max_len in self._mh:
+            lens = torch.randint(0, max_len + 1, (B,), generator=g, device=dev, dtype=torch.int64)
             offsets = lengths_to_offsets(lens)
             multihot[name] = Jagged(self._randint(card, int(offsets[-1])), offsets)
         request_ts = self.start_ts + torch.randint(0, self.request_span_s, (B,), generator=g, device=dev,
