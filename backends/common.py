@@ -1,0 +1,68 @@
+"""Pieces every backend shares: the model base class (embedding/dense parameter split), parameter
+counts, and config validation helpers that raise one-line KunbenchErrors."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from kunbench.errors import KunbenchError
+
+
+class RankingModel(nn.Module):
+    """Base of the built-in backends: `forward(batch) -> logits [B] float32`.
+
+    `embedding_parameters()` are the fused embedding table(s) (sparse gradients when the config
+    asks for `sparse_embeddings`; give them a sparse-friendly optimizer such as SparseAdam or
+    Adagrad); `dense_parameters()` is everything else (Adam/AdamW).
+    """
+
+    input_layer: nn.Module
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        return [self.input_layer.table.weight]
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        emb = {id(p) for p in self.embedding_parameters()}
+        return [p for p in self.parameters() if id(p) not in emb]
+
+    def named_dense_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        emb = {id(p) for p in self.embedding_parameters()}
+        return ((n, p) for n, p in self.named_parameters() if id(p) not in emb)
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """`{"total", "embedding", "dense"}` parameter counts (embedding = the fused table rows x d)."""
+    total = sum(p.numel() for p in model.parameters())
+    emb_fn = getattr(model, "embedding_parameters", None)
+    emb = sum(p.numel() for p in emb_fn()) if emb_fn is not None else 0
+    return {"total": total, "embedding": emb, "dense": total - emb}
+
+
+def embedding_bytes(model: nn.Module) -> int:
+    emb_fn = getattr(model, "embedding_parameters", None)
+    return sum(p.numel() * p.element_size() for p in emb_fn()) if emb_fn is not None else 0
+
+
+def need(ok: bool, message: str) -> None:
+    if not ok:
+        raise KunbenchError(message)
+
+
+def check_positive(config: Any, *names: str, minimum: int = 1) -> None:
+    for name in names:
+        v = getattr(config, name)
+        need(isinstance(v, int) and not isinstance(v, bool) and v >= minimum,
+             f"{name} must be an integer >= {minimum}, got {v!r}")
+
+
+def check_dims(name: str, dims: Any, allow_empty: bool = True) -> None:
+    need(isinstance(dims, tuple) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in dims),
+         f"{name} must be a comma list of positive integers, got {dims!r}")
+    need(allow_empty or len(dims) > 0, f"{name} needs at least one width")
+
+
+def constant_flops(batch_size: int, value: float) -> torch.Tensor:
+    return torch.full((batch_size,), float(value), dtype=torch.float64)

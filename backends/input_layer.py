@@ -1,0 +1,242 @@
+"""Shared input layer (models.md section 0).
+
+- One fused embedding table `[R, d]` for every categorical ID space: each categorical or
+  multi-hot field owns a segment of rows (per-field row offsets); the candidate ad field and the
+  sequence items share the `item` segment, the ad category and the sequence categories share the
+  `category` segment (by the manifest's `entity`); other fields with the same entity share too.
+- A segment holds `min(cardinality, max_rows_per_field)` rows. Decision: IDs of a field whose
+  cardinality fits are used directly (`id mod rows`, collision-free for in-range IDs); larger
+  fields are hashed with a deterministic Carter-Wegman multiplicative hash
+  `((a * x + b) mod (2^31 - 1)) mod rows` on the two 32-bit halves of the ID, identical on every
+  device and every run (never Python's `hash`).
+- All lookups of a batch go through one `F.embedding` call (optionally `sparse=True`, so a
+  sparse-friendly optimizer can update only the touched rows). Multi-hot fields are sum-pooled
+  with `index_add` (an empty list pools to zero).
+- Dense fields: Decision: `sign(x) log1p(|x|)` (NaN -> 0) for scale robustness, then a grouped
+  linear projection: the `F_dense` columns are split into `n_dense_tokens` contiguous groups,
+  each projected to one `d`-wide token.
+- Sequences: token = item embedding + category embedding (+ event-type embedding where streams
+  merge); timestamps stay beside the tokens. Either per event type (each cut to its most recent
+  `max_len` events) or all streams merged by time (`merge="time"`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kunbench.backends import jagged
+from kunbench.data.batch import Batch
+from kunbench.data.manifest import DatasetSchema
+
+HASH_PRIME = 2**31 - 1
+_HASH_A1, _HASH_B1, _HASH_A2 = 1_103_515_245, 12_345, 1_664_525
+
+
+def hash_ids(x: torch.Tensor) -> torch.Tensor:
+    """Deterministic hash of int64 IDs into [0, 2^31 - 1); no intermediate exceeds 2^62."""
+    lo = torch.bitwise_and(x, 0xFFFFFFFF).remainder(HASH_PRIME)
+    hi = torch.bitwise_and(torch.bitwise_right_shift(x, 32), 0x7FFFFFFF)
+    h = (lo * _HASH_A1 + _HASH_B1).remainder(HASH_PRIME)
+    return (h * _HASH_A2 + hi).remainder(HASH_PRIME)
+
+
+@dataclass(frozen=True)
+class Segment:
+    key: str
+    offset: int
+    rows: int
+    hashed: bool
+
+
+def _segment_key(col) -> str:
+    if col.entity == "item":
+        return "item"
+    if col.entity == "item_category":
+        return "category"
+    if col.entity:
+        return f"entity:{col.entity}"
+    return f"{col.role}:{col.name}"
+
+
+def plan_segments(schema: DatasetSchema, max_rows_per_field: int) -> dict[str, Segment]:
+    """Row segments of the fused table, in a fixed order (categorical, multi-hot, item, category)."""
+    cards: dict[str, int | None] = {}
+
+    def add(key: str, card: int | None) -> None:
+        if key in cards:
+            old = cards[key]
+            cards[key] = None if old is None or card is None else max(old, card)
+        else:
+            cards[key] = card
+
+    for col in schema.categorical + schema.multihot:
+        add(_segment_key(col), col.cardinality)
+    if schema.event_types:
+        add("item", schema.item_cardinality)
+        add("category", schema.category_cardinality)
+    segments: dict[str, Segment] = {}
+    offset = 0
+    for key, card in cards.items():
+        hashed = card is None or card > max_rows_per_field
+        rows = max_rows_per_field if hashed else max(int(card), 1)
+        segments[key] = Segment(key, offset, rows, hashed)
+        offset += rows
+    return segments
+
+
+@dataclass
+class SeqTokens:
+    """One padded sequence: left-aligned, most recent real event at `lengths - 1`."""
+
+    tokens: torch.Tensor  # [B, T, d]
+    mask: torch.Tensor  # [B, T] bool, True on real events
+    lengths: torch.Tensor  # [B] kept lengths
+    ts: torch.Tensor  # [B, T] int64 (0 in padding)
+    event_type: torch.Tensor | None  # [B, T] int64 for merged streams
+
+
+@dataclass
+class InputTokens:
+    context: torch.Tensor  # [B, n_ctx, d]: categorical fields, multi-hot fields, dense tokens
+    sequences: list[SeqTokens]  # one per event type, or one merged sequence
+
+
+class InputLayer(nn.Module):
+    def __init__(self, schema: DatasetSchema, d: int, max_rows_per_field: int, n_dense_tokens: int = 1,
+                 sparse: bool = False, seq_max_len: int | None = None, merge: str = "none",
+                 event_type_embedding: bool = True, init_std: float | None = None):
+        super().__init__()
+        if merge not in ("none", "time"):
+            raise ValueError(f"merge must be 'none' or 'time', got {merge!r}")
+        self.schema = schema
+        self.d = d
+        self.sparse = sparse
+        self.seq_max_len = seq_max_len
+        self.merge = merge
+        self.segments = plan_segments(schema, max_rows_per_field)
+        self.total_rows = sum(s.rows for s in self.segments.values())
+        self.table = nn.Embedding(self.total_rows, d, sparse=sparse)
+        nn.init.normal_(self.table.weight, std=init_std if init_std is not None else d ** -0.5)
+
+        cat_segs = [self.segments[_segment_key(c)] for c in schema.categorical]
+        mh_segs = [self.segments[_segment_key(c)] for c in schema.multihot]
+        self.register_buffer("cat_offset", torch.tensor([s.offset for s in cat_segs], dtype=torch.int64), persistent=False)
+        self.register_buffer("cat_rows", torch.tensor([s.rows for s in cat_segs], dtype=torch.int64), persistent=False)
+        self.register_buffer("cat_hashed", torch.tensor([s.hashed for s in cat_segs], dtype=torch.bool), persistent=False)
+        self.mh_segs = mh_segs
+
+        self.n_dense = len(schema.dense)
+        self.n_dense_tokens = min(n_dense_tokens, self.n_dense) if self.n_dense else 0
+        if self.n_dense_tokens:
+            self.group = math.ceil(self.n_dense / self.n_dense_tokens)
+            self.dense_w = nn.Parameter(torch.randn(self.n_dense_tokens, self.group, d) / math.sqrt(self.group))
+            self.dense_b = nn.Parameter(torch.zeros(self.n_dense_tokens, d))
+        self.n_event_types = len(schema.event_types)
+        self.use_et = merge == "time" and event_type_embedding and self.n_event_types > 0
+        if self.use_et:
+            self.event_type_emb = nn.Parameter(torch.randn(self.n_event_types, d) * d ** -0.5)
+        # test hooks: extra padded positions and garbage in every padded token (must change nothing)
+        self.debug_extra_pad = 0
+        self.debug_pad_garbage = False
+
+    @property
+    def n_context_tokens(self) -> int:
+        return len(self.schema.categorical) + len(self.schema.multihot) + self.n_dense_tokens
+
+    @property
+    def n_sequences(self) -> int:
+        if not self.schema.event_types:
+            return 0
+        return 1 if self.merge == "time" else self.n_event_types
+
+    def rows_for(self, segment: Segment, ids: torch.Tensor) -> torch.Tensor:
+        local = hash_ids(ids).remainder(segment.rows) if segment.hashed else ids.remainder(segment.rows)
+        return local + segment.offset
+
+    def dense_tokens(self, dense: torch.Tensor) -> torch.Tensor:
+        b = dense.shape[0]
+        x = dense.float().nan_to_num(0.0, 0.0, 0.0)
+        x = torch.sign(x) * torch.log1p(x.abs())
+        pad = self.n_dense_tokens * self.group - self.n_dense
+        if pad:
+            x = F.pad(x, (0, pad))
+        x = x.view(b, self.n_dense_tokens, self.group)
+        return torch.einsum("bgi,gid->bgd", x, self.dense_w) + self.dense_b
+
+    def forward(self, batch: Batch) -> InputTokens:
+        cat = batch.context_categorical
+        b = cat.shape[0]
+        d = self.d
+        direct = cat.remainder(self.cat_rows)
+        hashed = hash_ids(cat).remainder(self.cat_rows)
+        cat_rows = torch.where(self.cat_hashed, hashed, direct) + self.cat_offset
+
+        pieces = [cat_rows.reshape(-1)]
+        mh_rows = []
+        for col, seg in zip(self.schema.multihot, self.mh_segs):
+            jag = batch.multihot[col.name]
+            mh_rows.append(self.rows_for(seg, jag.values))
+        pieces += mh_rows
+
+        # sequence gather plans (on IDs, before the lookup, so only kept events are embedded)
+        seq_plans = []
+        if self.n_sequences:
+            streams = [batch.sequences[et] for et in self.schema.event_types]
+            item_seg, cat_seg = self.segments["item"], self.segments["category"]
+            if self.merge == "time":
+                m = jagged.merge_by_time(streams, self.seq_max_len)
+                groups = [(m.item, m.category, m.ts, m.event_type, m.offsets)]
+            else:
+                groups = [(s.item, s.category, s.ts, None, s.offsets) for s in streams]
+            for item, category, ts, et, offsets in groups:
+                index, mask, kept = jagged.padded_index(offsets, self.seq_max_len)
+                if self.debug_extra_pad:
+                    index, mask, kept = jagged.padded_index(offsets, self.seq_max_len,
+                                                            pad_to=index.shape[1] + self.debug_extra_pad)
+                it = self.rows_for(item_seg, jagged.gather_padded(item, index, mask))
+                ct = self.rows_for(cat_seg, jagged.gather_padded(category, index, mask))
+                seq_plans.append((it, ct, jagged.gather_padded(ts, index, mask),
+                                  None if et is None else jagged.gather_padded(et, index, mask), mask, kept))
+                pieces += [it.reshape(-1), ct.reshape(-1)]
+
+        emb = F.embedding(torch.cat(pieces), self.table.weight, sparse=self.sparse)
+        sizes = [p.numel() for p in pieces]
+        parts = list(torch.split(emb, sizes))
+        ctx = [parts.pop(0).view(b, -1, d)]
+        for col in self.schema.multihot:
+            jag = batch.multihot[col.name]
+            row = torch.repeat_interleave(torch.arange(b, device=cat.device), jag.lengths)
+            pooled = torch.zeros(b, d, dtype=emb.dtype, device=emb.device)
+            ctx.append(pooled.index_add(0, row, parts.pop(0))[:, None])
+        if self.n_dense_tokens:
+            ctx.append(self.dense_tokens(batch.context_dense).to(emb.dtype))
+        context = torch.cat(ctx, dim=1)
+
+        seqs = []
+        for it, ct, ts, et, mask, kept in seq_plans:
+            shape = (b, it.shape[1], d)
+            tok = parts.pop(0).view(shape) + parts.pop(0).view(shape)
+            if self.use_et and et is not None:
+                tok = tok + self.event_type_emb[et]
+            if self.debug_pad_garbage:
+                garbage = torch.randn(shape, dtype=tok.dtype, device=tok.device) * 100.0
+                tok = torch.where(mask[..., None], tok, garbage)
+            seqs.append(SeqTokens(tok, mask, kept, ts, et))
+        return InputTokens(context, seqs)
+
+    def flops_per_example(self) -> int:
+        """Matmul FLOPs of the input layer: the grouped dense projection (as executed, padded group)."""
+        return 2 * self.n_dense_tokens * self.group * self.d if self.n_dense_tokens else 0
+
+
+def input_layer_flops(schema: DatasetSchema, d: int, n_dense_tokens: int) -> int:
+    n_dense = len(schema.dense)
+    g = min(n_dense_tokens, n_dense) if n_dense else 0
+    if not g:
+        return 0
+    return 2 * g * math.ceil(n_dense / g) * d
