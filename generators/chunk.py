@@ -1,0 +1,152 @@
+"""The observed rows of one chunk (a row group): every feature column, drawn from the chunk's RNG.
+
+A chunk is identified by its first global row; its RNG is seeded from (seed, first row), so any
+process can rebuild any chunk and output never depends on how work was split.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kunbench.generators.sampling import (
+    affine_permute,
+    offsets_from_lengths,
+    sample_lengths,
+    session_timestamps,
+    zipf_ranks,
+)
+from kunbench.generators.world import World
+
+
+@dataclass
+class EventColumns:
+    lengths: np.ndarray  # [n] int64
+    offsets: np.ndarray  # [n+1] int64
+    row: np.ndarray  # [N] row of each event (contiguous, ascending)
+    item: np.ndarray  # [N] int64
+    category: np.ndarray  # [N] int64
+    ts: np.ndarray  # [N] int64, ascending within a row, < request_ts
+
+
+@dataclass
+class Chunk:
+    start: int
+    n: int
+    request_ts: np.ndarray
+    user: np.ndarray
+    ad: np.ndarray
+    ad_category: np.ndarray
+    surface: np.ndarray
+    categorical: np.ndarray  # [F, n] int64
+    dense: np.ndarray  # [D, n] float32
+    multihot: list[tuple[np.ndarray, np.ndarray]]  # per field (offsets [n+1], values)
+    events: dict[str, EventColumns] = field(default_factory=dict)
+    click_u: np.ndarray | None = None  # uniforms for the label draw
+
+
+def chunk_rng(seed: int, start_row: int, tag: int | None = None) -> np.random.Generator:
+    key = [seed, start_row] if tag is None else [seed, tag, start_row]
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
+
+
+def _items(world: World, rng: np.random.Generator, n_draws: int, interest_cats: np.ndarray | None,
+           interest_prob: float) -> tuple[np.ndarray, np.ndarray]:
+    """Items (and their categories): from one of the user's interest categories with
+    probability `interest_prob` (`interest_cats`: the category per draw), else globally popular."""
+    cfg = world.config
+    n_cat = cfg.num_item_categories
+    a = cfg.zipf_exponent
+    u = rng.random(n_draws)
+    from_interest = rng.random(n_draws) < interest_prob
+    card = np.where(from_interest, world.items_per_cat, world.item_space)
+    rank = zipf_ranks(u, card, a)
+    # interest path: item = cat + n_cat * perm_cat(rank); global path: a permutation of the space
+    in_cat = affine_permute(rank, world.item_in_cat_mult, world.item_cat_offset[interest_cats],
+                            world.items_per_cat)
+    item_interest = interest_cats + n_cat * in_cat
+    item_global = affine_permute(rank, world.item_global_mult, world.item_global_offset, world.item_space)
+    item = np.where(from_interest, item_interest, item_global)
+    category = np.where(from_interest, interest_cats, item_global % n_cat)
+    return item, category
+
+
+def build_chunk(world: World, rng: np.random.Generator, start: int, n: int,
+                request_ts: np.ndarray) -> Chunk:
+    """Draw every observed column of `n` rows whose request times are given."""
+    cfg = world.config
+    a = cfg.zipf_exponent
+    F, D, M = cfg.num_categorical, cfg.num_dense, cfg.num_multihot
+
+    # entities
+    user = affine_permute(zipf_ranks(rng.random(n), cfg.num_users, a), world.user_mult,
+                          world.user_offset, cfg.num_users)
+    interests = world.interest_categories(user)  # [n, K]
+    K = interests.shape[1]
+    surface = affine_permute(zipf_ranks(rng.random(n), cfg.num_surfaces, a), world.surface_mult,
+                             world.surface_offset, cfg.num_surfaces)
+    ad_pick = (rng.random(n) * K).astype(np.int64)
+    ad, ad_category = _items(world, rng, n, interests[np.arange(n), ad_pick], cfg.ad_interest_prob)
+
+    # context fields: [F, n] so each column is contiguous
+    if F:
+        u = rng.random((F, n))
+        card = world.cat_cardinality[:, None]
+        rank = zipf_ranks(u, card, a)
+        categorical = affine_permute(rank, world.cat_mult[:, None], world.cat_offset[:, None], card)
+    else:
+        categorical = np.zeros((0, n), dtype=np.int64)
+    if D:
+        z = rng.standard_normal((D, n))
+        x = world.dense_mu[:, None] + world.dense_sd[:, None] * z
+        x = np.where(world.dense_lognormal[:, None], np.exp(np.minimum(x, 80.0)), x)
+        dense = x.astype(np.float32)
+    else:
+        dense = np.zeros((0, n), dtype=np.float32)
+    multihot = []
+    for f in range(M):
+        lengths = rng.integers(0, cfg.multihot_max_length + 1, n)
+        off = offsets_from_lengths(lengths)
+        c = int(world.mh_cardinality[f])
+        vals = affine_permute(zipf_ranks(rng.random(int(off[-1])), c, a), int(world.mh_mult[f]),
+                              int(world.mh_offset[f]), c)
+        multihot.append((off, vals))
+
+    # event histories
+    activity = rng.standard_normal(n)
+    events: dict[str, EventColumns] = {}
+    hist_s = cfg.history_span_days * 86400.0
+    sess_s = cfg.session_minutes * 60.0
+    for name, ev in cfg.events.items():
+        lengths = sample_lengths(rng, activity, ev.median_length, ev.length_sigma, ev.min_length,
+                                 ev.max_length)
+        off = offsets_from_lengths(lengths)
+        N = int(off[-1])
+        row = np.repeat(np.arange(n, dtype=np.int64), lengths)
+        pick = (rng.random(N) * K).astype(np.int64)
+        icats = interests.reshape(-1)[row * K + pick]
+        item, category = _items(world, rng, N, icats, ev.interest_prob)
+        ts = session_timestamps(rng, request_ts, lengths, row, hist_s, cfg.session_events, sess_s)
+        events[name] = EventColumns(lengths, off, row, item, category, ts)
+
+    click_u = rng.random(n)
+    return Chunk(start, n, request_ts, user, ad, ad_category, surface, categorical, dense, multihot,
+                 events, click_u)
+
+
+def request_times(config, rng: np.random.Generator, start: int, n: int) -> np.ndarray:
+    """Global row i gets start_ts + (i + U) * span / rows: monotone in i, so eval is the latest."""
+    span = config.request_span_days * 86400.0
+    i = np.arange(start, start + n, dtype=np.float64) + rng.random(n)
+    return config.start_ts + np.floor(i * (span / config.rows)).astype(np.int64)
+
+
+def calibration_times(config, rng: np.random.Generator, n: int) -> np.ndarray:
+    span = config.request_span_days * 86400.0
+    return config.start_ts + np.floor(rng.random(n) * span).astype(np.int64)
+
+
+__all__ = ["Chunk", "EventColumns", "build_chunk", "chunk_rng", "request_times", "calibration_times",
+           "math"]

@@ -1,0 +1,189 @@
+"""Entry point of the synthetic CTR generator: plan shards, run them (in process or on a pool of
+spawned workers), show progress, and write the manifest once every shard is present.
+
+    generate(config, out_dir, workers=1, num_shards=1, shard_index=0, force=False, progress=True)
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue as queue_mod
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kunbench.errors import KunbenchError
+from kunbench.generators.config import GeneratorConfig, config_from_dict
+from kunbench.generators.signal import Calibration, calibrate
+from kunbench.generators.world import World, build_world
+from kunbench.generators.writer import (
+    ShardSpec,
+    build_manifest,
+    finished_sidecar,
+    plan_shards,
+    prepare_dir,
+    write_manifest,
+    write_shard,
+)
+
+
+@dataclass
+class GenerateResult:
+    path: Path
+    shards_total: int
+    selected: list[str] = field(default_factory=list)  # shards this run was responsible for
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # already complete and verified
+    missing: list[str] = field(default_factory=list)  # other runs' shards not present yet
+    manifest_written: bool = False
+    seconds: float = 0.0
+    rows_written: int = 0
+    manifest: dict[str, Any] | None = None
+
+
+def check_run_args(config: GeneratorConfig, workers: int, num_shards: int, shard_index: int) -> None:
+    if workers < 1:
+        raise KunbenchError(f"--workers must be >= 1, got {workers}")
+    if num_shards < 1:
+        raise KunbenchError(f"--num-shards must be >= 1, got {num_shards}")
+    if not 0 <= shard_index < num_shards:
+        raise KunbenchError(f"--shard-index must be in [0, {num_shards - 1}] for --num-shards "
+                            f"{num_shards}, got {shard_index}")
+    if config.train_rows < 1:
+        raise KunbenchError(f"rows={config.rows} leaves no train rows with eval_fraction="
+                            f"{config.eval_fraction}")
+    if config.eval_fraction > 0 and config.eval_rows < 1:
+        raise KunbenchError(f"rows={config.rows} is too small for eval_fraction={config.eval_fraction} "
+                            f"(the eval split would be empty); raise rows or set eval_fraction=0")
+
+
+# ---- worker processes ----------------------------------------------------------------------
+_STATE: dict[str, Any] = {}
+
+
+def _init_worker(config_dict: dict, calib_dict: dict, root: str, fingerprint: str, progress_q) -> None:
+    cfg = config_from_dict(config_dict)
+    _STATE.update(world=build_world(cfg), calib=Calibration.from_dict(calib_dict), root=Path(root),
+                  fingerprint=fingerprint, queue=progress_q)
+
+
+def _worker_shard(spec: ShardSpec) -> dict:
+    q = _STATE["queue"]
+    return write_shard(_STATE["world"], _STATE["calib"], spec, _STATE["root"], _STATE["fingerprint"],
+                       on_chunk=(lambda n: q.put(n)) if q is not None else None)
+
+
+def _progress_bar(enabled: bool):
+    if not enabled:
+        return nullcontext(None)
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
+
+    class RowsPerSecond(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.0f} rows/s" if speed else "- rows/s", style="progress.data.speed")
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("rows"), RowsPerSecond(), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), transient=False)
+
+
+def _run_shards(world: World, calib: Calibration, todo: list[ShardSpec], root: Path, fingerprint: str,
+                workers: int, progress: bool) -> dict[int, dict]:
+    done: dict[int, dict] = {}
+    total_rows = sum(s.rows for s in todo)
+    with _progress_bar(progress and total_rows > 0) as bar:
+        task = bar.add_task("generating", total=total_rows) if bar is not None else None
+        advance = (lambda n: bar.advance(task, n)) if bar is not None else None
+        if workers == 1 or len(todo) <= 1:
+            for spec in todo:
+                done[spec.index] = write_shard(world, calib, spec, root, fingerprint, on_chunk=advance)
+            return done
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue() if bar is not None else None
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
+                                 initializer=_init_worker,
+                                 initargs=(world.config.to_dict(), calib.to_dict(), str(root),
+                                           fingerprint, q)) as pool:
+            futures = {pool.submit(_worker_shard, spec): spec for spec in todo}
+            pending = set(futures)
+            try:
+                while pending:
+                    finished, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        done[futures[fut].index] = fut.result()
+                    _drain(q, advance)
+            except BaseException:
+                for fut in pending:
+                    fut.cancel()
+                raise
+            _drain(q, advance)
+    return done
+
+
+def _drain(q, advance) -> None:
+    if q is None:
+        return
+    while True:
+        try:
+            n = q.get_nowait()
+        except queue_mod.Empty:
+            return
+        advance(n)
+
+
+# ---- entry point ---------------------------------------------------------------------------
+def run(config: GeneratorConfig, out_dir: str | Path, workers: int = 1, num_shards: int = 1,
+        shard_index: int = 0, force: bool = False, progress: bool = True) -> GenerateResult:
+    t0 = time.perf_counter()
+    config = config.validate()
+    check_run_args(config, workers, num_shards, shard_index)
+    root = Path(out_dir)
+    fingerprint = config.fingerprint()
+    specs = plan_shards(config)
+    selected = [s for s in specs if s.index % num_shards == shard_index]
+    prepare_dir(root, fingerprint, force)
+
+    world = build_world(config)
+    calib = calibrate(world)
+    result = GenerateResult(root, len(specs), selected=[s.name for s in selected])
+
+    sidecars: dict[int, dict] = {}
+    todo: list[ShardSpec] = []
+    for spec in selected:
+        side = finished_sidecar(root, spec, fingerprint, verify=True)
+        if side is None:
+            todo.append(spec)
+        else:
+            sidecars[spec.index] = side
+            result.skipped.append(spec.name)
+    sidecars.update(_run_shards(world, calib, todo, root, fingerprint, workers, progress))
+    result.written = [s.name for s in todo]
+    result.rows_written = sum(s.rows for s in todo)
+
+    for spec in specs:  # shards of other runs (e.g. copied in from other machines)
+        if spec.index not in sidecars:
+            side = finished_sidecar(root, spec, fingerprint, verify=True)
+            if side is None:
+                result.missing.append(spec.name)
+            else:
+                sidecars[spec.index] = side
+    if not result.missing:
+        manifest = build_manifest(world, calib, fingerprint, specs, sidecars)
+        write_manifest(root, manifest)
+        result.manifest_written = True
+        result.manifest = manifest
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def generate(config: GeneratorConfig, out_dir: str | Path, workers: int = 1, num_shards: int = 1,
+             shard_index: int = 0, force: bool = False, progress: bool = True) -> Path:
+    """Generate (or resume) the dataset `config` describes into `out_dir`; returns the directory."""
+    return run(config, out_dir, workers, num_shards, shard_index, force, progress).path
