@@ -1,0 +1,186 @@
+"""`kunbench generate` and `kunbench inspect`: write a synthetic CTR dataset, summarize and verify one."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from kunbench.errors import KunbenchError
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+PRESET_NAMES = ("tiny", "small", "standard", "paper")
+
+
+def friendly_errors(fn):
+    """KunbenchError -> one red line on stderr and exit status 2 (same pattern as kunbench.cli)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except KunbenchError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+    return wrapper
+
+
+@click.command("generate")
+@click.option("--preset", default="tiny", show_default=True,
+              help="Size preset: tiny, small, standard or paper.")
+@click.option("--rows", type=int, default=None, help="Total rows (train + eval); default from the preset.")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Dataset directory to write (created; resumed if it holds this dataset).")
+@click.option("--seed", type=int, default=None, help="World and row seed (default 0).")
+@click.option("--workers", type=int, default=1, show_default=True, help="Worker processes.")
+@click.option("--num-shards", type=int, default=1, show_default=True,
+              help="Split the work across K independent runs (e.g. machines) ...")
+@click.option("--shard-index", type=int, default=0, show_default=True,
+              help="... and write the shards j with j %% K == I.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML file of config overrides.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override any config key, e.g. --set signal.cross=0 --set events.click.median_length=40.")
+@click.option("--force", is_flag=True, help="Replace a different dataset already in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@friendly_errors
+def generate(preset, rows, out, seed, workers, num_shards, shard_index, config_file, sets, force, quiet):
+    """Write a synthetic CTR dataset: zstd Parquet shards for train and eval plus manifest.json."""
+    from kunbench import overrides
+    from kunbench.generators.config import build_config
+    from kunbench.generators.ctr import run
+
+    if rows is not None and rows < 1:
+        raise KunbenchError(f"--rows must be >= 1, got {rows}")
+    if seed is not None and seed < 0:
+        raise KunbenchError(f"--seed must be >= 0, got {seed}")
+    config = build_config(preset, str(config_file) if config_file else None,
+                          overrides.parse_assignments(sets), rows=rows, seed=seed)
+    result = run(config, out, workers=workers, num_shards=num_shards, shard_index=shard_index,
+                 force=force, progress=not quiet)
+    rate = result.rows_written / result.seconds if result.seconds > 0 else 0.0
+    console.print(f"{out}: wrote {len(result.written)} shard(s), {result.rows_written:,} rows in "
+                  f"{result.seconds:.1f}s ({rate:,.0f} rows/s); {len(result.skipped)} already complete",
+                  highlight=False)
+    if result.manifest_written:
+        tr = result.manifest["splits"]["train"]
+        ev = result.manifest["splits"]["eval"]
+        console.print(f"manifest written: train {tr['rows']:,} rows, eval {ev['rows']:,} rows, "
+                      f"base CTR {_fmt(tr['base_ctr'])}, oracle NE train {_fmt(tr['oracle_ne'])} "
+                      f"eval {_fmt(ev['oracle_ne'])}", highlight=False)
+    else:
+        done = result.shards_total - len(result.missing)
+        console.print(f"wrote shards {_names(result.selected)} ({done} of {result.shards_total} present); "
+                      f"manifest written when all are present — rerun without --shard-index on the "
+                      f"merged dir", highlight=False)
+
+
+def _names(names: list[str], limit: int = 6) -> str:
+    return ", ".join(names) if len(names) <= limit else ", ".join(names[:limit]) + f", ... ({len(names)})"
+
+
+def _fmt(x, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+@click.command("inspect")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--verify", is_flag=True, help="Check every shard's presence, size, sha256 and row count.")
+@friendly_errors
+def inspect_cmd(directory, verify):
+    """Summarize a dataset: rows, columns by role, sequence lengths, base CTR, oracle NE, files."""
+    from kunbench.data.manifest import load_manifest
+
+    m = load_manifest(directory)
+    d = m.data
+    console.print(f"[bold]{directory}[/]  schema v{d['schema_version']}  generator {d.get('generator')}  "
+                  f"seed {d.get('seed')}  fingerprint {d.get('fingerprint')}  "
+                  f"preset {d.get('config', {}).get('preset')}", highlight=False)
+
+    t = Table(title="splits")
+    for c in ("split", "rows", "files", "MiB", "base CTR", "mean p_true", "oracle NE", "request_ts"):
+        t.add_column(c, justify="right" if c not in ("split", "request_ts") else "left")
+    for name, s in m.splits.items():
+        mib = sum(f["bytes"] for f in s["files"]) / 2**20
+        ts = s.get("request_ts") or {}
+        t.add_row(name, f"{s['rows']:,}", str(len(s["files"])), f"{mib:.1f}", _fmt(s.get("base_ctr")),
+                  _fmt(s.get("mean_p_true")), _fmt(s.get("oracle_ne")), f"{ts.get('min')} .. {ts.get('max')}")
+    console.print(t)
+
+    t = Table(title="columns by role")
+    for c in ("role", "count", "cardinality", "examples"):
+        t.add_column(c)
+    by_role: dict[str, list] = {}
+    for c in m.columns:
+        by_role.setdefault(c.role, []).append(c)
+    for role, cols in by_role.items():
+        cards = [c.cardinality for c in cols if c.cardinality]
+        card = f"{min(cards):,} .. {max(cards):,}" if cards else ""
+        names = ", ".join(c.name for c in cols[:4]) + (", ..." if len(cols) > 4 else "")
+        t.add_row(role, str(len(cols)), card, names)
+    console.print(t)
+
+    t = Table(title="sequence lengths per event type")
+    for c in ("split", "event type", "mean", "min", "p50", "p99", "max"):
+        t.add_column(c, justify="left" if c in ("split", "event type") else "right")
+    for name, s in m.splits.items():
+        for et, st in (s.get("lengths") or {}).items():
+            if st:
+                t.add_row(name, et, f"{st['mean']:.1f}", str(st["min"]), str(st["p50"]), str(st["p99"]),
+                          str(st["max"]))
+    console.print(t)
+
+    world = d.get("world") or {}
+    if world:
+        scales = ", ".join(f"{k} {v:.3g}" for k, v in world.get("term_scale", {}).items())
+        console.print(f"world: bias {world.get('bias', float('nan')):.4f}; term scales: {scales}",
+                      highlight=False)
+
+    files = [(split, f) for split, s in m.splits.items() for f in s["files"]]
+    if not verify:
+        console.print(f"{len(files)} files (use --verify to check checksums)", highlight=False)
+        return
+    problems = verify_dataset(m)
+    if problems:
+        for p in problems:
+            err_console.print(f"[bold red]{p}[/]", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]verify failed:[/] {len(problems)} of {len(files)} files damaged "
+                          f"or missing", highlight=False)
+        sys.exit(1)
+    console.print(f"[green]verified[/] {len(files)} files: sizes, sha256 and row counts match the manifest",
+                  highlight=False)
+
+
+def verify_dataset(m) -> list[str]:
+    """One line per missing or damaged file of the manifest; empty when everything matches."""
+    import pyarrow.parquet as pq
+
+    from kunbench.data.manifest import sha256_file
+
+    problems = []
+    for split, s in m.splits.items():
+        for f in s["files"]:
+            path = m.root / f["path"]
+            if not path.is_file():
+                problems.append(f"missing: {f['path']}")
+                continue
+            size = path.stat().st_size
+            if size != f["bytes"]:
+                problems.append(f"damaged: {f['path']} (size {size} bytes, manifest says {f['bytes']})")
+                continue
+            if sha256_file(path) != f["sha256"]:
+                problems.append(f"damaged: {f['path']} (sha256 mismatch)")
+                continue
+            try:
+                rows = pq.ParquetFile(path).metadata.num_rows
+            except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged file
+                problems.append(f"damaged: {f['path']} (unreadable: {exc})")
+                continue
+            if rows != f["rows"]:
+                problems.append(f"damaged: {f['path']} ({rows} rows, manifest says {f['rows']})")
+    return problems
