@@ -1,0 +1,125 @@
+"""The training loop on the toy backend: determinism, failure naming the step, optimizers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kunbench.errors import KunbenchError
+from kunbench.train.config import TrainConfig
+from kunbench.train.evaluate import evaluate
+from kunbench.train.loop import TrainingDiverged, train
+from kunbench.train.optim import RowWiseAdagrad, split_parameters
+from kunbench.train.toy import ToyConfig, ToyModel, toy_batches, toy_schema
+
+SCHEMA = toy_schema()
+TRAIN = toy_batches(SCHEMA, n_batches=120, batch_size=128, seed=0)
+EVAL = toy_batches(SCHEMA, n_batches=8, batch_size=256, seed=1)
+
+
+def _run(seed: int = 0, cfg: TrainConfig | None = None, model_cfg: ToyConfig | None = None, batches=TRAIN):
+    torch.manual_seed(seed)
+    model = ToyModel(model_cfg or ToyConfig(), SCHEMA)
+    stats = train(model, batches, (cfg or TrainConfig(seed=seed)).validate())
+    return model, stats, evaluate(model, EVAL)
+
+
+def test_same_seed_gives_identical_ne_and_weights():
+    m1, s1, r1 = _run(0)
+    m2, s2, r2 = _run(0)
+    assert r1.ne == r2.ne and r1.auc == r2.auc
+    assert s1.mean_loss == s2.mean_loss
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+    _, _, r3 = _run(1)
+    assert r3.ne != r1.ne
+
+
+def test_one_pass_learns_and_counts_steps():
+    _, stats, res = _run(0)
+    assert stats.steps == len(TRAIN) and stats.examples == 120 * 128
+    assert not stats.stopped_early
+    assert res.ne < 0.97 and res.gap_closed > 0.2 and res.auc > 0.65  # measured 0.948, 0.30, 0.68
+    assert res.oracle_ne is not None and res.oracle_ne < res.ne
+
+
+def test_steps_limit():
+    _, stats, _ = _run(0, TrainConfig(steps=7))
+    assert stats.steps == 7 and stats.examples == 7 * 128
+
+
+def test_nan_loss_stops_naming_the_step():
+    with pytest.raises(TrainingDiverged, match=r"step 5: loss is not finite"):
+        _run(0, model_cfg=ToyConfig(nan_after=5))
+    assert issubclass(TrainingDiverged, KunbenchError)  # the CLI prints it as one line, exit 2
+
+
+def test_divergence_stops_naming_the_step():
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 11"):
+        _run(0, TrainConfig(divergence_loss=0.01))
+
+
+def test_empty_train_split_is_an_error():
+    with pytest.raises(KunbenchError, match="no training batches"):
+        _run(0, batches=[])
+
+
+def test_split_parameters_uses_embedding_parameters():
+    model = ToyModel(ToyConfig(), SCHEMA)
+    groups = split_parameters(model)
+    assert {id(p) for p in groups.embedding} == {id(model.table.weight), id(model.items.weight)}
+    assert len(groups.embedding) + len(groups.dense) == len(list(model.parameters()))
+
+
+def test_split_parameters_detects_embedding_modules():
+    net = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 1))
+    groups = split_parameters(net)
+    assert [p.shape for p in groups.embedding] == [torch.Size([10, 4])]
+    assert groups.dense_count == 5
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_rowwise_adagrad_moves_only_touched_rows(sparse):
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(20, 3, sparse=sparse)
+    before = emb.weight.detach().clone()
+    opt = RowWiseAdagrad([emb.weight], lr=0.1)
+    ids = torch.tensor([1, 5, 5, 7])
+    emb(ids).sum().backward()
+    opt.step()
+    moved = (emb.weight.detach() != before).any(dim=1).nonzero().squeeze(1).tolist()
+    assert moved == [1, 5, 7]
+    # first step of row-wise Adagrad: w -= lr * g / sqrt(mean(g^2)); row 5 has g = 2 everywhere
+    assert torch.allclose(emb.weight[5].detach(), before[5] - 0.1, atol=1e-6)
+    state = opt.state[emb.weight]["sum"]
+    assert state[5].item() == pytest.approx(4.0) and state[0].item() == 0.0
+
+
+def test_rowwise_adagrad_sparse_equals_dense():
+    finals = []
+    for sparse in (False, True):
+        _, _, res = _run(0, model_cfg=ToyConfig(sparse=sparse))
+        finals.append(res.ne)
+    assert finals[0] == pytest.approx(finals[1], rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["adagrad", "adamw"])
+def test_other_embedding_optimizers_train(kind):
+    _, _, res = _run(0, TrainConfig(embedding_optimizer=kind))
+    assert res.ne < 1.0
+
+
+def test_sparse_adam_needs_sparse_gradients():
+    with pytest.raises(KunbenchError, match="sparse_adam needs"):
+        _run(0, TrainConfig(embedding_optimizer="sparse_adam"))
+    _, _, res = _run(0, TrainConfig(embedding_optimizer="sparse_adam"), ToyConfig(sparse=True))
+    assert res.ne < 1.0
+
+
+def test_train_config_validation():
+    with pytest.raises(KunbenchError, match="embedding_optimizer"):
+        TrainConfig(embedding_optimizer="sgd").validate()
+    with pytest.raises(KunbenchError, match="dtype"):
+        TrainConfig(dtype="fp16").validate()
+    with pytest.raises(KunbenchError, match="lr must be > 0"):
+        TrainConfig(lr=0).validate()
