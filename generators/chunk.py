@@ -6,7 +6,6 @@ process can rebuild any chunk and output never depends on how work was split.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +15,9 @@ from kunbench.generators.sampling import (
     offsets_from_lengths,
     sample_lengths,
     session_timestamps,
+    zipf_constant,
     zipf_ranks,
+    zipf_ranks_fast,
 )
 from kunbench.generators.world import World
 
@@ -52,24 +53,29 @@ def chunk_rng(seed: int, start_row: int, tag: int | None = None) -> np.random.Ge
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
 
 
-def _items(world: World, rng: np.random.Generator, n_draws: int, interest_cats: np.ndarray | None,
+def _items(world: World, rng: np.random.Generator, row: np.ndarray, interests: np.ndarray,
            interest_prob: float) -> tuple[np.ndarray, np.ndarray]:
-    """Items (and their categories): from one of the user's interest categories with
-    probability `interest_prob` (`interest_cats`: the category per draw), else globally popular."""
+    """Items and their categories for draws belonging to rows `row`: with probability
+    `interest_prob` from one of the row's user's interest categories (`interests` [n, K]), else a
+    globally Zipf-popular item. Within a category, ranks are Zipf and permuted per category."""
     cfg = world.config
     n_cat = cfg.num_item_categories
     a = cfg.zipf_exponent
+    K = interests.shape[1]
+    n_draws = row.shape[0]
     u = rng.random(n_draws)
-    from_interest = rng.random(n_draws) < interest_prob
-    card = np.where(from_interest, world.items_per_cat, world.item_space)
-    rank = zipf_ranks(u, card, a)
+    v = rng.random(n_draws)  # v < p: from interest j = floor(v / p * K)
+    from_interest = v < interest_prob
+    pick = (v * (K / interest_prob)).astype(np.int64) if interest_prob > 0 else np.zeros(n_draws, np.int64)
+    np.minimum(pick, K - 1, out=pick)
+    icat = interests.reshape(-1)[row * K + pick]
+    k = np.where(from_interest, zipf_constant(world.items_per_cat, a), zipf_constant(world.item_space, a))
+    rank = zipf_ranks_fast(u, k, a)
     # interest path: item = cat + n_cat * perm_cat(rank); global path: a permutation of the space
-    in_cat = affine_permute(rank, world.item_in_cat_mult, world.item_cat_offset[interest_cats],
-                            world.items_per_cat)
-    item_interest = interest_cats + n_cat * in_cat
+    in_cat = affine_permute(rank, world.item_in_cat_mult, world.item_cat_offset[icat], world.items_per_cat)
     item_global = affine_permute(rank, world.item_global_mult, world.item_global_offset, world.item_space)
-    item = np.where(from_interest, item_interest, item_global)
-    category = np.where(from_interest, interest_cats, item_global % n_cat)
+    category = np.where(from_interest, icat, item_global % n_cat)
+    item = np.where(from_interest, icat + n_cat * in_cat, item_global)
     return item, category
 
 
@@ -87,8 +93,7 @@ def build_chunk(world: World, rng: np.random.Generator, start: int, n: int,
     K = interests.shape[1]
     surface = affine_permute(zipf_ranks(rng.random(n), cfg.num_surfaces, a), world.surface_mult,
                              world.surface_offset, cfg.num_surfaces)
-    ad_pick = (rng.random(n) * K).astype(np.int64)
-    ad, ad_category = _items(world, rng, n, interests[np.arange(n), ad_pick], cfg.ad_interest_prob)
+    ad, ad_category = _items(world, rng, np.arange(n), interests, cfg.ad_interest_prob)
 
     # context fields: [F, n] so each column is contiguous
     if F:
@@ -125,9 +130,7 @@ def build_chunk(world: World, rng: np.random.Generator, start: int, n: int,
         off = offsets_from_lengths(lengths)
         N = int(off[-1])
         row = np.repeat(np.arange(n, dtype=np.int64), lengths)
-        pick = (rng.random(N) * K).astype(np.int64)
-        icats = interests.reshape(-1)[row * K + pick]
-        item, category = _items(world, rng, N, icats, ev.interest_prob)
+        item, category = _items(world, rng, row, interests, ev.interest_prob)
         ts = session_timestamps(rng, request_ts, lengths, row, hist_s, cfg.session_events, sess_s)
         events[name] = EventColumns(lengths, off, row, item, category, ts)
 
@@ -147,6 +150,3 @@ def calibration_times(config, rng: np.random.Generator, n: int) -> np.ndarray:
     span = config.request_span_days * 86400.0
     return config.start_ts + np.floor(rng.random(n) * span).astype(np.int64)
 
-
-__all__ = ["Chunk", "EventColumns", "build_chunk", "chunk_rng", "request_times", "calibration_times",
-           "math"]

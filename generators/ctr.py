@@ -39,7 +39,9 @@ class GenerateResult:
     skipped: list[str] = field(default_factory=list)  # already complete and verified
     missing: list[str] = field(default_factory=list)  # other runs' shards not present yet
     manifest_written: bool = False
-    seconds: float = 0.0
+    seconds: float = 0.0  # whole run
+    setup_seconds: float = 0.0  # world + calibration (once per run, independent of rows)
+    shard_seconds: float = 0.0  # generating and writing this run's shards
     rows_written: int = 0
     manifest: dict[str, Any] | None = None
 
@@ -150,9 +152,12 @@ def run(config: GeneratorConfig, out_dir: str | Path, workers: int = 1, num_shar
     selected = [s for s in specs if s.index % num_shards == shard_index]
     prepare_dir(root, fingerprint, force)
 
+    t_setup = time.perf_counter()
     world = build_world(config)
     calib = calibrate(world)
-    result = GenerateResult(root, len(specs), selected=[s.name for s in selected])
+    setup_seconds = time.perf_counter() - t_setup
+    result = GenerateResult(root, len(specs), selected=[s.name for s in selected],
+                            setup_seconds=setup_seconds)
 
     sidecars: dict[int, dict] = {}
     todo: list[ShardSpec] = []
@@ -163,7 +168,9 @@ def run(config: GeneratorConfig, out_dir: str | Path, workers: int = 1, num_shar
         else:
             sidecars[spec.index] = side
             result.skipped.append(spec.name)
+    t_shards = time.perf_counter()
     sidecars.update(_run_shards(world, calib, todo, root, fingerprint, workers, progress))
+    result.shard_seconds = time.perf_counter() - t_shards
     result.written = [s.name for s in todo]
     result.rows_written = sum(s.rows for s in todo)
 

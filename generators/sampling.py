@@ -76,6 +76,23 @@ def zipf_ranks(u: np.ndarray, cardinality: np.ndarray | int, exponent: float) ->
     return r
 
 
+def zipf_constant(cardinality: int, exponent: float) -> float:
+    """The per-cardinality constant of `zipf_ranks_fast` (computed once, not per draw)."""
+    if abs(exponent - 1.0) < 1e-9:
+        return math.log1p(cardinality)
+    return (cardinality + 1.0) ** (1.0 - exponent) - 1.0
+
+
+def zipf_ranks_fast(u: np.ndarray, k: np.ndarray | float, exponent: float) -> np.ndarray:
+    """`zipf_ranks` with precomputed `zipf_constant`s and no clipping: a rank may (rarely, by
+    rounding) equal the cardinality, which callers must wrap (an affine permutation mod C does)."""
+    if abs(exponent - 1.0) < 1e-9:
+        x = np.exp(u * k)
+    else:
+        x = np.power(1.0 + u * k, 1.0 / (1.0 - exponent))
+    return x.astype(np.int64) - 1
+
+
 def coprime_multiplier(rng: np.random.Generator, cardinality: int, limit: int = 1 << 22) -> int:
     """A multiplier a with gcd(a, C) = 1 (so r -> (a r + b) mod C permutes [0, C)).
 
@@ -124,28 +141,52 @@ def offsets_from_lengths(lengths: np.ndarray) -> np.ndarray:
 def session_timestamps(rng: np.random.Generator, request_ts: np.ndarray, lengths: np.ndarray,
                        row_of_event: np.ndarray, history_span_s: float, session_events: float,
                        session_s: float) -> np.ndarray:
-    """Bursty event times, sorted ascending within each row, every one < its row's request_ts.
+    """Bursty event times, non-decreasing within each row, every one < its row's request_ts.
 
-    Each row has ceil(len / session_events) sessions starting uniformly over
-    [request_ts - history_span, request_ts); each event joins a random session of its row and
-    lands Exp(session_s) after the session start; times are clipped below request_ts.
+    Each row has ceil(len / session_events) sessions whose starts are uniform over
+    [request_ts - history_span, request_ts); each event joins a uniformly chosen session of its
+    row and lands Exp(session_s) after the session start; times are clipped below request_ts.
+
+    Built in sorted order, with no sort: session starts are sorted uniforms from exponential
+    spacings, events are grouped by session (bincount of the session picks; events are
+    exchangeable, items being i.i.d. given the row), and within a session the offsets are
+    exponential order statistics (Renyi: cumsum of E_j / (m - j)). Where two sessions overlap,
+    the later session's early events are held at the running maximum, so order is kept.
     """
+    n = lengths.shape[0]
     n_events = row_of_event.shape[0]
     if n_events == 0:
         return np.zeros(0, dtype=np.int64)
     n_sess = np.maximum(1, np.ceil(lengths / session_events)).astype(np.int64)
     sess_off = offsets_from_lengths(n_sess)
     total_sessions = int(sess_off[-1])
-    # session start as seconds back from the request
-    sess_back = rng.random(total_sessions) * history_span_s
+
+    # sorted session starts: row block of k + 1 spacings, start_j = (E_1 + .. + E_j) / sum
+    spacing = rng.standard_exponential(total_sessions + n)
+    cs = np.cumsum(spacing)
+    block_end = sess_off[1:] + np.arange(1, n + 1) - 1  # index of each row's last spacing
+    block_start_excl = np.concatenate(([0.0], cs[block_end[:-1]]))
+    row_total = cs[block_end] - block_start_excl
+    keep = np.ones(total_sessions + n, dtype=bool)
+    keep[block_end] = False  # the last spacing of a block only closes the interval
+    sess_row = np.repeat(np.arange(n), n_sess)
+    start_frac = (cs[keep] - block_start_excl[sess_row]) / row_total[sess_row]  # ascending in a row
+    sess_start = (request_ts[sess_row] - history_span_s) + start_frac * history_span_s
+
+    # events grouped by session, in session order
     pick = (rng.random(n_events) * n_sess[row_of_event]).astype(np.int64)
-    sess = sess_off[:-1][row_of_event] + pick
-    back = sess_back[sess] - rng.standard_exponential(n_events) * session_s
-    back = np.ceil(back)
-    np.maximum(back, 1.0, out=back)  # strictly before the request
-    # sort within rows: key = row << 32 | (span - back), ascending time == descending back
-    span = int(math.ceil(history_span_s)) + 1
-    key = (row_of_event.astype(np.int64) << 32) | (span - back.astype(np.int64))
-    key.sort()
-    rel = (key & 0xFFFFFFFF) - span  # = -back, sorted ascending within each row
-    return request_ts[row_of_event] + rel
+    counts = np.bincount(sess_off[:-1][row_of_event] + pick, minlength=total_sessions)
+    sess = np.repeat(np.arange(total_sessions), counts)
+    first = offsets_from_lengths(counts)[:-1]
+    m_left = counts[sess] - (np.arange(n_events) - first[sess])  # m, m-1, ..., 1 within a session
+    gap = rng.standard_exponential(n_events) / m_left
+    cg = np.cumsum(gap)
+    before = cg - gap  # cumulative gap before each event
+    offset = cg - before[first][sess]  # sorted Exp(1) order statistics within the session
+    ts = np.floor(sess_start[sess] + offset * session_s).astype(np.int64)
+    np.minimum(ts, request_ts[row_of_event] - 1, out=ts)
+    # overlapping sessions: keep order with a running maximum inside each row
+    base = int(request_ts.min()) - int(math.ceil(history_span_s)) - 1
+    key = (row_of_event << 32) | (ts - base)
+    np.maximum.accumulate(key, out=key)
+    return (key & 0xFFFFFFFF) + base

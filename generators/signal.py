@@ -79,8 +79,7 @@ def _history_terms(world: World, chunk: Chunk, active) -> dict[str, np.ndarray]:
             mean_s.append(np.zeros(n))
             rec_s.append(np.zeros(n))
             continue
-        lat = world.latents(cols.item, cols.category)
-        s = np.einsum("ij,ij->i", lat, np.take(u, cols.row, axis=0)).astype(np.float64)
+        s = world.similarity(cols.item, cols.category, u, cols.row)
         age = (chunk.request_ts[cols.row] - cols.ts).astype(np.float64)
         w = np.exp(age * (-1.0 / (ev.recency_days * 86400.0)))
         counts = cols.lengths

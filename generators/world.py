@@ -82,6 +82,18 @@ class World:
         lat /= norm[:, None]
         return lat
 
+    def similarity(self, items: np.ndarray, categories: np.ndarray, ad_latent: np.ndarray,
+                   row: np.ndarray) -> np.ndarray:
+        """<latent(item), ad_latent[row]> per event, without materializing normalized latents."""
+        with np.errstate(over="ignore"):
+            slot = ((items.astype(np.uint64) * _FIB) >> NOISE_SHIFT).astype(np.intp)
+        lat = np.take(self.centroids, categories, axis=0)
+        lat += np.take(self.noise, slot, axis=0)
+        dot = np.einsum("ij,ij->i", lat, np.take(ad_latent, row, axis=0))
+        nn = np.einsum("ij,ij->i", lat, lat)
+        np.maximum(nn, 1e-12, out=nn)
+        return dot.astype(np.float64) / np.sqrt(nn)
+
     def interest_categories(self, users: np.ndarray) -> np.ndarray:
         """[n, user_interests] categories of each user, from a hash of (user, j): no user table."""
         from kunbench.generators.sampling import hashed_uniform, zipf_ranks
