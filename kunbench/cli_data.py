@@ -66,18 +66,18 @@ def generate(preset, rows, out, seed, workers, num_shards, shard_index, config_f
     rate = result.rows_written / result.seconds if result.seconds > 0 else 0.0
     console.print(f"{out}: wrote {len(result.written)} shard(s), {result.rows_written:,} rows in "
                   f"{result.seconds:.1f}s ({rate:,.0f} rows/s); {len(result.skipped)} already complete",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     if result.manifest_written:
         tr = result.manifest["splits"]["train"]
         ev = result.manifest["splits"]["eval"]
         console.print(f"manifest written: train {tr['rows']:,} rows, eval {ev['rows']:,} rows, "
                       f"base CTR {_fmt(tr['base_ctr'])}, oracle NE train {_fmt(tr['oracle_ne'])} "
-                      f"eval {_fmt(ev['oracle_ne'])}", highlight=False)
+                      f"eval {_fmt(ev['oracle_ne'])}", highlight=False, soft_wrap=True)
     else:
         done = result.shards_total - len(result.missing)
         console.print(f"wrote shards {_names(result.selected)} ({done} of {result.shards_total} present); "
                       f"manifest written when all are present — rerun without --shard-index on the "
-                      f"merged dir", highlight=False)
+                      f"merged dir", highlight=False, soft_wrap=True)
 
 
 def _names(names: list[str], limit: int = 6) -> str:
@@ -100,7 +100,7 @@ def inspect_cmd(directory, verify):
     d = m.data
     console.print(f"[bold]{directory}[/]  schema v{d['schema_version']}  generator {d.get('generator')}  "
                   f"seed {d.get('seed')}  fingerprint {d.get('fingerprint')}  "
-                  f"preset {d.get('config', {}).get('preset')}", highlight=False)
+                  f"preset {d.get('config', {}).get('preset')}", highlight=False, soft_wrap=True)
 
     t = Table(title="splits")
     for c in ("split", "rows", "files", "MiB", "base CTR", "mean p_true", "oracle NE", "request_ts"):
@@ -139,21 +139,21 @@ def inspect_cmd(directory, verify):
     if world:
         scales = ", ".join(f"{k} {v:.3g}" for k, v in world.get("term_scale", {}).items())
         console.print(f"world: bias {world.get('bias', float('nan')):.4f}; term scales: {scales}",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
 
     files = [(split, f) for split, s in m.splits.items() for f in s["files"]]
     if not verify:
-        console.print(f"{len(files)} files (use --verify to check checksums)", highlight=False)
+        console.print(f"{len(files)} files (use --verify to check checksums)", highlight=False, soft_wrap=True)
         return
     problems = verify_dataset(m)
     if problems:
         for p in problems:
             err_console.print(f"[bold red]{p}[/]", highlight=False, soft_wrap=True)
         err_console.print(f"[bold red]verify failed:[/] {len(problems)} of {len(files)} files damaged "
-                          f"or missing", highlight=False)
+                          f"or missing", highlight=False, soft_wrap=True)
         sys.exit(1)
     console.print(f"[green]verified[/] {len(files)} files: sizes, sha256 and row counts match the manifest",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
 
 
 def verify_dataset(m) -> list[str]:
