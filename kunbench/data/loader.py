@@ -76,19 +76,30 @@ def _flat(col: pa.ChunkedArray) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False)
 
 
-def _fill_jagged(pieces: list[tuple[_JaggedCol, int, int]], offsets: np.ndarray | None = None,
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate rows [a, b) of each piece into fresh (values, offsets [B+1])."""
-    if offsets is None:
-        offsets = _out_offsets(pieces)
-    dtype = pieces[0][0].values.dtype
-    values = np.empty(int(offsets[-1]), dtype=dtype)
-    pos = 0
-    for col, a, b in pieces:
-        m = int(col.out_offsets[b] - col.out_offsets[a])
-        col.write(a, b, values[pos:pos + m])
-        pos += m
-    return values, offsets
+_TORCH_DTYPE = {np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32, np.dtype(np.float32): torch.float32,
+                np.dtype(np.float64): torch.float64, np.dtype(np.int8): torch.int8}
+_ALIGN = 64
+
+
+def _allocate(specs: list[tuple[tuple[int, ...], np.dtype]], shared: bool) -> list[torch.Tensor]:
+    """Fresh tensors of the given shapes and dtypes.
+
+    In DataLoader workers (shared=True) they are views into ONE shared-memory buffer: handing a
+    batch to the main process then costs no copy and a single shared segment, instead of one per
+    tensor (creating many small segments costs several times more than filling them).
+    """
+    if not shared:
+        return [torch.empty(shape, dtype=_TORCH_DTYPE[np.dtype(dt)]) for shape, dt in specs]
+    starts, pos = [], 0
+    for shape, dt in specs:
+        starts.append(pos)
+        pos += -(-int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize // _ALIGN) * _ALIGN
+    arena = torch.empty(max(pos, _ALIGN), dtype=torch.uint8).share_memory_()
+    out = []
+    for (shape, dt), start in zip(specs, starts):
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
+        out.append(arena[start:start + nbytes].view(_TORCH_DTYPE[np.dtype(dt)]).view(shape))
+    return out
 
 
 def _out_offsets(pieces: list[tuple[_JaggedCol, int, int]]) -> np.ndarray:
@@ -104,15 +115,36 @@ def _out_offsets(pieces: list[tuple[_JaggedCol, int, int]]) -> np.ndarray:
     return offsets
 
 
+def _fill_jagged(pieces: list[tuple[_JaggedCol, int, int]], out: np.ndarray) -> None:
+    """Write the (truncated) values of rows [a, b) of each piece, concatenated, into `out`."""
+    pos = 0
+    for col, a, b in pieces:
+        m = int(col.out_offsets[b] - col.out_offsets[a])
+        col.write(a, b, out[pos:pos + m])
+        pos += m
+
+
 def _assemble(pieces: list[tuple[_Chunk, int, int]], include_p_true: bool, event_types: Sequence[str],
-              multihot_names: Sequence[str]) -> Batch:
+              multihot_names: Sequence[str], shared: bool = False) -> Batch:
     B = sum(b - a for _, a, b in pieces)
     c0 = pieces[0][0]
-    cat = np.empty((B, len(c0.cat)), dtype=np.int64)
-    dense = np.empty((B, len(c0.dense)), dtype=np.float32)
-    request_ts = np.empty(B, dtype=np.int64)
-    labels = np.empty(B, dtype=np.float32)
-    p_true = np.empty(B, dtype=np.float64) if include_p_true else None
+    mh_cols = [[(ch.multihot[j], a, b) for ch, a, b in pieces] for j in range(len(multihot_names))]
+    seq_cols = [[[(ch.seqs[j][p], a, b) for ch, a, b in pieces] for p in range(3)] for j in range(len(event_types))]
+    mh_off = [_out_offsets(cols) for cols in mh_cols]
+    seq_off = [_out_offsets(parts[0]) for parts in seq_cols]
+    i64, f32 = np.dtype(np.int64), np.dtype(np.float32)
+    specs = [((B, len(c0.cat)), i64), ((B, len(c0.dense)), f32), ((B,), i64), ((B,), f32)]
+    if include_p_true:
+        specs.append(((B,), np.dtype(np.float64)))
+    for cols, off in zip(mh_cols, mh_off):
+        specs += [((B + 1,), i64), ((int(off[-1]),), cols[0][0].values.dtype)]
+    for parts, off in zip(seq_cols, seq_off):
+        specs += [((B + 1,), i64)] + [((int(off[-1]),), part[0][0].values.dtype) for part in parts]
+    tensors = iter(_allocate(specs, shared))
+    t_cat, t_dense, t_request_ts, t_labels = (next(tensors) for _ in range(4))
+    t_p_true = next(tensors) if include_p_true else None
+    cat, dense, request_ts, labels = t_cat.numpy(), t_dense.numpy(), t_request_ts.numpy(), t_labels.numpy()
+    p_true = None if t_p_true is None else t_p_true.numpy()
     row = 0
     for ch, a, b in pieces:
         r = slice(row, row + b - a)
@@ -126,24 +158,21 @@ def _assemble(pieces: list[tuple[_Chunk, int, int]], include_p_true: bool, event
             p_true[r] = ch.p_true[a:b]
         row += b - a
     multihot = {}
-    for j, name in enumerate(multihot_names):
-        v, o = _fill_jagged([(ch.multihot[j], a, b) for ch, a, b in pieces])
-        multihot[name] = Jagged(torch.from_numpy(v), torch.from_numpy(o))
+    for name, cols, off in zip(multihot_names, mh_cols, mh_off):
+        t_off, t_val = next(tensors), next(tensors)
+        t_off.numpy()[:] = off
+        _fill_jagged(cols, t_val.numpy())
+        multihot[name] = Jagged(t_val, t_off)
     sequences = {}
-    for j, et in enumerate(event_types):
-        offsets = _out_offsets([(ch.seqs[j][0], a, b) for ch, a, b in pieces])
-        parts = [torch.from_numpy(_fill_jagged([(ch.seqs[j][p], a, b) for ch, a, b in pieces], offsets)[0])
-                 for p in range(3)]
-        sequences[et] = EventSequence(parts[0], parts[1], parts[2], torch.from_numpy(offsets))
-    return Batch(
-        context_categorical=torch.from_numpy(cat),
-        context_dense=torch.from_numpy(dense),
-        multihot=multihot,
-        sequences=sequences,
-        request_ts=torch.from_numpy(request_ts),
-        labels=torch.from_numpy(labels),
-        p_true=None if p_true is None else torch.from_numpy(p_true),
-    )
+    for et, parts, off in zip(event_types, seq_cols, seq_off):
+        t_off = next(tensors)
+        t_off.numpy()[:] = off
+        vals = [next(tensors) for _ in range(3)]
+        for part, t in zip(parts, vals):
+            _fill_jagged(part, t.numpy())
+        sequences[et] = EventSequence(vals[0], vals[1], vals[2], t_off)
+    return Batch(context_categorical=t_cat, context_dense=t_dense, multihot=multihot, sequences=sequences,
+                 request_ts=t_request_ts, labels=t_labels, p_true=t_p_true)
 
 
 # ---- the dataset ---------------------------------------------------------------------------
@@ -349,6 +378,7 @@ class ParquetBatches(IterableDataset):
         rank, world_size = self._dist()
         units = self.units_for(rank, world_size, worker_id, num_workers)
         use_threads = self.use_threads if self.use_threads is not None else info is None
+        shared = info is not None
         pending: list[tuple[_Chunk, int, int]] = []
         have = 0
         B = self.batch_size
@@ -360,13 +390,13 @@ class ParquetBatches(IterableDataset):
                 have += take
                 start += take
                 if have == B:
-                    yield self._make(pending)
+                    yield self._make(pending, shared)
                     pending, have = [], 0
         if pending and not self.drop_last:
-            yield self._make(pending)
+            yield self._make(pending, shared)
 
-    def _make(self, pieces: list[tuple[_Chunk, int, int]]) -> Batch:
-        return _assemble(pieces, self.include_p_true, self.event_types, self.multihot_names)
+    def _make(self, pieces: list[tuple[_Chunk, int, int]], shared: bool = False) -> Batch:
+        return _assemble(pieces, self.include_p_true, self.event_types, self.multihot_names, shared)
 
     def __repr__(self) -> str:
         return (f"ParquetBatches({str(self.root)!r}, split={self.split!r}, rows={self.num_rows}, "
@@ -385,28 +415,34 @@ def make_dataloader(dataset: ParquetBatches, num_workers: int = 0, pin_memory: b
 
 def measure_loader_rows_per_s(root: str | os.PathLike, split: str = "train", num_workers: int = 0,
                               batch_size: int = 512, max_lengths: int | Mapping[str, int] | None = None,
-                              max_rows: int | None = None) -> float:
+                              max_rows: int | None = None, **dataset_kwargs) -> float:
     """Rows/s of one pass over a split through a DataLoader (worker start-up included)."""
-    return measure_loader(root, split, num_workers, batch_size, max_lengths, max_rows)["rows_per_s"]
+    return measure_loader(root, split, num_workers, batch_size, max_lengths, max_rows, **dataset_kwargs)["rows_per_s"]
 
 
 def measure_loader(root: str | os.PathLike, split: str = "train", num_workers: int = 0, batch_size: int = 512,
-                   max_lengths: int | Mapping[str, int] | None = None, max_rows: int | None = None) -> dict:
-    """One timed pass; returns rows, batches, events, seconds, rows_per_s and the time to the first batch."""
-    ds = ParquetBatches(root, split, batch_size=batch_size, max_lengths=max_lengths)
+                   max_lengths: int | Mapping[str, int] | None = None, max_rows: int | None = None,
+                   **dataset_kwargs) -> dict:
+    """One timed pass; returns rows, batches, events, seconds, rows_per_s, the time to the first batch
+    and steady_rows_per_s (rows after the first batch over the time after it: start-up excluded)."""
+    ds = ParquetBatches(root, split, batch_size=batch_size, max_lengths=max_lengths, **dataset_kwargs)
     loader = make_dataloader(ds, num_workers=num_workers)
     rows = batches = events = 0
     t0 = time.perf_counter()
     first = None
     for batch in loader:
-        if first is None:
-            first = time.perf_counter() - t0
         rows += batch.batch_size
+        if first is None:
+            first, first_rows = time.perf_counter() - t0, rows
         batches += 1
         events += sum(int(s.item.numel()) for s in batch.sequences.values())
         if max_rows is not None and rows >= max_rows:
             break
     seconds = time.perf_counter() - t0
+    steady = None
+    if first is not None and batches > 1 and seconds > first:
+        steady = (rows - first_rows) / (seconds - first)
     return {"rows": rows, "batches": batches, "events": events, "seconds": seconds,
             "rows_per_s": rows / seconds if seconds > 0 else float("inf"), "first_batch_s": first,
+            "steady_rows_per_s": steady,
             "num_workers": num_workers, "batch_size": batch_size}
