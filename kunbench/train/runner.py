@@ -66,8 +66,10 @@ def seed_everything(seed: int) -> None:
 
 
 def backend_max_lengths(config: Any) -> Any:
-    """Per-event-type truncation a backend asks the loader for (most recent N events), if any."""
-    for name in ("max_lengths", "max_seq_len", "max_sequence_length"):
+    """Per-event-type truncation to the most recent N events that the backend applies itself anyway
+    (`seq_max_len`: InterFormer cuts each stream to T_max before merging; `history_k`: Wukong pools
+    the last K events per type), so cutting in the loader is exact and saves decoding and copies."""
+    for name in ("max_lengths", "seq_max_len", "history_k"):
         value = getattr(config, name, None)
         if value:
             return dict(value) if isinstance(value, dict) else int(value)
@@ -141,6 +143,12 @@ def run_training(backend: str, data: str | Path | None = None, *, preset: str | 
             raise KunbenchError("--dtype bf16 runs as autocast on CUDA; this run is on CPU (use --dtype fp32)")
         spec = spec or get_backend(backend)
         model_cfg = spec.make_config(preset, backend_sets)
+        if (ctx.enabled and ctx.device.type == "cuda" and getattr(model_cfg, "sparse_embeddings", False)
+                and "sparse_embeddings" not in backend_sets):
+            # DDP cannot all-reduce sparse gradients over nccl: use dense table gradients there
+            model_cfg = dataclasses.replace(model_cfg, sparse_embeddings=False)
+            if log is not None and ctx.is_main:
+                log("multi-GPU DDP: sparse_embeddings=false (nccl has no sparse all-reduce)")
         if data is None:
             from kunbench.cache import default_dataset
 
