@@ -166,7 +166,7 @@ def write_contract_dataset(root, rows_per_file: Sequence[int] = (300, 0, 250), e
                         "max": int(ls.max()) if ls.size else 0}
         splits[split] = {"rows": rows, "files": files, "base_ctr": ctr,
                          "oracle_ne": (ne_num / rows) / base_ent if rows else float("nan"),
-                         "length_stats": stats}
+                         "lengths": stats}
     manifest = {"schema_version": 1, "generator": "tests.dataset_fixture", "seed": seed,
                 "config": {"row_group_rows": row_group_rows}, "columns": spec,
                 "event_types": list(event_types), "splits": splits}

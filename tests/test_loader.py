@@ -227,6 +227,18 @@ def test_generated_tiny_dataset_loads(request):
                 assert bool((seq.ts < b.request_ts[rows]).all())
             ids.update((b.request_ts.tolist()))
         assert sum(ids.values()) == ds.num_rows == ds.manifest.split_rows(split)
+    # values of the first row group equal pyarrow's, most recent 16 events kept
+    ds = ParquetBatches(root, "train", batch_size=50, max_lengths=16)
+    rows = pq.ParquetFile(ds.paths[0]).read_row_group(0).to_pylist()[:50]
+    b = next(iter(ds))
+    cat_names = [c.name for c in ds.schema.categorical]
+    for i, row in enumerate(rows):
+        assert b.request_ts[i].item() == row["request_ts"] and b.labels[i].item() == row["click"]
+        assert b.context_categorical[i].tolist() == [row[n] for n in cat_names]
+        for et, seq in b.sequences.items():
+            lo, hi = seq.offsets[i].item(), seq.offsets[i + 1].item()
+            assert seq.ts[lo:hi].tolist() == row[f"seq_{et}_ts"][-16:]
+            assert seq.item[lo:hi].tolist() == row[f"seq_{et}_item"][-16:]
 
 
 # ---- jagged helpers (property tests) -----------------------------------------------------------

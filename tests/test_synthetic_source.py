@@ -149,3 +149,21 @@ def test_length_law_stays_in_bounds(median, sigma, lo, span, seed):
     g = torch.Generator().manual_seed(seed)
     n = law.sample(200, g, torch.device("cpu"))
     assert n.dtype == torch.int64 and int(n.min()) >= lo and int(n.max()) <= lo + span
+
+
+def test_generated_dataset_schema_and_structure(request):
+    """Against the real generator (tests/conftest.py `tiny_dataset`): the config-built schema equals
+    the manifest's columns, and synthetic batches have the loader's structure."""
+    try:
+        root = request.getfixturevalue("tiny_dataset")
+    except pytest.FixtureLookupError:
+        pytest.skip("no tiny_dataset fixture yet")
+    from kunbench.data.manifest import load_manifest
+    from kunbench.generators.config import config_from_dict
+
+    manifest = load_manifest(root)
+    assert columns_from_config(config_from_dict(manifest.data["config"])) == list(manifest.columns)
+    file_batch = next(iter(ParquetBatches(root, "train", batch_size=64)))
+    src = SyntheticBatches.from_manifest(root, batch_size=64, pool_size=1)
+    assert _structure(src.pool[0]) == _structure(file_batch)
+    _check_consistent(src.pool[0], manifest.schema)

@@ -124,7 +124,8 @@ def _length_laws_from_manifest(data: dict) -> dict[str, LengthLaw]:
             pass
     laws = {}
     for split in ("train", "eval"):
-        stats = (data.get("splits", {}).get(split) or {}).get("length_stats") or {}
+        entry = data.get("splits", {}).get(split) or {}
+        stats = entry.get("lengths") or entry.get("length_stats") or {}
         for name, s in stats.items():
             try:
                 p50, p99, mx = float(s["p50"]), float(s.get("p99", s["p50"])), int(s["max"])
