@@ -17,14 +17,22 @@ from typing import Any
 
 from kunbench.errors import KunbenchError
 from kunbench.generators.config import GeneratorConfig, config_from_dict
-from kunbench.generators.signal import Calibration, calibrate
+from kunbench.generators.signal import (
+    CALIBRATION_ROWS,
+    Calibration,
+    calibrate,
+    calibration_chunk_terms,
+    calibration_starts,
+)
 from kunbench.generators.world import World, build_world
 from kunbench.generators.writer import (
     ShardSpec,
     build_manifest,
+    cached_calibration,
     finished_sidecar,
     plan_shards,
     prepare_dir,
+    store_calibration,
     write_manifest,
     write_shard,
 )
@@ -66,16 +74,19 @@ def check_run_args(config: GeneratorConfig, workers: int, num_shards: int, shard
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(config_dict: dict, calib_dict: dict, root: str, fingerprint: str, progress_q) -> None:
+def _init_worker(config_dict: dict, root: str, fingerprint: str, progress_q) -> None:
     cfg = config_from_dict(config_dict)
-    _STATE.update(world=build_world(cfg), calib=Calibration.from_dict(calib_dict), root=Path(root),
-                  fingerprint=fingerprint, queue=progress_q)
+    _STATE.update(world=build_world(cfg), root=Path(root), fingerprint=fingerprint, queue=progress_q)
 
 
-def _worker_shard(spec: ShardSpec) -> dict:
+def _worker_calibration(part: tuple[int, int]) -> dict:
+    return calibration_chunk_terms(_STATE["world"], *part)
+
+
+def _worker_shard(spec: ShardSpec, calib_dict: dict) -> dict:
     q = _STATE["queue"]
-    return write_shard(_STATE["world"], _STATE["calib"], spec, _STATE["root"], _STATE["fingerprint"],
-                       on_chunk=(lambda n: q.put(n)) if q is not None else None)
+    return write_shard(_STATE["world"], Calibration.from_dict(calib_dict), spec, _STATE["root"],
+                       _STATE["fingerprint"], on_chunk=(lambda n: q.put(n)) if q is not None else None)
 
 
 def _progress_bar(enabled: bool):
@@ -96,37 +107,65 @@ def _progress_bar(enabled: bool):
                     console=Console(stderr=True), transient=False)
 
 
-def _run_shards(world: World, calib: Calibration, todo: list[ShardSpec], root: Path, fingerprint: str,
-                workers: int, progress: bool) -> dict[int, dict]:
-    done: dict[int, dict] = {}
-    total_rows = sum(s.rows for s in todo)
-    with _progress_bar(progress and total_rows > 0) as bar:
-        task = bar.add_task("generating", total=total_rows) if bar is not None else None
-        advance = (lambda n: bar.advance(task, n)) if bar is not None else None
-        if workers == 1 or len(todo) <= 1:
-            for spec in todo:
-                done[spec.index] = write_shard(world, calib, spec, root, fingerprint, on_chunk=advance)
-            return done
-        ctx = mp.get_context("spawn")
-        q = ctx.Queue() if bar is not None else None
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                                 initializer=_init_worker,
-                                 initargs=(world.config.to_dict(), calib.to_dict(), str(root),
-                                           fingerprint, q)) as pool:
-            futures = {pool.submit(_worker_shard, spec): spec for spec in todo}
-            pending = set(futures)
-            try:
-                while pending:
-                    finished, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        done[futures[fut].index] = fut.result()
-                    _drain(q, advance)
-            except BaseException:
-                for fut in pending:
-                    fut.cancel()
-                raise
-            _drain(q, advance)
-    return done
+class _Runner:
+    """Calibration (unless cached) and the shards to write, in process or on a spawned pool."""
+
+    def __init__(self, world: World, calib: Calibration | None, root: Path, fingerprint: str,
+                 workers: int, progress: bool):
+        self.world, self.calib, self.root, self.fingerprint = world, calib, root, fingerprint
+        self.workers, self.progress = workers, progress
+        self.calibration_seconds = 0.0
+
+    def _calibrate(self, bar, mapper) -> None:
+        if self.calib is not None:
+            return
+        t0 = time.perf_counter()
+        parts_spec = calibration_starts()
+        task = bar.add_task("calibrating", total=CALIBRATION_ROWS) if bar is not None else None
+        parts = []
+        for (start, n), terms in zip(parts_spec, mapper(parts_spec)):
+            parts.append(terms)
+            if bar is not None:
+                bar.advance(task, n)
+        self.calib = calibrate(self.world, parts=parts)
+        self.calibration_seconds = time.perf_counter() - t0
+
+    def run(self, todo: list[ShardSpec]) -> dict[int, dict]:
+        done: dict[int, dict] = {}
+        total_rows = sum(s.rows for s in todo)
+        with _progress_bar(self.progress and (total_rows > 0 or self.calib is None)) as bar:
+            if self.workers == 1 or len(todo) <= 1:
+                self._calibrate(bar, lambda parts: (calibration_chunk_terms(self.world, *p) for p in parts))
+                task = bar.add_task("generating", total=total_rows) if bar is not None else None
+                advance = (lambda n: bar.advance(task, n)) if bar is not None else None
+                for spec in todo:
+                    done[spec.index] = write_shard(self.world, self.calib, spec, self.root, self.fingerprint,
+                                                   on_chunk=advance)
+                return done
+            ctx = mp.get_context("spawn")
+            q = ctx.Queue() if bar is not None else None
+            with ProcessPoolExecutor(max_workers=min(self.workers, len(todo)), mp_context=ctx,
+                                     initializer=_init_worker,
+                                     initargs=(self.world.config.to_dict(), str(self.root), self.fingerprint,
+                                               q)) as pool:
+                self._calibrate(bar, lambda parts: pool.map(_worker_calibration, parts))
+                task = bar.add_task("generating", total=total_rows) if bar is not None else None
+                advance = (lambda n: bar.advance(task, n)) if bar is not None else None
+                calib_dict = self.calib.to_dict()
+                futures = {pool.submit(_worker_shard, spec, calib_dict): spec for spec in todo}
+                pending = set(futures)
+                try:
+                    while pending:
+                        finished, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                        for fut in finished:
+                            done[futures[fut].index] = fut.result()
+                        _drain(q, advance)
+                except BaseException:
+                    for fut in pending:
+                        fut.cancel()
+                    raise
+                _drain(q, advance)
+        return done
 
 
 def _drain(q, advance) -> None:
@@ -154,10 +193,8 @@ def run(config: GeneratorConfig, out_dir: str | Path, workers: int = 1, num_shar
 
     t_setup = time.perf_counter()
     world = build_world(config)
-    calib = calibrate(world)
-    setup_seconds = time.perf_counter() - t_setup
-    result = GenerateResult(root, len(specs), selected=[s.name for s in selected],
-                            setup_seconds=setup_seconds)
+    world_seconds = time.perf_counter() - t_setup
+    result = GenerateResult(root, len(specs), selected=[s.name for s in selected])
 
     sidecars: dict[int, dict] = {}
     todo: list[ShardSpec] = []
@@ -168,9 +205,15 @@ def run(config: GeneratorConfig, out_dir: str | Path, workers: int = 1, num_shar
         else:
             sidecars[spec.index] = side
             result.skipped.append(spec.name)
+    runner = _Runner(world, cached_calibration(root, fingerprint), root, fingerprint, workers, progress)
     t_shards = time.perf_counter()
-    sidecars.update(_run_shards(world, calib, todo, root, fingerprint, workers, progress))
-    result.shard_seconds = time.perf_counter() - t_shards
+    sidecars.update(runner.run(todo))
+    if runner.calib is None:  # nothing to write and nothing cached
+        runner._calibrate(None, lambda parts: (calibration_chunk_terms(world, *p) for p in parts))
+    calib = runner.calib
+    store_calibration(root, fingerprint, calib)
+    result.setup_seconds = world_seconds + runner.calibration_seconds
+    result.shard_seconds = time.perf_counter() - t_shards - runner.calibration_seconds
     result.written = [s.name for s in todo]
     result.rows_written = sum(s.rows for s in todo)
 

@@ -153,20 +153,35 @@ def _bias_for(z: np.ndarray, base_ctr: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def calibrate(world: World, rows: int = CALIBRATION_ROWS) -> Calibration:
-    """Measure each active term's std on `rows` calibration rows and fit the bias."""
+CALIBRATION_CHUNK = 512
+
+
+def calibration_starts(rows: int = CALIBRATION_ROWS) -> list[tuple[int, int]]:
+    return [(s, min(CALIBRATION_CHUNK, rows - s)) for s in range(0, rows, CALIBRATION_CHUNK)]
+
+
+def calibration_chunk_terms(world: World, start: int, n: int) -> dict[str, np.ndarray]:
+    """Raw active terms of one calibration chunk (rows from the world seed alone)."""
+    cfg = world.config
+    active = frozenset(t for t, s in strengths(cfg).items() if s > 0)
+    if not active:
+        return {}
+    rng = chunk_rng(cfg.seed, start, CALIB_TAG)
+    chunk = build_chunk(world, rng, start, n, calibration_times(cfg, rng, n))
+    return raw_terms(world, chunk, active)
+
+
+def calibrate(world: World, rows: int = CALIBRATION_ROWS, parts: list[dict] | None = None) -> Calibration:
+    """Measure each active term's std on `rows` calibration rows and fit the bias.
+
+    `parts`: the per-chunk raw terms of `calibration_starts(rows)`, in order, when they were
+    computed elsewhere (worker processes); computed here otherwise.
+    """
     cfg = world.config
     strength = strengths(cfg)
     active = frozenset(t for t, s in strength.items() if s > 0)
-    chunk_rows = max(1, min(cfg.row_group_rows, 512))
-    collected: dict[str, list[np.ndarray]] = {t: [] for t in active}
-    if active:
-        for start in range(0, rows, chunk_rows):
-            n = min(chunk_rows, rows - start)
-            rng = chunk_rng(cfg.seed, start, CALIB_TAG)
-            chunk = build_chunk(world, rng, start, n, calibration_times(cfg, rng, n))
-            for t, v in raw_terms(world, chunk, active).items():
-                collected[t].append(v)
+    if parts is None:
+        parts = [calibration_chunk_terms(world, s, n) for s, n in calibration_starts(rows)]
     term_std: dict[str, float] = {}
     scale: dict[str, float] = {}
     z = np.zeros(rows if active else 1)
@@ -175,7 +190,7 @@ def calibrate(world: World, rows: int = CALIBRATION_ROWS) -> Calibration:
             term_std[t] = 0.0
             scale[t] = 0.0
             continue
-        v = np.concatenate(collected[t])
+        v = np.concatenate([p[t] for p in parts])
         sd = float(v.std())
         term_std[t] = sd
         scale[t] = strength[t] / sd if sd > 1e-12 else 0.0

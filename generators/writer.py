@@ -139,6 +139,26 @@ def prepare_dir(root: Path, fingerprint: str, force: bool) -> None:
                                    "schema_version": SCHEMA_VERSION})
 
 
+def cached_calibration(root: Path, fingerprint: str) -> Calibration | None:
+    """The calibration an earlier run of this dataset stored in the marker (exact: JSON floats
+    round-trip), so resumed and merge runs skip the calibration sample."""
+    data = _read_json(root / MARKER_NAME)
+    if not isinstance(data, dict) or data.get("fingerprint") != fingerprint or "calibration" not in data:
+        return None
+    try:
+        return Calibration.from_dict(data["calibration"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def store_calibration(root: Path, fingerprint: str, calib: Calibration) -> None:
+    data = _read_json(root / MARKER_NAME)
+    if isinstance(data, dict) and data.get("fingerprint") == fingerprint and "calibration" in data:
+        return
+    write_json_atomic(root / MARKER_NAME, {"fingerprint": fingerprint, "generator": GENERATOR_NAME,
+                                           "schema_version": SCHEMA_VERSION, "calibration": calib.to_dict()})
+
+
 # ---- one shard -----------------------------------------------------------------------------
 class ShardStats:
     """Additive per-shard statistics; the manifest's split figures are sums of these."""
