@@ -159,11 +159,22 @@ def test_event_type_selection_drop_last_and_num_rows(contract_dir):
     assert list(batches[0].sequences) == ["click"]
 
 
-def test_pin_memory_and_collation_passthrough(contract_dir):
-    ds = ParquetBatches(contract_dir, "eval", batch_size=50)
-    batches = list(make_dataloader(ds, num_workers=1))
-    assert sum(b.batch_size for b in batches) == sum(EVAL_FILES)
-    assert all(isinstance(b.sequences["impression"].offsets, torch.Tensor) for b in batches)
+def test_worker_batches_equal_in_process_batches(contract_dir):
+    """Workers build batches in one shared-memory arena; the values must be the same."""
+    ds = ParquetBatches(contract_dir, "eval", batch_size=50, max_lengths={"impression": 4}, include_p_true=True)
+    local = list(ds)
+    remote = list(make_dataloader(ds, num_workers=1))
+    assert len(local) == len(remote) and sum(b.batch_size for b in remote) == sum(EVAL_FILES)
+    for x, y in zip(local, remote):
+        for a, b in ((x.context_categorical, y.context_categorical), (x.context_dense, y.context_dense),
+                     (x.request_ts, y.request_ts), (x.labels, y.labels), (x.p_true, y.p_true)):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+        for k in x.multihot:
+            assert torch.equal(x.multihot[k].values, y.multihot[k].values)
+            assert torch.equal(x.multihot[k].offsets, y.multihot[k].offsets)
+        for k in x.sequences:
+            for f in ("item", "category", "ts", "offsets"):
+                assert torch.equal(getattr(x.sequences[k], f), getattr(y.sequences[k], f))
 
 
 def test_measure_loader_runs(contract_dir):
