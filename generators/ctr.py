@@ -49,6 +49,7 @@ class GenerateResult:
     manifest_written: bool = False
     seconds: float = 0.0  # whole run
     setup_seconds: float = 0.0  # world + calibration (once per run, independent of rows)
+    setup_cpu_seconds: float = 0.0  # the same in this process's CPU time
     shard_seconds: float = 0.0  # generating and writing this run's shards
     rows_written: int = 0
     manifest: dict[str, Any] | None = None
@@ -115,11 +116,12 @@ class _Runner:
         self.world, self.calib, self.root, self.fingerprint = world, calib, root, fingerprint
         self.workers, self.progress = workers, progress
         self.calibration_seconds = 0.0
+        self.calibration_cpu_seconds = 0.0
 
     def _calibrate(self, bar, mapper) -> None:
         if self.calib is not None:
             return
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         parts_spec = calibration_starts()
         task = bar.add_task("calibrating", total=CALIBRATION_ROWS) if bar is not None else None
         parts = []
@@ -129,6 +131,7 @@ class _Runner:
                 bar.advance(task, n)
         self.calib = calibrate(self.world, parts=parts)
         self.calibration_seconds = time.perf_counter() - t0
+        self.calibration_cpu_seconds = time.process_time() - c0
 
     def run(self, todo: list[ShardSpec]) -> dict[int, dict]:
         done: dict[int, dict] = {}
@@ -191,9 +194,10 @@ def run(config: GeneratorConfig, out_dir: str | Path, workers: int = 1, num_shar
     selected = [s for s in specs if s.index % num_shards == shard_index]
     prepare_dir(root, fingerprint, force)
 
-    t_setup = time.perf_counter()
+    t_setup, c_setup = time.perf_counter(), time.process_time()
     world = build_world(config)
     world_seconds = time.perf_counter() - t_setup
+    world_cpu = time.process_time() - c_setup
     result = GenerateResult(root, len(specs), selected=[s.name for s in selected])
 
     sidecars: dict[int, dict] = {}
@@ -213,6 +217,7 @@ def run(config: GeneratorConfig, out_dir: str | Path, workers: int = 1, num_shar
     calib = runner.calib
     store_calibration(root, fingerprint, calib)
     result.setup_seconds = world_seconds + runner.calibration_seconds
+    result.setup_cpu_seconds = world_cpu + runner.calibration_cpu_seconds
     result.shard_seconds = time.perf_counter() - t_shards - runner.calibration_seconds
     result.written = [s.name for s in todo]
     result.rows_written = sum(s.rows for s in todo)
