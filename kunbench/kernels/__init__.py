@@ -1,7 +1,11 @@
 """Kernels behind Kunlun's operators. `gdpa` validates its inputs, then dispatches.
 
-Implementations: `torch` (the PyTorch reference, every device). The Triton path plugs in here,
-chosen on CUDA; `KUNBENCH_KERNELS=triton|torch` forces one.
+Implementations: `torch` (the PyTorch reference, every device) and `triton` (the fused kernels of
+`gdpa_triton_kernels`, run through the `kunbench::gdpa_fwd` / `kunbench::gdpa_bwd` custom ops of
+`gdpa_op`, with autograd, torch.compile support and a FLOP formula). `auto` picks triton for CUDA
+tensors of float16/bfloat16/float32 when triton is installed, the reference otherwise. Force one with
+the `implementation=` argument or `KUNBENCH_KERNELS=triton|torch` (argument wins). On CPU, triton is
+allowed only under TRITON_INTERPRET=1 (the Triton interpreter, for tests); otherwise it is an error.
 """
 
 from __future__ import annotations
@@ -11,19 +15,34 @@ from typing import Sequence
 
 import torch
 
+from kunbench.kernels import gdpa_op  # noqa: F401  (registers torch.ops.kunbench.gdpa_fwd / gdpa_bwd)
 from kunbench.kernels.gdpa_reference import ACTIVATIONS, gdpa_flops, gdpa_reference, per_head_activations
+from kunbench.kernels.gdpa_triton import SUPPORTED_DTYPES, interpreting, triton_available
 
-IMPLEMENTATIONS = ("torch",)
+IMPLEMENTATIONS = ("torch", "triton")
+ACTIVATION_IDS = {"identity": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}  # = gdpa_triton_kernels.ACT_IDS
 
-__all__ = ["ACTIVATIONS", "IMPLEMENTATIONS", "gdpa", "gdpa_flops", "select_implementation"]
+__all__ = ["ACTIVATIONS", "ACTIVATION_IDS", "IMPLEMENTATIONS", "gdpa", "gdpa_flops", "select_implementation"]
 
 
-def select_implementation(device: torch.device, override: str | None = None) -> str:
-    choice = override or os.environ.get("KUNBENCH_KERNELS") or "auto"
+def select_implementation(device: torch.device | str, override: str | None = None,
+                          dtype: torch.dtype | None = None) -> str:
+    """`torch` or `triton` for tensors on `device` (see the module docstring for the rules)."""
+    device = torch.device(device)
+    choice = (override or os.environ.get("KUNBENCH_KERNELS") or "auto").strip().lower()
     if choice == "auto":
-        return "torch"
+        ok_dtype = dtype is None or dtype in SUPPORTED_DTYPES
+        return "triton" if device.type == "cuda" and ok_dtype and triton_available() else "torch"
     if choice not in IMPLEMENTATIONS:
-        raise ValueError(f"kernel implementation {choice!r} is not available (have: {', '.join(IMPLEMENTATIONS)})")
+        raise ValueError(f"kernel implementation {choice!r} is not available (have: auto, {', '.join(IMPLEMENTATIONS)})")
+    if choice == "triton":
+        if not triton_available():
+            raise RuntimeError("kernel implementation 'triton' needs the triton package, which is not installed")
+        if device.type != "cuda" and not interpreting():
+            raise RuntimeError(f"kernel implementation 'triton' runs on CUDA tensors, got {device.type}; set "
+                               "TRITON_INTERPRET=1 to run it in the Triton interpreter, or use 'torch'")
+        if dtype is not None and dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"kernel implementation 'triton' supports float16, bfloat16, float32; got {dtype}")
     return choice
 
 
@@ -76,8 +95,16 @@ def gdpa(
             raise ValueError(f"window must be >= 0, got {window}")
         if kv_offsets is None or q_offsets is None or not torch.equal(q_offsets, kv_offsets):
             raise ValueError("window needs self-attention mode: jagged q and k/v with equal offsets")
-    per_head_activations(activation, q.shape[-2])
-    impl = select_implementation(q.device, implementation)
-    assert impl == "torch"
+    names = per_head_activations(activation, q.shape[-2])
+    if scale_position not in ("pre", "post"):
+        raise ValueError(f"scale_position must be 'pre' or 'post', got {scale_position!r}")
+    impl = select_implementation(q.device, implementation, q.dtype)
+    if impl == "triton":
+        if broadcast_q and q.dim() != 3:
+            raise ValueError(f"broadcast q must be [Lq, H, d_h], got {tuple(q.shape)}")
+        return torch.ops.kunbench.gdpa_fwd(
+            q, k, v, None if broadcast_q else q_offsets, kv_offsets, [ACTIVATION_IDS[n] for n in names],
+            None if scale is None else float(scale), scale_position == "pre", -1 if window is None else int(window),
+            bool(broadcast_q))
     return gdpa_reference(q, k, v, q_offsets=q_offsets, kv_offsets=kv_offsets, activation=activation,
                           scale=scale, scale_position=scale_position, window=window, broadcast_q=broadcast_q)
