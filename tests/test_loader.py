@@ -59,6 +59,7 @@ def test_every_row_seen_exactly_once_across_workers_and_ranks(contract_dir, shuf
     assert sorted(seen) == list(range(n))
     assert set(seen.values()) == {1}
     assert all(k > 0 for k in per_rank)  # both ranks got work
+    assert per_rank == [ds.rows_for(r, 2, num_workers=2) for r in range(2)]
 
 
 def test_unit_partition_has_no_duplicates_or_losses(contract_dir):

@@ -301,6 +301,11 @@ class ParquetBatches(IterableDataset):
     def schema(self):
         return self.manifest.schema
 
+    def rows_for(self, rank: int, world_size: int, num_workers: int = 1) -> int:
+        """Rows one rank reads this epoch, all of its `num_workers` DataLoader workers together
+        (which units a rank gets depends on the worker count: unit k -> global worker k % total)."""
+        return sum(u.rows for w in range(num_workers) for u in self.units_for(rank, world_size, w, num_workers))
+
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle the unit order (when shuffle_seed is set) for this epoch."""
         self.epoch = int(epoch)
@@ -328,7 +333,7 @@ class ParquetBatches(IterableDataset):
         n = table.num_rows
         col = lambda name: _flat(table.column(name))  # noqa: E731
 
-        def jagged(name: str, max_len: int | None = None) -> _JaggedCol:
+        def jagged(name: str) -> _JaggedCol:
             values, offsets = arrow_list_to_numpy(table.column(name))
             return _JaggedCol(values, offsets)
 
