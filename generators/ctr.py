@@ -6,6 +6,7 @@ spawned workers), show progress, and write the manifest once every shard is pres
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import queue as queue_mod
 import time
@@ -108,8 +109,38 @@ def _progress_bar(enabled: bool):
                     console=Console(stderr=True), transient=False)
 
 
+def _shared_map(items: list, local_fn, remote_fn, pool, n_children: int, poll) -> list:
+    """Results of fn(item) for all items, in order, shared between this process and the pool.
+
+    Children are kept fed with one item each; this process works through the rest itself (so
+    it is busy while the children start up), calling `poll` between items.
+    """
+    results: dict[int, Any] = {}
+    todo = list(enumerate(items))
+    pending: dict = {}
+    try:
+        while todo or pending:
+            while todo and len(pending) < n_children:
+                i, item = todo.pop(0)
+                pending[pool.submit(remote_fn, item)] = i
+            if todo:
+                i, item = todo.pop(0)
+                results[i] = local_fn(item)
+            else:
+                wait(list(pending), timeout=0.1, return_when=FIRST_COMPLETED)
+            for fut in [f for f in pending if f.done()]:
+                results[pending.pop(fut)] = fut.result()
+            poll()
+    except BaseException:
+        for fut in pending:
+            fut.cancel()
+        raise
+    return [results[i] for i in range(len(items))]
+
+
 class _Runner:
-    """Calibration (unless cached) and the shards to write, in process or on a spawned pool."""
+    """Calibration (unless cached) and the shards to write: in this process, helped by
+    `workers - 1` spawned child processes when workers > 1."""
 
     def __init__(self, world: World, calib: Calibration | None, root: Path, fingerprint: str,
                  workers: int, progress: bool):
@@ -124,51 +155,51 @@ class _Runner:
         t0, c0 = time.perf_counter(), time.process_time()
         parts_spec = calibration_starts()
         task = bar.add_task("calibrating", total=CALIBRATION_ROWS) if bar is not None else None
-        parts = []
-        for (start, n), terms in zip(parts_spec, mapper(parts_spec)):
-            parts.append(terms)
-            if bar is not None:
-                bar.advance(task, n)
+        parts = mapper(parts_spec, (lambda n: bar.advance(task, n)) if bar is not None else (lambda n: None))
         self.calib = calibrate(self.world, parts=parts)
         self.calibration_seconds = time.perf_counter() - t0
         self.calibration_cpu_seconds = time.process_time() - c0
 
+    def _local_calibration(self, parts, advance):
+        out = []
+        for p in parts:
+            out.append(calibration_chunk_terms(self.world, *p))
+            advance(p[1])
+        return out
+
     def run(self, todo: list[ShardSpec]) -> dict[int, dict]:
-        done: dict[int, dict] = {}
         total_rows = sum(s.rows for s in todo)
+        n_children = min(self.workers, len(todo)) - 1
         with _progress_bar(self.progress and (total_rows > 0 or self.calib is None)) as bar:
-            if self.workers == 1 or len(todo) <= 1:
-                self._calibrate(bar, lambda parts: (calibration_chunk_terms(self.world, *p) for p in parts))
+            if n_children <= 0:
+                self._calibrate(bar, self._local_calibration)
                 task = bar.add_task("generating", total=total_rows) if bar is not None else None
                 advance = (lambda n: bar.advance(task, n)) if bar is not None else None
-                for spec in todo:
-                    done[spec.index] = write_shard(self.world, self.calib, spec, self.root, self.fingerprint,
-                                                   on_chunk=advance)
-                return done
+                return {spec.index: write_shard(self.world, self.calib, spec, self.root, self.fingerprint,
+                                                on_chunk=advance) for spec in todo}
             ctx = mp.get_context("spawn")
             q = ctx.Queue() if bar is not None else None
-            with ProcessPoolExecutor(max_workers=min(self.workers, len(todo)), mp_context=ctx,
-                                     initializer=_init_worker,
+            with ProcessPoolExecutor(max_workers=n_children, mp_context=ctx, initializer=_init_worker,
                                      initargs=(self.world.config.to_dict(), str(self.root), self.fingerprint,
                                                q)) as pool:
-                self._calibrate(bar, lambda parts: pool.map(_worker_calibration, parts))
+                def calib_mapper(parts, advance):
+                    return _shared_map(parts, lambda p: (calibration_chunk_terms(self.world, *p), advance(p[1]))[0],
+                                       _worker_calibration, pool, n_children, lambda: None)
+
+                self._calibrate(bar, calib_mapper)
                 task = bar.add_task("generating", total=total_rows) if bar is not None else None
-                advance = (lambda n: bar.advance(task, n)) if bar is not None else None
+                advance = (lambda n: bar.advance(task, n)) if bar is not None else (lambda n: None)
+                poll = lambda: _drain(q, advance)  # noqa: E731
                 calib_dict = self.calib.to_dict()
-                futures = {pool.submit(_worker_shard, spec, calib_dict): spec for spec in todo}
-                pending = set(futures)
-                try:
-                    while pending:
-                        finished, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
-                        for fut in finished:
-                            done[futures[fut].index] = fut.result()
-                        _drain(q, advance)
-                except BaseException:
-                    for fut in pending:
-                        fut.cancel()
-                    raise
-                _drain(q, advance)
-        return done
+
+                def local(spec):
+                    return write_shard(self.world, self.calib, spec, self.root, self.fingerprint,
+                                       on_chunk=lambda n: (advance(n), poll()))
+
+                sidecars = _shared_map(todo, local, functools.partial(_worker_shard, calib_dict=calib_dict),
+                                       pool, n_children, poll)
+                poll()
+        return {spec.index: side for spec, side in zip(todo, sidecars)}
 
 
 def _drain(q, advance) -> None:
