@@ -44,7 +44,7 @@ def _locked(path: Path):
 def _generate(config, out_dir: Path) -> None:
     from kunbench.generators.ctr import generate
 
-    generate(config, out_dir)
+    generate(config, out_dir, progress=False)
 
 
 def default_dataset(preset: str = DEFAULT_PRESET, *, log: Callable[[str], None] | None = None,
@@ -65,6 +65,7 @@ def default_dataset(preset: str = DEFAULT_PRESET, *, log: Callable[[str], None] 
         if log is not None:
             log(f"generating the {preset!r} dataset once into {target} (reused by later runs)")
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a shared cache should be readable
         try:
             (generate or _generate)(config, tmp)
             if not (tmp / "manifest.json").is_file():

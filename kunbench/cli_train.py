@@ -69,11 +69,13 @@ def summary_table(doc: dict) -> Table:
 @click.option("--embedding-lr", type=float, default=None, help="Embedding learning rate (default 0.05).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed (default 0).")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Loader worker processes per rank.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch intra-op CPU threads (default: torch's choice).")
 @click.option("--out", "out_dir", type=click.Path(), default=None, help="Result directory (default ./results).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @friendly_errors
 def train_cmd(backend, data, preset, sets, device, dtype, steps, batch_size, lr, embedding_lr, seed, workers,
-              out_dir, no_progress):
+              threads, out_dir, no_progress):
     """Train a backend for one pass over the train split and evaluate it on the eval split.
 
     Under torchrun (WORLD_SIZE > 1) every rank reads its own share of the data; rank 0 prints
@@ -92,6 +94,10 @@ def train_cmd(backend, data, preset, sets, device, dtype, steps, batch_size, lr,
                             seed=seed, dtype=dtype, num_workers=workers)
     if data is not None and not Path(data).is_dir():
         raise KunbenchError(f"--data {data}: no such dataset directory")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     run = run_training(backend, data, preset=preset, sets=backend_sets,
                        train_cfg=cfg, device=device, out_dir=out_dir, show_progress=not no_progress,
                        console=console, log=lambda msg: err_console.print(msg, highlight=False), spec=spec)
