@@ -113,7 +113,7 @@ def gdpa_fwd_kernel(
     d_mask = offs_d < D
     q = tl.load(Q + (q_start + offs_m)[:, None] * stride_qn + h * stride_qh + offs_d[None, :],
                 mask=m_mask[:, None] & d_mask[None, :], other=0.0)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
 
     lo = m_start * 0
     hi = k_len
@@ -168,7 +168,7 @@ def gdpa_bwd_dq_kernel(
                 mask=md_mask, other=0.0)
     do = tl.load(DO + (o_start + offs_m)[:, None] * stride_on + h * stride_oh + offs_d[None, :],
                  mask=md_mask, other=0.0)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
     ds_scale = scale_in * scale_out
 
     lo = m_start * 0
@@ -230,8 +230,8 @@ def gdpa_bwd_dkdv_kernel(
                 mask=kv_mask, other=0.0)
     v = tl.load(V + (k_start + offs_k)[:, None] * stride_vn + h * stride_vh + offs_d[None, :],
                 mask=kv_mask, other=0.0)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dk = tl.full([BLOCK_N, BLOCK_D], 0.0, tl.float32)
+    dv = tl.full([BLOCK_N, BLOCK_D], 0.0, tl.float32)
     ds_scale = scale_in * scale_out
 
     lo = n_start * 0
