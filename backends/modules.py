@@ -159,11 +159,15 @@ def rope_tables(length: int, dh: int, device, dtype, base: float = 10_000.0,
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate `x [B, H, L, dh]` by half-split pairs `(x[:dh/2], x[dh/2:])`."""
-    if cos.dim() == 3:  # per-row positions [B, L, half]
-        cos, sin = cos[:, None], sin[:, None]
+    """Rotate `x [B, L, H, dh]` (token-major, the layout the QKV projection produces) by
+    half-split pairs `(x[:dh/2], x[dh/2:])`: `(x1 cos - x2 sin, x2 cos + x1 sin)`; `cos, sin` are
+    `[L, dh/2]` or `[B, L, dh/2]`. Written as `x * cos' + swap(x) * sin'` with full-width tables
+    expanded over heads, so the products run over contiguous memory (much faster on CPU)."""
+    h = x.shape[-2]
+    cos_f = torch.cat([cos, cos], dim=-1).unsqueeze(-2).expand(*cos.shape[:-1], h, x.shape[-1]).contiguous()
+    sin_f = torch.cat([-sin, sin], dim=-1).unsqueeze(-2).expand(*sin.shape[:-1], h, x.shape[-1]).contiguous()
     x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return x * cos_f + torch.cat([x2, x1], dim=-1) * sin_f
 
 
 class RopeMHA(nn.Module):
@@ -178,9 +182,11 @@ class RopeMHA(nn.Module):
     def forward(self, s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, t, d = s.shape
         h, dh = self.h, d // self.h
-        q, k, v = self.qkv(s).view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(s).view(b, t, 3, h, dh)
         cos, sin = rope_tables(t, dh, s.device, s.dtype, self.rope_base)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = apply_rope(qkv[:, :, 0], cos, sin).transpose(1, 2)  # [B, H, T, dh]
+        k = apply_rope(qkv[:, :, 1], cos, sin).transpose(1, 2)
+        v = qkv[:, :, 2].transpose(1, 2)
         o = masked_attention(q, k, v, mask, self.fused)
         return self.out(o.transpose(1, 2).reshape(b, t, d))
 
@@ -212,8 +218,10 @@ class NaivePFFN(nn.Module):
         b, t, d = s.shape
         sh = s.view(b, t, self.h, d // self.h).transpose(1, 2)  # [B, H, T, dh]
         a = torch.matmul(sh, k.transpose(-1, -2))  # [B, H, T, F]
-        a = self.act(a) * scale if self.scale_position == "post" else self.act(a * scale)
-        return torch.matmul(a, v).transpose(1, 2).reshape(b, t, d)
+        if self.scale_position == "post":
+            # act(a) * s @ V == act(a) @ (s V): scale the F x dh values, not the T x F activations
+            return torch.matmul(self.act(a), v * scale).transpose(1, 2).reshape(b, t, d)
+        return torch.matmul(self.act(a * scale), v).transpose(1, 2).reshape(b, t, d)
 
     def forward(self, x_sum_flat: torch.Tensor, s: torch.Tensor, scale: float) -> torch.Tensor:
         k, v = self.generate(x_sum_flat)

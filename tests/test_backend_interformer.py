@@ -64,11 +64,17 @@ def test_masked_pma_and_rope_mha_equal_unpadded(fused):
 def test_rope_is_relative():
     # q_i . k_j after RoPE depends only on i - j
     dh = 8
-    q, k = torch.randn(1, 1, 1, dh).double(), torch.randn(1, 1, 1, dh).double()
+    q, k = torch.randn(1, 1, 1, dh).double(), torch.randn(1, 1, 1, dh).double()  # [B, L, H, dh]
     cos, sin = rope_tables(20, dh, "cpu", torch.float64)
     dots = [(apply_rope(q, cos[i:i + 1], sin[i:i + 1]) * apply_rope(k, cos[j:j + 1], sin[j:j + 1])).sum()
             for i, j in [(3, 1), (10, 8), (19, 17)]]
     assert torch.allclose(torch.stack(dots), dots[0].expand(3), atol=1e-10)
+    assert not torch.allclose(dots[0], (q * k).sum())  # and it does rotate
+    # per-row positions give the same rotation as shared ones
+    x = torch.randn(2, 5, 3, dh).double()
+    pos = torch.arange(5).expand(2, 5)
+    c2, s2 = rope_tables(5, dh, "cpu", torch.float64, positions=pos)
+    assert torch.allclose(apply_rope(x, c2, s2), apply_rope(x, cos[:5], sin[:5]))
 
 
 @pytest.mark.parametrize("attention", ["naive", "sdpa"])
