@@ -150,8 +150,8 @@ def session_timestamps(rng: np.random.Generator, request_ts: np.ndarray, lengths
     Built in sorted order, with no sort: session starts are sorted uniforms from exponential
     spacings, events are grouped by session (bincount of the session picks; events are
     exchangeable, items being i.i.d. given the row), and within a session the offsets are
-    exponential order statistics (Renyi: cumsum of E_j / (m - j)). Where two sessions overlap,
-    the later session's early events are held at the running maximum, so order is kept.
+    exponential order statistics (Renyi: cumsum of E_j / (m - j)). A session ends where the next
+    one starts (its late events are held at that boundary), the last one just before the request.
     """
     n = lengths.shape[0]
     n_events = row_of_event.shape[0]
@@ -172,21 +172,24 @@ def session_timestamps(rng: np.random.Generator, request_ts: np.ndarray, lengths
     sess_row = np.repeat(np.arange(n), n_sess)
     start_frac = (cs[keep] - block_start_excl[sess_row]) / row_total[sess_row]  # ascending in a row
     sess_start = (request_ts[sess_row] - history_span_s) + start_frac * history_span_s
+    # a session ends where the next one of its row starts; the last one before the request
+    sess_end = np.empty(total_sessions, dtype=np.int64)
+    sess_end[:-1] = np.floor(sess_start[1:]).astype(np.int64)
+    sess_end[sess_off[1:] - 1] = request_ts - 1
 
-    # events grouped by session, in session order
-    pick = (rng.random(n_events) * n_sess[row_of_event]).astype(np.int64)
-    counts = np.bincount(sess_off[:-1][row_of_event] + pick, minlength=total_sessions)
-    sess = np.repeat(np.arange(total_sessions), counts)
+    # events grouped by session, in session order (np.repeat: sequential, cheaper than gathers)
+    pick = (rng.random(n_events) * np.repeat(n_sess, lengths)).astype(np.int64)
+    pick += np.repeat(sess_off[:-1], lengths)
+    counts = np.bincount(pick, minlength=total_sessions)
     first = offsets_from_lengths(counts)[:-1]
-    m_left = counts[sess] - (np.arange(n_events) - first[sess])  # m, m-1, ..., 1 within a session
-    gap = rng.standard_exponential(n_events) / m_left
+    m_left = np.repeat(counts + first, counts) - np.arange(n_events)  # m, m-1, ..., 1 in a session
+    gap = rng.standard_exponential(n_events)
+    gap /= m_left
     cg = np.cumsum(gap)
     before = cg - gap  # cumulative gap before each event
-    offset = cg - before[first][sess]  # sorted Exp(1) order statistics within the session
-    ts = np.floor(sess_start[sess] + offset * session_s).astype(np.int64)
-    np.minimum(ts, request_ts[row_of_event] - 1, out=ts)
-    # overlapping sessions: keep order with a running maximum inside each row
-    base = int(request_ts.min()) - int(math.ceil(history_span_s)) - 1
-    key = (row_of_event << 32) | (ts - base)
-    np.maximum.accumulate(key, out=key)
-    return (key & 0xFFFFFFFF) + base
+    offset = cg - np.repeat(before[first[counts > 0]], counts[counts > 0])  # Exp(1) order statistics
+    ts = np.floor(np.repeat(sess_start, counts) + offset * session_s).astype(np.int64)
+    # events are sorted inside a session and sessions are sorted, so clipping each event to its
+    # session's end keeps the row sorted (ties allowed) and every time < request_ts
+    np.minimum(ts, np.repeat(sess_end, counts), out=ts)
+    return ts

@@ -31,6 +31,18 @@ def _segment_mean(row: np.ndarray, values: np.ndarray, counts: np.ndarray, n: in
     return np.divide(sums, counts, out=np.zeros(n), where=counts > 0)
 
 
+def segment_sums(values: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Per-row sums of `values` ([N] or [N, k]) over contiguous rows given by `offsets`; empty
+    rows sum to 0 (np.add.reduceat alone would return the next row's first value)."""
+    n = lengths.shape[0]
+    sums = np.zeros((n,) + values.shape[1:])
+    k = int(np.searchsorted(offsets[:-1], values.shape[0], side="left"))  # rows starting before the end
+    if k:
+        sums[:k] = np.add.reduceat(values, offsets[:k], axis=0)
+        sums[:k][lengths[:k] == 0] = 0.0
+    return sums
+
+
 def raw_terms(world: World, chunk: Chunk, active: set[str] | frozenset[str]) -> dict[str, np.ndarray]:
     """Unscaled terms for the rows of `chunk`; only the names in `active` are computed."""
     cfg = world.config
@@ -81,16 +93,20 @@ def _history_terms(world: World, chunk: Chunk, active) -> dict[str, np.ndarray]:
             continue
         s = world.similarity(cols.item, cols.category, u, cols.row)
         age = (chunk.request_ts[cols.row] - cols.ts).astype(np.float64)
-        w = np.exp(age * (-1.0 / (ev.recency_days * 86400.0)))
+        want_long = name == long_name and "long_range" in active
+        vals = np.empty((s.shape[0], 5 if want_long else 3))
+        vals[:, 0] = s
+        np.exp(age * (-1.0 / (ev.recency_days * 86400.0)), out=vals[:, 1])
+        np.multiply(vals[:, 1], s, out=vals[:, 2])
+        if want_long:
+            np.greater(age, long_s, out=vals[:, 3])
+            np.multiply(vals[:, 3], s, out=vals[:, 4])
+        sums = segment_sums(vals, cols.offsets, cols.lengths)
         counts = cols.lengths
-        mean_s.append(_segment_mean(cols.row, s, counts, n))
-        wsum = np.bincount(cols.row, weights=w, minlength=n)
-        wssum = np.bincount(cols.row, weights=w * s, minlength=n)
-        rec_s.append(np.divide(wssum, wsum, out=np.zeros(n), where=wsum > 0))
-        if name == long_name and "long_range" in active:
-            old = age > long_s
-            n_old = np.bincount(cols.row, weights=old, minlength=n)
-            long_term = _segment_mean(cols.row, s * old, n_old, n)
+        mean_s.append(np.divide(sums[:, 0], counts, out=np.zeros(n), where=counts > 0))
+        rec_s.append(np.divide(sums[:, 2], sums[:, 1], out=np.zeros(n), where=sums[:, 1] > 0))
+        if want_long:
+            long_term = np.divide(sums[:, 4], sums[:, 3], out=np.zeros(n), where=sums[:, 3] > 0)
     mean_s = np.stack(mean_s)  # [E, n]
     rec_s = np.stack(rec_s)
     out = {}
