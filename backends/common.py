@@ -3,6 +3,7 @@ counts, and config validation helpers that raise one-line KunbenchErrors."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator
 
 import torch
@@ -27,6 +28,17 @@ class RankingModel(nn.Module):
     def dense_parameters(self) -> list[nn.Parameter]:
         emb = {id(p) for p in self.embedding_parameters()}
         return [p for p in self.parameters() if id(p) not in emb]
+
+    def output_layer(self) -> nn.Linear:
+        """The final `Linear(..., 1)` producing the logit."""
+        return self.head.net[-1]
+
+    @torch.no_grad()
+    def set_output_bias(self, base_rate: float) -> None:
+        """Start the logit at `log(p / (1 - p))` of the training base rate (rather than 0, i.e.
+        p = 0.5), so a short run does not spend its first steps learning calibration."""
+        p = min(max(float(base_rate), 1e-6), 1 - 1e-6)
+        self.output_layer().bias.fill_(math.log(p / (1 - p)))
 
     def named_dense_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         emb = {id(p) for p in self.embedding_parameters()}

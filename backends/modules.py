@@ -90,7 +90,8 @@ class Gate(nn.Module):
 
 
 def optimized_fm(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Wukong's optimized FM: `X (X^T Y)` for `X [B, n, d]`, `Y [n, k]` -> `[B, n, k]`,
+    """Wukong's optimized FM: `X (X^T Y)` for `X [B, n, d]`, `Y [n, k]` (or per example
+    `[B, n, k]`) -> `[B, n, k]`,
     O(n k d) instead of forming the `n x n` interaction matrix `X X^T`."""
     xty = torch.matmul(x.transpose(1, 2), y)  # [B, d, k]
     return torch.matmul(x, xty)  # [B, n, k]

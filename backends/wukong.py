@@ -31,6 +31,7 @@ class WukongConfig:
     n_F: int = 8  # FMB output tokens
     n_L: int = 8  # LCB output tokens
     k: int = 16  # optimized-FM rank (columns of Y)
+    fm_y: str = "static"  # Y [n, k]: static (learned, models.md's decision) | attentive (Y = X W_Y, W_Y [d, k])
     fmb_mlp: tuple[int, ...] = (256,)  # hidden widths of the FMB MLP
     head_mlp: tuple[int, ...] = (256, 64)  # hidden widths of the head MLP
     history_k: int = 64  # K: mean of the last K item tokens per event type
@@ -47,6 +48,7 @@ class WukongConfig:
         need(self.max_rows_per_field <= 2**31 - 1,
              f"max_rows_per_field must be <= 2147483647, got {self.max_rows_per_field}")
         need(self.act in ("relu", "gelu", "silu"), f"act must be relu, gelu or silu, got {self.act!r}")
+        need(self.fm_y in ("static", "attentive"), f"fm_y must be static or attentive, got {self.fm_y!r}")
         return self
 
 
@@ -62,10 +64,16 @@ PRESETS = {
 
 
 class WukongLayer(nn.Module):
-    def __init__(self, n_in: int, d: int, n_F: int, n_L: int, k: int, mlp_hidden: tuple[int, ...], act: str):
+    def __init__(self, n_in: int, d: int, n_F: int, n_L: int, k: int, mlp_hidden: tuple[int, ...], act: str,
+                 fm_y: str = "static"):
         super().__init__()
         self.n_in, self.d, self.n_F, self.n_L, self.k = n_in, d, n_F, n_L, k
-        self.y = nn.Parameter(torch.randn(n_in, k) / n_in ** 0.5)
+        if fm_y == "static":
+            self.y = nn.Parameter(torch.randn(n_in, k) / n_in ** 0.5)
+            self.y_proj = None
+        else:  # attentive: Y depends on the example's own tokens
+            self.y = None
+            self.y_proj = nn.Linear(d, k, bias=False)
         self.fm_norm = nn.LayerNorm(n_in * k)
         self.fm_mlp = MLP([n_in * k, *mlp_hidden, n_F * d], act=act)
         self.lcb = TokenLinear(n_in, n_L)
@@ -73,7 +81,8 @@ class WukongLayer(nn.Module):
         self.norm = nn.LayerNorm(d)
 
     def fmb(self, x: torch.Tensor) -> torch.Tensor:
-        z = optimized_fm(x, self.y).flatten(1)  # [B, n k]
+        y = self.y if self.y_proj is None else self.y_proj(x) * self.n_in ** -0.5
+        z = optimized_fm(x, y).flatten(1)  # [B, n k]
         return self.fm_mlp(self.fm_norm(z)).view(x.shape[0], self.n_F, self.d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,8 +91,10 @@ class WukongLayer(nn.Module):
         return self.norm(out + res)
 
     @staticmethod
-    def flops(n_in: int, d: int, n_F: int, n_L: int, k: int, mlp_hidden) -> int:
+    def flops(n_in: int, d: int, n_F: int, n_L: int, k: int, mlp_hidden, fm_y: str = "static") -> int:
         f = 2 * 2 * n_in * d * k  # X^T Y, then X (X^T Y)
+        if fm_y == "attentive":
+            f += 2 * n_in * d * k  # Y = X W_Y
         f += MLP.flops([n_in * k, *mlp_hidden, n_F * d])
         f += TokenLinear.flops(n_in, n_L, d)
         if n_in != n_F + n_L:
@@ -107,7 +118,8 @@ class WukongModel(RankingModel):
         self.n_tokens = n
         layers = []
         for _ in range(config.l):
-            layers.append(WukongLayer(n, config.d, config.n_F, config.n_L, config.k, config.fmb_mlp, config.act))
+            layers.append(WukongLayer(n, config.d, config.n_F, config.n_L, config.k, config.fmb_mlp, config.act,
+                                      config.fm_y))
             n = config.n_F + config.n_L
         self.layers = nn.ModuleList(layers)
         self.head = MLP([n * config.d, *config.head_mlp, 1], act=config.act)
@@ -138,7 +150,7 @@ def forward_flops(config: WukongConfig, schema: DatasetSchema) -> int:
     n = n_input_tokens(schema, config)
     f = input_layer_flops(schema, config.d, config.n_dense_tokens)
     for _ in range(config.l):
-        f += WukongLayer.flops(n, config.d, config.n_F, config.n_L, config.k, config.fmb_mlp)
+        f += WukongLayer.flops(n, config.d, config.n_F, config.n_L, config.k, config.fmb_mlp, config.fm_y)
         n = config.n_F + config.n_L
     f += MLP.flops([n * config.d, *config.head_mlp, 1])
     return f

@@ -103,6 +103,7 @@ def test_events_older_than_last_k_change_nothing():
     ({"fmb_mlp": "64,0"}, "fmb_mlp"),
     ({"max_rows_per_field": 2**40}, "max_rows_per_field"),
     ({"act": "tanh"}, "act must be"),
+    ({"fm_y": "dynamic"}, "fm_y must be"),
     ({"n_F": "many"}, "n_F must be an integer"),
     ({"nope": 1}, "unknown config key"),
 ])
@@ -121,3 +122,16 @@ def test_presets_validate_and_span_flops():
     assert flops == sorted(flops) and flops[-1] > 50 * flops[0]
     cfg = spec.make_config(None, {"l": 3, "fmb_mlp": "32,32"})
     assert isinstance(cfg, WukongConfig) and cfg.l == 3 and cfg.fmb_mlp == (32, 32)
+
+
+def test_attentive_y_and_output_bias():
+    schema = make_schema()
+    model = build(dataclasses.replace(TINY, fm_y="attentive"), schema)
+    assert model.layers[0].y is None and model.layers[0].y_proj is not None
+    batch = make_batch(schema, 4)
+    torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.labels).backward()
+    assert model.layers[0].y_proj.weight.grad is not None
+    model.set_output_bias(0.03)
+    with torch.no_grad():
+        model.head.net[-1].weight.zero_()
+        assert torch.allclose(torch.sigmoid(model(batch)), torch.full((4,), 0.03))

@@ -30,6 +30,7 @@ def counted(model, batch) -> float:
 CONFIGS = [
     ("wukong", wukong, wukong.PRESETS["tiny"]),
     ("wukong", wukong, dataclasses.replace(wukong.PRESETS["tiny"], l=3, n_F=3, n_L=5, k=6, fmb_mlp=(20, 12))),
+    ("wukong", wukong, dataclasses.replace(wukong.PRESETS["tiny"], l=2, fm_y="attentive")),
     ("interformer", interformer, dataclasses.replace(interformer.PRESETS["tiny"], attention="naive")),
     ("interformer", interformer, dataclasses.replace(interformer.PRESETS["tiny"], attention="naive", n_layers=2,
                                                      dhen_layers=2, seq_max_len=24, recent_k=3,
