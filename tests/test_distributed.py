@@ -65,6 +65,11 @@ def _worker(rank: int, port: int, out_dir: str, data_dir: str) -> None:
     stats = train(model, rank_share(rank), CFG, ctx)
     r = evaluate(model, EVAL, DistContext())  # every rank: the full eval set, single-process metrics
     out["train"] = {"steps": stats.steps, "examples": stats.examples, "ne": r.ne}
+    # 2b. sparse embedding gradients (what the built-in backends use) through DDP on gloo
+    torch.manual_seed(0)
+    model = ToyModel(ToyConfig(sparse=True), SCHEMA)
+    train(model, rank_share(rank), CFG, ctx)
+    out["train_sparse"] = {"ne": evaluate(model, EVAL, DistContext()).ne}
     # 3. unequal batch counts: rank 1 has 5 batches, rank 0 has 9 -> both stop after 5 steps
     torch.manual_seed(0)
     stats = train(ToyModel(ToyConfig(), SCHEMA), rank_share(rank)[: 9 if rank == 0 else 5], CFG, ctx)
@@ -134,6 +139,8 @@ def test_distributed_training_matches_one_process(dist_run):
         assert out["train"]["examples"] == stats.examples == 30 * 128
         assert out["train"]["ne"] == pytest.approx(ref.ne, abs=1e-4)
     assert ranks[0]["train"]["ne"] == ranks[1]["train"]["ne"]  # DDP keeps replicas identical
+    for out in ranks:
+        assert out["train_sparse"]["ne"] == pytest.approx(ref.ne, abs=1e-4)  # sparse == dense grads
 
 
 def test_unequal_batch_counts_stop_together(dist_run):
