@@ -132,10 +132,13 @@ def peak_rss_mib(preset: str, rows: int, workers: int = 1) -> float:
     """Peak RSS (MiB) of a `kunbench generate` subprocess writing `rows` rows."""
     tmp = Path(tempfile.mkdtemp(prefix="kunbench-rss-"))
     try:
-        cmd = [sys.executable, "-c", _RSS_SNIPPET, sys.executable, "-m", "kunbench", "generate",
-               "--preset", preset, "--rows", str(rows), "--out", str(tmp / "d"), "--quiet",
+        # the `kunbench generate` click command itself, run standalone
+        cmd = [sys.executable, "-c", _RSS_SNIPPET, sys.executable, "-c",
+               "from kunbench.cli_data import generate; generate()", "--preset", preset, "--rows", str(rows), "--out", str(tmp / "d"), "--quiet",
                "--workers", str(workers)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"kunbench generate failed: {proc.stderr.strip()[-2000:]}")
         return int(proc.stdout.strip().splitlines()[-1]) / 1024.0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
