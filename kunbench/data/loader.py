@@ -425,14 +425,25 @@ def measure_loader_rows_per_s(root: str | os.PathLike, split: str = "train", num
     return measure_loader(root, split, num_workers, batch_size, max_lengths, max_rows, **dataset_kwargs)["rows_per_s"]
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process plus its reaped children (DataLoader workers)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def measure_loader(root: str | os.PathLike, split: str = "train", num_workers: int = 0, batch_size: int = 512,
                    max_lengths: int | Mapping[str, int] | None = None, max_rows: int | None = None,
                    **dataset_kwargs) -> dict:
-    """One timed pass; returns rows, batches, events, seconds, rows_per_s, the time to the first batch
-    and steady_rows_per_s (rows after the first batch over the time after it: start-up excluded)."""
+    """One timed pass; returns rows, batches, events, seconds, rows_per_s, the time to the first batch,
+    steady_rows_per_s (rows after the first batch over the time after it: start-up excluded) and
+    rows_per_cpu_s (rows over the CPU time of the main process and its workers; robust to other
+    load on the machine, where wall-clock figures are not)."""
     ds = ParquetBatches(root, split, batch_size=batch_size, max_lengths=max_lengths, **dataset_kwargs)
     loader = make_dataloader(ds, num_workers=num_workers)
     rows = batches = events = 0
+    cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
     first = None
     for batch in loader:
@@ -444,10 +455,12 @@ def measure_loader(root: str | os.PathLike, split: str = "train", num_workers: i
         if max_rows is not None and rows >= max_rows:
             break
     seconds = time.perf_counter() - t0
+    del loader  # workers exit and are reaped, so their CPU time is counted
+    cpu = _cpu_seconds() - cpu0
     steady = None
     if first is not None and batches > 1 and seconds > first:
         steady = (rows - first_rows) / (seconds - first)
     return {"rows": rows, "batches": batches, "events": events, "seconds": seconds,
             "rows_per_s": rows / seconds if seconds > 0 else float("inf"), "first_batch_s": first,
-            "steady_rows_per_s": steady,
+            "steady_rows_per_s": steady, "cpu_s": cpu, "rows_per_cpu_s": rows / cpu if cpu > 0 else float("inf"),
             "num_workers": num_workers, "batch_size": batch_size}
