@@ -1,0 +1,81 @@
+"""GDPA operator benchmarks for pytest-benchmark regression tracking.
+
+    pytest tests/bench/test_gdpa_bench.py --benchmark-enable --benchmark-autosave
+    pytest tests/bench/test_gdpa_bench.py --benchmark-enable --benchmark-compare --benchmark-compare-fail=median:10%
+
+The default `--benchmark-disable` (pyproject) runs each once as a plain test. Implementation: the
+dispatcher's automatic choice (the Triton kernels on CUDA, the PyTorch reference on CPU), on the
+small CPU grid of the kernels suite, or on CUDA a mid-size grid (bf16). CUDA timings synchronize
+inside the timed call. Each benchmark records shape, implementation and analytic FLOPs in
+extra_info, so saved runs say what they measured.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kunbench.kernels import gdpa, select_implementation
+from kunbench.suites.kernels import CPU_SHAPES, forward_flops, make_inputs
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+DTYPE = torch.bfloat16 if CUDA else torch.float32
+
+
+def _shapes():
+    if not CUDA:
+        return CPU_SHAPES
+    # mid-size: long enough to time the kernels, short enough for a CI GPU
+    return [dict(s, name=s["name"].replace("_small", "_mid"), batch=128, max_len=512, heads=4, head_dim=128,
+                 **({"f": 256} if s["mode"] == "pffn" else {}), **({"seeds": 128} if s["mode"] == "seed" else {}),
+                 **({"window": 64} if s["mode"] == "self" else {})) for s in CPU_SHAPES]
+
+
+SHAPES = _shapes()
+
+
+def _sync():
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+@pytest.fixture(autouse=True)
+def _auto_dispatch(monkeypatch):
+    monkeypatch.delenv("KUNBENCH_KERNELS", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[s["name"] for s in SHAPES])
+def test_gdpa_forward(benchmark, shape):
+    q, k, v, kw, lq, lk = make_inputs(shape, DEVICE, DTYPE)
+    impl = select_implementation(DEVICE, dtype=DTYPE)
+    benchmark.extra_info.update(shape=shape, implementation=impl, device=str(DEVICE), dtype=str(DTYPE),
+                                flops=forward_flops(shape, lq, lk))
+
+    def run():
+        with torch.no_grad():
+            out = gdpa(q, k, v, **kw)
+        _sync()
+        return out
+
+    out = benchmark(run)
+    assert out.shape[-2:] == q.shape[-2:] and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[s["name"] for s in SHAPES])
+def test_gdpa_forward_backward(benchmark, shape):
+    q, k, v, kw, lq, lk = make_inputs(shape, DEVICE, DTYPE)
+    impl = select_implementation(DEVICE, dtype=DTYPE)
+    benchmark.extra_info.update(shape=shape, implementation=impl, device=str(DEVICE), dtype=str(DTYPE),
+                                flops=3.5 * forward_flops(shape, lq, lk))
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+
+    def run():
+        out = gdpa(*leaves, **kw)
+        grads = torch.autograd.grad(out, leaves, torch.ones_like(out))
+        _sync()
+        return grads
+
+    grads = benchmark(run)
+    assert all(g.shape == t.shape and torch.isfinite(g).all() for g, t in zip(grads, leaves))
