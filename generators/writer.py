@@ -309,6 +309,10 @@ def split_summary(cfg: GeneratorConfig, sidecars: list[dict]) -> dict[str, Any]:
 def build_manifest(world: World, calib: Calibration, fingerprint: str, specs: list[ShardSpec],
                    sidecars: dict[int, dict]) -> dict[str, Any]:
     cfg = world.config
+    columns = column_entries(world)
+    by_role = lambda role: [c["name"] for c in columns if c["role"] == role and "entity" not in c]  # noqa: E731
+    cat_names, dense_names, mh_names = (by_role("context_categorical"), by_role("context_dense"),
+                                        by_role("context_multihot"))
     splits = {split: split_summary(cfg, [sidecars[s.index] for s in specs if s.split == split])
               for split in SPLITS}
     return {
@@ -321,13 +325,13 @@ def build_manifest(world: World, calib: Calibration, fingerprint: str, specs: li
         "row_group_rows": cfg.row_group_rows,
         "event_types": list(cfg.event_names),
         "long_range_event": cfg.long_range_stream,
-        "columns": column_entries(world),
+        "columns": columns,
         "splits": splits,
         "world": {**calib.to_dict(),
-                  "cross_pairs": [[int(a), int(b)] for a, b in world.cross_pairs],
-                  "weighted_fields": {"categorical": [int(x) for x in world.weighted_cat],
-                                      "dense": [int(x) for x in world.weighted_dense],
-                                      "multihot": [int(x) for x in world.weighted_mh]}},
+                  "cross_pairs": [[cat_names[a], cat_names[b]] for a, b in world.cross_pairs],
+                  "weighted_fields": ([cat_names[i] for i in world.weighted_cat]
+                                      + [dense_names[i] for i in world.weighted_dense]
+                                      + [mh_names[i] for i in world.weighted_mh])},
         "config": cfg.to_dict(),
     }
 
