@@ -33,6 +33,7 @@ from kunbench.generators.writer import (
     finished_sidecar,
     plan_shards,
     prepare_dir,
+    remove_stray_temps,
     store_calibration,
     write_manifest,
     write_shard,
@@ -231,6 +232,7 @@ def run(config: GeneratorConfig, out_dir: str | Path, workers: int = 1, num_shar
     world_cpu = time.process_time() - c_setup
     result = GenerateResult(root, len(specs), selected=[s.name for s in selected])
 
+    remove_stray_temps(root, selected)
     sidecars: dict[int, dict] = {}
     todo: list[ShardSpec] = []
     for spec in selected:

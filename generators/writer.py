@@ -159,6 +159,15 @@ def store_calibration(root: Path, fingerprint: str, calib: Calibration) -> None:
                                            "schema_version": SCHEMA_VERSION, "calibration": calib.to_dict()})
 
 
+def remove_stray_temps(root: Path, specs: list[ShardSpec]) -> None:
+    """Temp files an interrupted run left for these shards (never other runs' shards)."""
+    for spec in specs:
+        (root / spec.temp_path).unlink(missing_ok=True)
+        side = root / spec.sidecar
+        for p in side.parent.glob(f".{side.name}.tmp-*"):
+            p.unlink(missing_ok=True)
+
+
 # ---- one shard -----------------------------------------------------------------------------
 class ShardStats:
     """Additive per-shard statistics; the manifest's split figures are sums of these."""

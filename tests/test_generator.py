@@ -160,13 +160,15 @@ def test_resume_after_interruption(tmp_path):
     # a shard that was never renamed into place
     (root / ".shards" / "train-00001.json").unlink()
     (root / "train" / ".part-00003.parquet.tmp").write_bytes(b"partial")
+    (root / "train" / ".part-00000.parquet.tmp").write_bytes(b"stale")  # its shard is complete
+    (root / ".shards" / ".train-00002.json.tmp-999").write_text("{")
     (root / "train" / "part-00003.parquet").unlink()
     (root / ".shards" / "train-00003.json").unlink()
     res = run(cfg, root, progress=False)
     assert res.written == ["train-00001", "train-00003"]
     assert sorted(res.skipped) == ["eval-00000", "train-00000", "train-00002"]
     assert _parts(root) == reference
-    assert not list(root.glob("*/.part-*"))
+    assert not list(root.glob("*/.part-*")) and not list(root.glob(".shards/.*"))
     assert (root / "manifest.json").read_text() == manifest
 
     # a damaged finished shard is detected by its checksum and regenerated
