@@ -48,13 +48,16 @@ def _generate(config, out_dir: Path) -> None:
 
 
 def default_dataset(preset: str = DEFAULT_PRESET, *, log: Callable[[str], None] | None = None,
-                    generate: Callable | None = None) -> Path:
-    """Path of the cached dataset for `preset`, generating it first if it is not there yet."""
+                    generate: Callable | None = None, sets: dict | None = None) -> Path:
+    """Path of the cached dataset for `preset`, generating it first if it is not there yet.
+
+    `sets`: generator config overrides (e.g. {"rows": 16384}); the fingerprint covers them, so a
+    reduced variant gets its own cache directory."""
     try:
         from kunbench.generators.config import build_config
     except ImportError as exc:  # pragma: no cover - the generator ships with kunbench
         raise KunbenchError(f"the data generator is not available: {exc}") from None
-    config = build_config(preset)
+    config = build_config(preset, sets=sets)
     root = cache_root() / "datasets"
     target = root / f"{preset}-{config.fingerprint()}"
     if (target / "manifest.json").is_file():

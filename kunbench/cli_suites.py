@@ -1,0 +1,202 @@
+"""`kunbench run`, `kunbench compare` and `kunbench report`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from kunbench.cli import console, err_console, friendly_errors
+from kunbench.errors import KunbenchError
+
+
+def _log(msg: str) -> None:
+    err_console.print(msg, highlight=False)
+
+
+# ---- compare -------------------------------------------------------------------------------------
+@click.command("compare")
+@click.argument("base", nargs=1, type=click.Path())
+@click.argument("new", nargs=1, type=click.Path())
+@click.option("--fail", "fail_rules", multiple=True, metavar="METRIC:THRESHOLD",
+              help="Regression threshold, e.g. qps:-5% or ne:+0.1% (repeatable). Exit 1 when a matching "
+                   "metric moves past it in the bad direction and outside the measured noise.")
+@click.option("--noise-k", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="A change counts when |delta| > k * sqrt(spread_base^2 + spread_new^2).")
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv"]), default="table", show_default=True)
+@click.option("--all", "show_all", is_flag=True, help="Also list metrics present in only one of the runs.")
+@friendly_errors
+def compare_cmd(base, new, fail_rules, noise_k, fmt, show_all):
+    """Delta table between two result files (or directories of them); exit 1 on a regression.
+
+    Measurements match by suite, backend, variant and metric name."""
+    from kunbench.results import load_many
+    from kunbench.results.compare import compare, parse_rule, table_rows
+
+    rules = [parse_rule(r) for r in fail_rules]
+    cmp = compare(load_many([base]), load_many([new]), rules, k=noise_k)
+    for w in cmp.warnings:
+        err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    headers, rows = table_rows(cmp)
+    keep = [i for i, r in enumerate(cmp.rows) if show_all or r.status not in ("new", "missing")]
+    rows = [rows[i] for i in keep]
+    if not rows:
+        raise KunbenchError(f"{base} and {new} have no measurement in common (match: suite/backend/variant/metric)")
+    if fmt == "table":
+        from rich.table import Table
+
+        t = Table(title=f"kunbench compare: {base} -> {new}", title_justify="left")
+        for i, h in enumerate(headers):
+            t.add_column(h, justify="right" if 4 <= i <= 8 else "left", overflow="fold")
+        styles = {"FAIL": "bold red", "worse": "red", "better": "green"}
+        for i, r in zip(keep, rows):
+            t.add_row(*r, style=styles.get(cmp.rows[i].status))
+        console.print(t)
+    else:
+        from tabulate import tabulate
+
+        if fmt == "md":
+            click.echo(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
+        else:
+            import csv
+
+            w = csv.writer(sys.stdout, lineterminator="\n")
+            w.writerow(headers)
+            w.writerows(rows)
+    if cmp.failures:
+        for r in cmp.failures:
+            pct = r.delta_pct
+            err_console.print(f"[bold red]regression:[/] {'/'.join(r.key)} {r.base:.6g} -> {r.new:.6g}"
+                              + (f" ({pct:+.2f}%)" if pct is not None else "") + f" past {r.rule.text}"
+                              + (f", outside noise ±{r.noise:.3g}" if r.noise is not None else ", no noise estimate"),
+                              highlight=False)
+        sys.exit(1)
+    if rules:
+        err_console.print(f"no regression past {', '.join(r.text for r in rules)} "
+                          f"(k={noise_k:g} noise bands)", highlight=False)
+
+
+# ---- report --------------------------------------------------------------------------------------
+@click.command("report")
+@click.argument("results", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv"]), default="table", show_default=True,
+              help="table: rich tables; md: Markdown (tabulate); csv: one line per measurement.")
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False), default=None,
+              help="Write PNG plots (scaling curve, ablation bars, QPS vs batch) into this directory.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write md/csv here.")
+@friendly_errors
+def report_cmd(results, fmt, plot_dir, output):
+    """Tables (and plots) from stored result files or directories of them."""
+    from kunbench.results import load_many
+    from kunbench.results.report import render
+
+    docs = load_many(results)
+    text = render(docs, fmt, console=console)
+    if text is not None:
+        if output:
+            Path(output).write_text(text)
+            _log(f"wrote {output}")
+        else:
+            click.echo(text, nl=False)
+    if plot_dir:
+        from kunbench.results.plots import plot_documents
+
+        paths = plot_documents(docs, plot_dir)
+        if not paths:
+            _log(f"no plottable results (scaling, ablation or qps suites) among {len(docs)} file(s)")
+        for p in paths:
+            _log(f"plot: {p}")
+
+
+# ---- run -----------------------------------------------------------------------------------------
+RUN_KEYS = ("suite", "suites", "backend", "backends", "preset", "data", "device", "dtype", "repeat", "out", "full")
+
+
+def _config_file(path: str | None) -> tuple[dict, dict]:
+    """(run options, flattened --set items) from a TOML file: top-level run keys (suite, backends,
+    preset, data, device, dtype, repeat, out, full) and tables of --set keys ([train], [qps], [kunlun]...)."""
+    from kunbench import overrides
+
+    if not path:
+        return {}, {}
+    data = overrides.load_toml(path)
+    opts = {k: data.pop(k) for k in list(data) if k in RUN_KEYS}
+    return opts, overrides.flatten(data)
+
+
+def _names(value) -> list[str] | None:
+    if value is None:
+        return None
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    names = [str(x).strip() for x in items if str(x).strip()]
+    return names or None
+
+
+@click.command("run")
+@click.option("--suite", "-s", "suite", default=None, metavar="NAME[,NAME]",
+              help="Suites to run: ne, qps, mfu, scaling, ablation, kernels (or a plugin's).")
+@click.option("--backend", "-b", "backends", default=None, metavar="A[,B]",
+              help="Backends to measure (default: every registered one the suite uses).")
+@click.option("--preset", "-p", default=None, help="Backend size preset (default: tiny, or the backend's with --full).")
+@click.option("--data", "-d", type=click.Path(file_okay=False), default=None,
+              help="Dataset directory (default: generated once into the cache: a 16k-row tiny dataset, "
+                   "or the small preset with --full).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the best present).")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default=None, help="bf16 = autocast on CUDA.")
+@click.option("--repeat", "-r", type=click.IntRange(min=1), default=None,
+              help="Repeats: seeds for ne/ablation noise, measured windows for qps/mfu.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="TOML file: run options and [section] tables of --set keys.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="train.KEY, data.KEY, SUITE.KEY, BACKEND.KEY, or a key for every backend's config.")
+@click.option("--out", "out_dir", type=click.Path(), default=None, help="Result directory (default ./results).")
+@click.option("--full", is_flag=True, default=None,
+              help="The bigger run: small dataset preset, backends' default presets, full training pass.")
+@click.option("--no-write", is_flag=True, help="Print the tables but write no result file.")
+@click.option("--progress", is_flag=True, help="Show training progress bars.")
+@friendly_errors
+def run_cmd(suite, backends, preset, data, device, dtype, repeat, config_file, sets, out_dir, full, no_write,
+            progress):
+    """Run benchmark suites; print their tables and write one result JSON per suite.
+
+    With no options, `kunbench run --suite ablation` runs the reduced default (a small dataset
+    generated once and cached, tiny model presets, the best device present); add --full for the
+    bigger configuration. Under torchrun, suites that train use DDP and rank 0 reports."""
+    import time as _time
+
+    from kunbench import overrides
+    from kunbench.results.report import print_tables
+    from kunbench.suites.common import RunOptions
+    from kunbench.suites.registry import parse_suite_list
+    from kunbench.suites.runner import check_options, run_suites
+
+    t0 = _time.perf_counter()
+    file_opts, file_sets = _config_file(config_file)
+    all_sets = {**file_sets, **overrides.parse_assignments(sets)}
+    suite = suite or file_opts.get("suite") or file_opts.get("suites")
+    if isinstance(suite, (list, tuple)):
+        suite = ",".join(map(str, suite))
+    opts = RunOptions(
+        suites=parse_suite_list(suite),
+        backends=_names(backends) or _names(file_opts.get("backends") or file_opts.get("backend")),
+        preset=preset or file_opts.get("preset"),
+        data=Path(data) if data else (Path(file_opts["data"]) if file_opts.get("data") else None),
+        device=device or file_opts.get("device") or "auto",
+        dtype=dtype or file_opts.get("dtype"),
+        repeat=repeat if repeat is not None else file_opts.get("repeat"),
+        sets=all_sets,
+        out=Path(out_dir) if out_dir else (Path(file_opts["out"]) if file_opts.get("out") else None),
+        full=bool(full if full is not None else file_opts.get("full", False)),
+        write=not no_write,
+        show_progress=progress,
+    )
+    check_options(opts)
+
+    def show(run) -> None:
+        print_tables(console, [run.document])
+        where = f"result: {run.path}" if run.path else "result not written (--no-write)"
+        console.print(f"{run.name}: {run.seconds:.1f} s; {where}", highlight=False)
+
+    run_suites(opts, log=_log, console=err_console, on_result=show)
+    _log(f"total wall time {_time.perf_counter() - t0:.1f} s")

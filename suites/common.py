@@ -1,0 +1,692 @@
+"""What every suite shares: the run context (options, `--set` routing, dataset, device, telemetry
+windows), training through kunbench.train.runner, per-row eval predictions, throughput timing,
+device peak FLOP/s, bootstrap noise and the NE-vs-compute fit.
+
+Budgets. The default run (no `--full`) is the reduced configuration that finishes the ablation on a
+2-core CPU within minutes: a 16k-row `tiny`-preset dataset (25 % eval), the backends' `tiny`
+presets, one pass at batch 256, and short throughput windows. `--full` switches to the `small`
+dataset preset (50k rows, generated once and cached), the backends' default presets, the default
+training loop and longer windows. Either way every knob is a `--set` away.
+
+`--set` routing (also for `[section]` tables of a `--config` TOML file):
+    train.KEY=V      the training loop (TrainConfig: steps, batch_size, lr, seed, ...)
+    data.KEY=V       the generator config of the default dataset (rows, eval_fraction, ...)
+    SUITE.KEY=V      a suite option (e.g. qps.batch_sizes=[64,256], ne.baseline=wukong)
+    BACKEND.KEY=V    one backend's config (e.g. kunlun.compskip=off)
+    KEY=V            every backend's config
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from kunbench import overrides
+from kunbench.errors import KunbenchError
+from kunbench.results import measurement
+from kunbench.telemetry import Telemetry, merge_summaries
+
+QUICK_DATA_PRESET = "tiny"
+QUICK_DATA_SETS = {"rows": 16384, "eval_fraction": 0.25}
+FULL_DATA_PRESET = "small"
+QUICK_BACKEND_PRESET = "tiny"
+QUICK_TRAIN = {"batch_size": 256, "eval_batch_size": 1024, "lr": 3e-3, "timing_warmup_steps": 3}
+DEFAULT_BACKEND_ORDER = ("interformer", "wukong", "kunlun")
+
+# dense peak TFLOP/s (no sparsity) by dtype: measurement.md's table, tf32/fp32 from the vendors' sheets
+GPU_PEAKS_TFLOPS: list[tuple[str, dict[str, float]]] = [
+    ("H100 PCIe", {"bf16": 756.0, "tf32": 378.0, "fp32": 51.2}),
+    ("H100", {"bf16": 989.0, "tf32": 494.7, "fp32": 66.9}),  # SXM (HBM3)
+    ("H200", {"bf16": 989.0, "tf32": 494.7, "fp32": 66.9}),
+    ("A100", {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    ("B200", {"bf16": 2250.0, "tf32": 1100.0, "fp32": 80.0}),
+    ("L4", {"bf16": 121.0, "tf32": 60.0, "fp32": 30.3}),
+]
+UNKNOWN_GPU_NAMES = ("H100 NVL",)  # variants the table does not cover: say so rather than guess
+
+
+# ---- options and context -------------------------------------------------------------------------
+@dataclass
+class RunOptions:
+    suites: list[str]
+    backends: list[str] | None = None
+    preset: str | None = None
+    data: Path | None = None
+    device: str = "auto"
+    dtype: str | None = None
+    repeat: int | None = None
+    sets: dict[str, Any] = field(default_factory=dict)
+    out: Path | None = None
+    full: bool = False
+    write: bool = True
+    show_progress: bool = False
+
+
+@dataclass
+class SuiteContext:
+    opts: RunOptions
+    suite: str
+    log: Callable[[str], None] = lambda msg: None
+    console: Any = None
+    dist: Any = None  # kunbench.train.distributed.DistContext, one per process for all suites
+    windows: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    _dataset: Path | None = None
+    _routed: dict[str, dict[str, Any]] | None = None
+
+    # ---- device / dtype -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    @property
+    def dtype(self) -> str:
+        return self.opts.dtype or str(self.train_sets.get("dtype", "fp32"))
+
+    @property
+    def world_size(self) -> int:
+        return self.dist.world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def repeats(self, default: int) -> int:
+        return self.opts.repeat if self.opts.repeat is not None else default
+
+    @property
+    def full(self) -> bool:
+        return self.opts.full
+
+    # ---- --set routing --------------------------------------------------------------------------
+    @property
+    def routed(self) -> dict[str, dict[str, Any]]:
+        if self._routed is None:
+            self._routed = route_sets(self.opts.sets)
+        return self._routed
+
+    @property
+    def train_sets(self) -> dict[str, Any]:
+        return self.routed.get("train", {})
+
+    @property
+    def data_sets(self) -> dict[str, Any]:
+        return self.routed.get("data", {})
+
+    def suite_option(self, key: str, default: Any) -> Any:
+        return self.routed.get(f"suite:{self.suite}", {}).get(key, default)
+
+    def backend_sets(self, backend: str) -> dict[str, Any]:
+        r = self.routed
+        return {**r.get("all_backends", {}), **r.get(f"backend:{backend}", {})}
+
+    def backends(self, default: Iterable[str] | None = None) -> list[str]:
+        from kunbench.backends.registry import available_backends
+
+        if self.opts.backends:
+            return list(self.opts.backends)
+        avail = available_backends()
+        order = list(default) if default is not None else list(DEFAULT_BACKEND_ORDER)
+        chosen = [b for b in order if b in avail]
+        chosen += [b for b in avail if b not in chosen and default is None]
+        return chosen
+
+    def preset_for(self, spec) -> str:
+        """--preset, else `tiny` in the reduced configuration (if the backend has it), else its default."""
+        if self.opts.preset:
+            return self.opts.preset
+        if not self.full and QUICK_BACKEND_PRESET in spec.presets:
+            return QUICK_BACKEND_PRESET
+        return spec.default_preset
+
+    def train_config(self, **explicit: Any):
+        from kunbench.train.runner import make_train_config
+
+        base = {} if self.full else dict(QUICK_TRAIN)
+        base.update(self.train_sets)
+        if self.opts.dtype:
+            base["dtype"] = self.opts.dtype
+        base.update({k: v for k, v in explicit.items() if v is not None})
+        return make_train_config(base)
+
+    # ---- dataset ----------------------------------------------------------------------------------
+    def dataset(self) -> Path:
+        if self._dataset is not None:
+            return self._dataset
+        if self.opts.data is not None:
+            path = Path(self.opts.data)
+            if not (path / "manifest.json").is_file():
+                raise KunbenchError(f"--data {path}: no dataset here (no manifest.json)")
+            self._dataset = path
+            return path
+        from kunbench.cache import default_dataset
+
+        preset = FULL_DATA_PRESET if self.full else QUICK_DATA_PRESET
+        sets = ({} if self.full else dict(QUICK_DATA_SETS))
+        sets.update(self.data_sets)
+        ctx = self.dist
+        if ctx.is_main:
+            path = default_dataset(preset, sets=sets or None, log=self.log)
+        ctx.barrier()
+        if not ctx.is_main:
+            path = default_dataset(preset, sets=sets or None)
+        self._dataset = path
+        return path
+
+    def dataset_info(self) -> dict[str, Any]:
+        from kunbench.data.manifest import load_manifest
+        from kunbench.train.results import manifest_fingerprint
+
+        root = self.dataset()
+        m = load_manifest(root)
+        return {"path": str(Path(root).resolve()), "manifest_fingerprint": manifest_fingerprint(root),
+                "preset": (m.data.get("config") or {}).get("preset"),
+                "train_rows": m.split_rows("train") if "train" in m.splits else None,
+                "eval_rows": m.split_rows("eval") if "eval" in m.splits else None,
+                "eval_oracle_ne": (m.splits.get("eval") or {}).get("oracle_ne")}
+
+    def schema(self):
+        from kunbench.data.manifest import load_manifest
+
+        return load_manifest(self.dataset()).schema
+
+    # ---- telemetry ----------------------------------------------------------------------------------
+    def window(self, label: str) -> "Window":
+        return Window(self, label)
+
+    def telemetry_summary(self) -> dict[str, Any] | None:
+        return merge_summaries(self.windows)
+
+
+class Window:
+    """A measured window: telemetry sampled around it, its summary kept on the context."""
+
+    def __init__(self, ctx: SuiteContext, label: str):
+        self.ctx = ctx
+        self.tel = Telemetry(ctx.device, label=label)
+        self.summary: dict[str, Any] | None = None
+
+    def __enter__(self) -> "Window":
+        self.tel.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.tel.__exit__(*exc)
+        self.summary = self.tel.summary()
+        self.ctx.windows.append(self.summary)
+
+
+def route_sets(sets: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Split `--set` keys by their first dotted part (see module docstring)."""
+    from kunbench.backends.registry import available_backends
+    from kunbench.suites.registry import available_suites
+
+    suites = set(available_suites())
+    backends = set(available_backends())
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in (sets or {}).items():
+        head, dot, rest = key.partition(".")
+        if dot and head == "train":
+            out.setdefault("train", {})[rest] = value
+        elif dot and head == "data":
+            out.setdefault("data", {})[rest] = value
+        elif dot and head in suites:
+            out.setdefault(f"suite:{head}", {})[rest] = value
+        elif dot and head in backends:
+            out.setdefault(f"backend:{head}", {})[rest] = value
+        else:
+            out.setdefault("all_backends", {})[key] = value
+    return out
+
+
+# ---- statistics ----------------------------------------------------------------------------------
+def std(xs: Iterable[float]) -> float | None:
+    vals = [float(x) for x in xs if x is not None and math.isfinite(x)]
+    return statistics.stdev(vals) if len(vals) >= 2 else None
+
+
+def mean(xs: Iterable[float]) -> float | None:
+    vals = [float(x) for x in xs if x is not None and math.isfinite(x)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def percentile(xs: list[float], q: float) -> float | None:
+    return float(np.percentile(np.asarray(xs, dtype=np.float64), q)) if xs else None
+
+
+def ne_of(labels: np.ndarray, probs: np.ndarray) -> float:
+    from kunbench.metrics import LogLossSums
+
+    s = LogLossSums()
+    s.add(labels, probs)
+    return s.ne
+
+
+def bootstrap_ne(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray | None = None,
+                 n_boot: int = 200, seed: int = 0) -> dict[str, float | None]:
+    """Bootstrap over eval rows: std of NE(a), and (with b) std of the paired relative change
+    100 * (NE(a) - NE(b)) / NE(b), resampling the same rows for both models."""
+    from kunbench.metrics import EPS
+
+    y = np.asarray(labels, dtype=np.float64)
+    n = y.size
+    if n < 2:
+        return {"ne_std": None, "rel_pct_std": None}
+    rng = np.random.default_rng(seed)
+
+    def losses(p):
+        p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+        return -(y * np.log(p) + (1 - y) * np.log1p(-p))
+
+    la = losses(probs_a)
+    lb = losses(probs_b) if probs_b is not None else None
+    ne_a, rel = [], []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        pos = y[idx].sum()
+        base = pos / n
+        if base <= 0 or base >= 1:
+            continue
+        h = -(base * math.log(base) + (1 - base) * math.log1p(-base))
+        a = la[idx].mean() / h
+        ne_a.append(a)
+        if lb is not None:
+            b = lb[idx].mean() / h
+            rel.append(100.0 * (a - b) / b)
+    return {"ne_std": std(ne_a), "rel_pct_std": std(rel) if lb is not None else None}
+
+
+# t quantiles (two-sided 95 %) for small degrees of freedom; normal beyond the table
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042]
+
+
+def t975(df: int) -> float:
+    if df < 1:
+        return float("nan")
+    return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.4 / df  # close to t for df > 30
+
+
+def fit_log_compute(flops: list[float], ne: list[float]) -> dict[str, Any]:
+    """Least squares NE(C) = NE_0 - eta ln(C / C_0), C_0 = geometric mean of C.
+
+    Returns eta, its standard error and 95 % t interval (n - 2 degrees of freedom), NE_0, C_0, R^2."""
+    pts = [(float(c), float(v)) for c, v in zip(flops, ne) if c and c > 0 and v is not None and math.isfinite(v)]
+    n = len(pts)
+    if n < 2:
+        return {"n": n, "eta": None, "reason": "fewer than two points"}
+    x = np.log(np.array([c for c, _ in pts]))
+    y = np.array([v for _, v in pts])
+    c0 = float(np.exp(x.mean()))
+    xc = x - x.mean()
+    sxx = float((xc ** 2).sum())
+    if sxx <= 0:
+        return {"n": n, "eta": None, "reason": "all points have the same FLOPs"}
+    slope = float((xc * (y - y.mean())).sum() / sxx)
+    ne0 = float(y.mean())
+    resid = y - (ne0 + slope * xc)
+    ss_res = float((resid ** 2).sum())
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else None
+    out = {"n": n, "eta": -slope, "ne0": ne0, "c0": c0, "r2": r2,
+           "decades": float((x.max() - x.min()) / math.log(10))}
+    if n > 2:
+        se = math.sqrt(ss_res / (n - 2) / sxx)
+        t = t975(n - 2)
+        out.update({"eta_se": se, "eta_ci": [-slope - t * se, -slope + t * se]})
+    else:
+        out.update({"eta_se": None, "eta_ci": None})
+    return out
+
+
+# ---- devices and peaks ---------------------------------------------------------------------------
+_CPU_PEAK: dict[str, Any] = {}
+
+
+def cpu_peak_flops(n: int = 1024, reps: int = 6) -> dict[str, Any]:
+    """Peak fp32 FLOP/s of this CPU, measured once per process: the best of `reps` n x n GEMMs."""
+    if _CPU_PEAK:
+        return _CPU_PEAK
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    torch.mm(a, b)  # warm-up (thread pool, caches)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    _CPU_PEAK.update({"flops_per_s": 2.0 * n ** 3 / best, "source": f"measured: best of {reps} fp32 {n}x{n} "
+                      f"GEMMs on {torch.get_num_threads()} threads", "dtype": "fp32"})
+    return _CPU_PEAK
+
+
+def gpu_peak_flops(name: str, dtype: str) -> dict[str, Any]:
+    """Dense peak for a GPU name and run dtype: bf16 -> bf16; fp32 -> tf32 when torch lets matmuls use
+    TF32, else fp32. Unknown GPUs: flops_per_s None and a reason (never a guess)."""
+    key = "bf16" if dtype == "bf16" else ("tf32" if _tf32_enabled() else "fp32")
+    if any(u in name for u in UNKNOWN_GPU_NAMES):
+        return {"flops_per_s": None, "source": f"unknown GPU {name!r}: no peak in the table", "dtype": key}
+    for pattern, peaks in GPU_PEAKS_TFLOPS:
+        if pattern in name:
+            return {"flops_per_s": peaks[key] * 1e12, "source": f"table: {pattern} dense {key} "
+                    f"{peaks[key]:g} TFLOP/s", "dtype": key}
+    return {"flops_per_s": None, "source": f"unknown GPU {name!r}: no peak in the table", "dtype": key}
+
+
+def _tf32_enabled() -> bool:
+    try:
+        return bool(torch.backends.cuda.matmul.allow_tf32) or torch.get_float32_matmul_precision() != "highest"
+    except Exception:
+        return False
+
+
+def device_peak(device: torch.device, dtype: str) -> dict[str, Any]:
+    if device.type == "cuda":
+        return gpu_peak_flops(torch.cuda.get_device_name(device), dtype)
+    return cpu_peak_flops()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---- backends --------------------------------------------------------------------------------------
+@dataclass
+class Built:
+    name: str
+    spec: Any
+    preset: str
+    config: Any
+    sets: dict[str, Any]
+
+
+def resolve_backend(ctx: SuiteContext, name: str, extra_sets: dict[str, Any] | None = None,
+                    preset: str | None = None) -> Built:
+    from kunbench.backends.registry import get_backend
+
+    spec = get_backend(name)
+    sets = {**ctx.backend_sets(name), **(extra_sets or {})}
+    p = preset or ctx.preset_for(spec)
+    return Built(name, spec, p, spec.make_config(p, sets), sets)
+
+
+def param_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---- training and evaluation -------------------------------------------------------------------------
+@dataclass
+class TrainedRun:
+    backend: str
+    preset: str
+    config: Any
+    seed: int
+    train: Any  # TrainStats
+    labels: np.ndarray
+    probs: np.ndarray
+    p_true: np.ndarray | None
+    flops_per_example: float | None
+    eval_seconds: float
+    params: int
+    telemetry: dict[str, Any] | None
+    train_config: Any
+
+    @property
+    def ne(self) -> float:
+        return ne_of(self.labels, self.probs)
+
+    def metrics(self) -> dict[str, float | None]:
+        from kunbench.metrics import LogLossSums, auc, gap_closed
+
+        s = LogLossSums()
+        s.add(self.labels, self.probs)
+        out = {"ne": s.ne, "auc": auc(self.labels, self.probs), "logloss": s.logloss,
+               "calibration": s.calibration, "base_rate": s.base_rate, "oracle_ne": None, "gap_closed": None}
+        if self.p_true is not None:
+            o = LogLossSums()
+            o.add(self.labels, self.p_true)
+            out["oracle_ne"] = o.ne
+            out["gap_closed"] = gap_closed(s.ne, o.ne)
+        return out
+
+
+@torch.inference_mode()
+def predict_eval(ctx: SuiteContext, model: torch.nn.Module, built: Built, batch_size: int,
+                 max_lengths: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float | None, float]:
+    """Per-row eval labels, probabilities and p_true (gathered over ranks), mean forward FLOPs/example
+    and the forward wall time, on this run's eval split."""
+    from kunbench.train.evaluate import autocast_context
+    from kunbench.train.runner import open_batches
+
+    inner = getattr(model, "module", model)
+    was = inner.training
+    inner.eval()
+    dctx = ctx.dist
+    schema = ctx.schema()
+    ys, ps, pts = [], [], []
+    has_pt = True
+    fsum, fn = 0.0, 0
+    seconds = 0.0
+    try:
+        for batch in open_batches(ctx.dataset(), "eval", batch_size, dctx, include_p_true=True,
+                                  max_lengths=max_lengths):
+            f = built.spec.flops_per_example(built.config, schema, batch)
+            fsum += float(torch.as_tensor(f, dtype=torch.float64).sum())
+            fn += batch.batch_size
+            sync(dctx.device)
+            t0 = time.perf_counter()
+            b = batch.to(dctx.device, non_blocking=True)
+            with autocast_context(dctx.device, ctx.dtype):
+                logits = inner(b)
+            probs = torch.sigmoid(logits.detach().double()).cpu().numpy()
+            seconds += time.perf_counter() - t0
+            ys.append(batch.labels.detach().cpu().numpy().astype(np.float64))
+            ps.append(probs)
+            if batch.p_true is None:
+                has_pt = False
+            else:
+                pts.append(batch.p_true.detach().cpu().numpy().astype(np.float64))
+    finally:
+        inner.train(was)
+    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
+    y = np.concatenate(dctx.all_gather_arrays(cat(ys)))
+    p = np.concatenate(dctx.all_gather_arrays(cat(ps)))
+    has_pt = dctx.all_reduce_min(1.0 if has_pt else 0.0) > 0
+    pt = np.concatenate(dctx.all_gather_arrays(cat(pts))) if has_pt else None
+    v = dctx.all_reduce_sum([fsum, float(fn)])
+    seconds = dctx.all_reduce_max(seconds)
+    return y, p, pt, (float(v[0] / v[1]) if v[1] else None), seconds
+
+
+def train_and_predict(ctx: SuiteContext, built: Built, seed: int = 0, label: str | None = None) -> TrainedRun:
+    """One `kunbench train` run (kunbench.train.runner, not written) on the suite's dataset, then
+    per-row predictions on the eval split for NE, bootstrap noise and paired deltas."""
+    from kunbench.train.runner import backend_max_lengths, run_training
+
+    cfg = ctx.train_config(seed=seed)
+    data = ctx.dataset()
+    # run_training shuts down a process group it did not create only if told it created it
+    run_ctx = dataclasses.replace(ctx.dist, initialized_here=False)
+    with ctx.window(label or f"train {built.name}") as win:
+        run = run_training(built.name, data, preset=built.preset, sets=built.sets, train_cfg=cfg,
+                           device=str(ctx.device), write=False, ctx=run_ctx, spec=built.spec,
+                           eval_max_batches=0, show_progress=ctx.opts.show_progress and ctx.is_main,
+                           console=ctx.console, log=ctx.log)
+    model = run.model
+    y, p, pt, flops, secs = predict_eval(ctx, model, built, cfg.eval_batch_size,
+                                         max_lengths=backend_max_lengths(built.config))
+    return TrainedRun(built.name, built.preset, built.config, seed, run.train, y, p, pt, flops, secs,
+                      param_count(model), win.summary, cfg)
+
+
+# ---- throughput ------------------------------------------------------------------------------------------
+@dataclass
+class Throughput:
+    mode: str  # "infer" | "train"
+    batch_size: int
+    window_qps: list[float]  # examples/s per window (global over ranks)
+    latencies_ms: list[float]  # per iteration (batch latency)
+    telemetry: dict[str, Any] | None
+    flops_per_example: float | None
+    iters_per_window: int
+
+    @property
+    def qps(self) -> float:
+        return float(statistics.median(self.window_qps))
+
+    @property
+    def step_s(self) -> float:
+        return float(statistics.median(self.latencies_ms)) / 1000.0
+
+
+def synthetic_source(ctx: SuiteContext, built: Built, batch_size: int, seed: int = 0):
+    """In-memory on-device batches shaped like the suite's dataset (the input pipeline is not measured)."""
+    from kunbench.data.synthetic import SyntheticBatches
+    from kunbench.train.runner import backend_max_lengths
+
+    return SyntheticBatches.from_manifest(ctx.dataset(), batch_size=batch_size, device=ctx.device, seed=seed,
+                                          pool_size=2, max_lengths=backend_max_lengths(built.config))
+
+
+def measure_throughput(ctx: SuiteContext, built: Built, model: torch.nn.Module, mode: str, batch_size: int, *,
+                       windows: int, min_window_s: float, warmup: int, max_iters: int = 10_000,
+                       label: str | None = None) -> Throughput:
+    """Examples/s over `windows` measured windows after `warmup` iterations, plus per-iteration latency.
+
+    On CUDA each iteration is bracketed by CUDA events and the window by synchronize, so asynchronous
+    launches are never timed with a bare clock. A window runs at least `min_window_s` (iteration count
+    fixed after the first window). train mode = forward, BCE loss, backward, dense grad clipping and
+    both optimizers' steps (kunbench.train.optim), under DDP when the run is distributed."""
+    from kunbench.train.evaluate import autocast_context
+    from kunbench.train.loop import wrap_ddp
+    from kunbench.train.optim import Optimizers, has_sparse_embeddings, split_parameters
+
+    device = ctx.device
+    src = synthetic_source(ctx, built, batch_size)
+    batch = src.pool[0]
+    schema = src.schema
+    flops = float(torch.as_tensor(built.spec.flops_per_example(built.config, schema, batch),
+                                  dtype=torch.float64).mean())
+    cuda = device.type == "cuda"
+    pool = src.pool
+
+    if mode == "infer":
+        model.eval()
+        net = model
+
+        def step(b):
+            with torch.inference_mode(), autocast_context(device, ctx.dtype):
+                return net(b)
+    elif mode == "train":
+        model.train()
+        cfg = ctx.train_config()
+        groups = split_parameters(model)
+        opts = Optimizers(groups, cfg, sparse_grads=has_sparse_embeddings(model))
+        net = wrap_ddp(model, ctx.dist)
+        counter = [0]
+
+        def step(b):
+            counter[0] += 1
+            opts.set_step(counter[0])
+            with autocast_context(device, ctx.dtype):
+                logits = net(b)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), b.labels.float())
+            loss.backward()
+            if cfg.clip_grad_norm is not None and groups.dense:
+                torch.nn.utils.clip_grad_norm_(groups.dense, cfg.clip_grad_norm)
+            opts.step()
+            opts.zero_grad()
+            return loss
+    else:  # pragma: no cover
+        raise ValueError(mode)
+
+    for i in range(warmup):
+        step(pool[i % len(pool)])
+    sync(device)
+    window_qps: list[float] = []
+    lat_ms: list[float] = []
+    iters = None
+    summaries = []
+    for w in range(windows):
+        with ctx.window(label or f"{mode} {built.name} bs={batch_size}") as win:
+            events = []
+            sync(device)
+            t0 = time.perf_counter()
+            i = 0
+            while True:
+                b = pool[i % len(pool)]
+                if cuda:
+                    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    s.record()
+                    step(b)
+                    e.record()
+                    events.append((s, e))
+                else:
+                    ts = time.perf_counter()
+                    step(b)
+                    lat_ms.append((time.perf_counter() - ts) * 1000.0)
+                i += 1
+                if iters is not None:
+                    if i >= iters:
+                        break
+                elif time.perf_counter() - t0 >= min_window_s or i >= max_iters:
+                    if cuda:
+                        sync(device)
+                        if time.perf_counter() - t0 < min_window_s and i < max_iters:
+                            continue
+                    iters = i
+                    break
+            sync(device)
+            elapsed = time.perf_counter() - t0
+            if cuda:
+                lat_ms += [s.elapsed_time(e) for s, e in events]
+        summaries.append(win.summary)
+        window_qps.append(i * batch_size * ctx.world_size / elapsed)
+    if mode == "train":
+        model.zero_grad(set_to_none=True)
+    return Throughput(mode, batch_size, window_qps, lat_ms, merge_summaries(summaries), flops, iters or 0)
+
+
+def throughput_measurements(suite: str, backend: str, variant: str, tp: Throughput,
+                            peak: dict[str, Any] | None = None, **extra: Any) -> list[dict[str, Any]]:
+    ms = [measurement(suite, backend, variant, f"{tp.mode}_qps", tp.qps, unit="ex/s", better="higher",
+                      samples=tp.window_qps, spread_kind=f"std over {len(tp.window_qps)} windows",
+                      telemetry=tp.telemetry, batch_size=tp.batch_size, **extra)]
+    if tp.mode == "infer" and tp.latencies_ms:
+        for q in (50, 99):
+            ms.append(measurement(suite, backend, variant, f"latency_p{q}", percentile(tp.latencies_ms, q),
+                                  unit="ms", better="lower", batch_size=tp.batch_size,
+                                  spread_kind=f"over {len(tp.latencies_ms)} iterations", **extra))
+    if peak is not None and peak.get("flops_per_s") and tp.flops_per_example:
+        mult = 3.0 if tp.mode == "train" else 1.0
+        achieved = tp.flops_per_example * mult * tp.qps
+        ms.append(measurement(suite, backend, variant, f"{tp.mode}_mfu_pct", 100.0 * achieved / peak["flops_per_s"],
+                              unit="%", better="higher",
+                              samples=[100.0 * tp.flops_per_example * mult * q / peak["flops_per_s"]
+                                       for q in tp.window_qps],
+                              spread_kind=f"std over {len(tp.window_qps)} windows", batch_size=tp.batch_size,
+                              flops_convention="training = 3 x forward" if mult == 3.0 else "forward",
+                              peak_source=peak.get("source"), **extra))
+    return ms
+
+
+def build_model(ctx: SuiteContext, built: Built, seed: int = 0) -> torch.nn.Module:
+    from kunbench.train.runner import seed_everything
+
+    seed_everything(seed)
+    return built.spec.build(built.config, ctx.schema()).to(ctx.device)
+
+
+def world_note(ctx: SuiteContext) -> str:
+    return (f"device {ctx.device}, dtype {ctx.dtype}, world size {ctx.world_size}"
+            + ("" if ctx.world_size == 1 else " (torchrun DDP; examples/s are global over ranks)"))

@@ -1,0 +1,78 @@
+"""mfu: model FLOPs utilization of the training step (and of inference).
+
+MFU = (analytic FLOPs per step / step time) / dense peak of the device for the dtype in use.
+Analytic FLOPs follow models.md section 4: the backend's forward FLOPs per example on true
+lengths; a training step counts 3 x forward (the Wukong convention, stated in every row).
+Peak: measurement.md's table on known GPUs (unknown GPUs: no MFU, said so); on CPU the peak of a
+calibration GEMM measured at the start of the run, printed as such.
+
+Options (mfu.KEY=V): batch_size (default 256 reduced, 1024 with --full or on CUDA), window_s, warmup.
+"""
+
+from __future__ import annotations
+
+from kunbench.results import measurement
+from kunbench.suites.common import (SuiteContext, build_model, device_peak, measure_throughput, param_count,
+                                    resolve_backend, throughput_measurements, world_note)
+from kunbench.suites.registry import SuiteOutput, SuiteSpec
+
+NAME = "mfu"
+
+
+def run(ctx: SuiteContext) -> SuiteOutput:
+    big = ctx.full or ctx.device.type == "cuda"
+    bs = int(ctx.suite_option("batch_size", 1024 if big else 256))
+    window_s = float(ctx.suite_option("window_s", 2.0 if ctx.full else 0.75))
+    warmup = int(ctx.suite_option("warmup", 10 if ctx.full else 3))
+    windows = ctx.repeats(3)
+    peak = device_peak(ctx.device, ctx.dtype)
+    ctx.log(f"mfu: device peak {peak['flops_per_s'] / 1e9:,.1f} GFLOP/s ({peak['source']})"
+            if peak.get("flops_per_s") else f"mfu: {peak['source']}")
+    backends = ctx.backends()
+    out = SuiteOutput(backends=backends, config={"batch_size": bs, "window_s": window_s, "warmup": warmup,
+                                                 "windows": windows, "peak": peak, "backends": {}})
+    rows = []
+    for b in backends:
+        built = resolve_backend(ctx, b)
+        out.config["backends"][b] = {"preset": built.preset}
+        model = build_model(ctx, built)
+        row = {"backend": b, "preset": built.preset, "params": param_count(model)}
+        for mode in ("train", "infer"):
+            ctx.log(f"mfu: {b} {mode} bs={bs} ...")
+            tp = measure_throughput(ctx, built, model, mode, bs, windows=windows, min_window_s=window_s, warmup=warmup)
+            ms = [m for m in throughput_measurements(NAME, b, f"bs={bs}", tp, peak=peak)
+                  if not m["name"].startswith("latency")]
+            mult = 3.0 if mode == "train" else 1.0
+            step_flops = tp.flops_per_example * mult * bs
+            ms.append(measurement(NAME, b, f"bs={bs}", f"{mode}_step_ms", tp.step_s * 1000.0, unit="ms",
+                                  better="lower", spread_kind="median per-iteration time"))
+            ms.append(measurement(NAME, b, f"bs={bs}", f"{mode}_achieved_gflops", step_flops * tp.qps / bs / 1e9,
+                                  unit="GFLOP/s", better="higher",
+                                  samples=[step_flops * q / bs / 1e9 for q in tp.window_qps]))
+            out.measurements += ms
+            for m in ms:
+                row[m["name"]] = m["value"]
+                row[m["name"] + "_spread"] = m.get("spread")
+            row["flops"] = tp.flops_per_example
+        rows.append(row)
+        del model
+    peak_txt = (f"{peak['flops_per_s'] / 1e9:,.1f} GFLOP/s" if peak.get("flops_per_s") else "unknown")
+    out.tables.append({
+        "title": f"mfu: analytic FLOPs (train = 3 x forward) / step time / peak {peak_txt} (batch {bs})",
+        "columns": [{"key": "backend", "header": "backend"}, {"key": "preset", "header": "preset"},
+                    {"key": "flops", "header": "fwd FLOPs/ex", "fmt": ",.0f"},
+                    {"key": "train_step_ms", "header": "train step ms", "fmt": ".1f"},
+                    {"key": "train_achieved_gflops", "header": "train GFLOP/s", "fmt": ".2f"},
+                    {"key": "train_mfu_pct", "header": "train MFU %", "fmt": ".2f", "pm": "train_mfu_pct_spread"},
+                    {"key": "infer_step_ms", "header": "infer step ms", "fmt": ".1f"},
+                    {"key": "infer_mfu_pct", "header": "infer MFU %", "fmt": ".2f", "pm": "infer_mfu_pct_spread"},
+                    {"key": "params", "header": "params", "fmt": ","}],
+        "rows": rows, "label_columns": 2,
+        "notes": [world_note(ctx), f"peak: {peak['source']}"]})
+    out.extra["peak"] = peak
+    out.dataset = ctx.dataset_info()
+    return out
+
+
+SUITE = SuiteSpec(NAME, "Training-step MFU: analytic FLOPs (3x forward) vs device peak (CPU: measured GEMM peak)",
+                  run, trains=False)

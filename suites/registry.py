@@ -1,0 +1,94 @@
+"""Suite registry: the built-in suites plus third-party suites from the `kunbench.suites`
+entry-point group.
+
+A suite is a `SuiteSpec`: a name, a one-line description, and `run(ctx) -> SuiteOutput` where `ctx`
+is a `kunbench.suites.common.SuiteContext` (backends, presets, dataset, device, dtype, repeats,
+`--set` overrides, telemetry windows) and `SuiteOutput` holds the measurements (see
+kunbench.results), presentation tables, notes and suite-specific extras. `kunbench run` wraps the
+output into one result document with the environment stamp and telemetry, and writes it.
+
+A third-party package registers a suite in its pyproject.toml:
+
+    [project.entry-points."kunbench.suites"]
+    mysuite = "mypkg.bench:SUITE"      # a SuiteSpec, or a zero-argument callable returning one
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+from kunbench.errors import KunbenchError
+
+ENTRY_POINT_GROUP = "kunbench.suites"
+# suite name -> module under kunbench.suites holding its SUITE (kernels: the wiring of suites/kernels.py)
+BUILTIN_MODULES = {"ne": "ne", "qps": "qps", "mfu": "mfu", "scaling": "scaling", "ablation": "ablation",
+                   "kernels": "kernel_suite"}
+
+
+@dataclass
+class SuiteOutput:
+    measurements: list[dict[str, Any]] = field(default_factory=list)
+    tables: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # suite settings and backend configs used
+    dataset: dict[str, Any] | None = None
+    backends: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    name: str
+    description: str
+    run: Callable[[Any], SuiteOutput]
+    trains: bool = False  # trains models (accepts torchrun / DDP)
+    uses_data: bool = True  # needs a generated dataset (else only its schema, or none)
+
+
+def _builtin() -> dict[str, Callable[[], SuiteSpec]]:
+    """Lazily imported so one broken suite breaks only itself."""
+    def lazy(module: str) -> Callable[[], SuiteSpec]:
+        def load() -> SuiteSpec:
+            import importlib
+
+            return importlib.import_module(f"kunbench.suites.{module}").SUITE
+        return load
+
+    return {name: lazy(module) for name, module in BUILTIN_MODULES.items()}
+
+
+def available_suites() -> list[str]:
+    names = set(_builtin())
+    names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return sorted(names)
+
+
+def get_suite(name: str) -> SuiteSpec:
+    builtin = _builtin()
+    if name in builtin:
+        return builtin[name]()
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            try:
+                spec = ep.load()
+            except Exception as exc:
+                raise KunbenchError(f"suite {name!r}: entry point {ep.value!r} failed to load: {exc}") from None
+            if callable(spec) and not isinstance(spec, SuiteSpec):
+                spec = spec()
+            if not isinstance(spec, SuiteSpec):
+                raise KunbenchError(f"entry point {ep.value!r} for suite {name!r} is not a SuiteSpec")
+            return spec
+    raise KunbenchError(f"unknown suite {name!r} (available: {', '.join(available_suites())})")
+
+
+def parse_suite_list(text: str | None) -> list[str]:
+    names = [s.strip() for s in (text or "").split(",") if s.strip()]
+    if not names:
+        raise KunbenchError("--suite needs at least one name (e.g. --suite ablation or --suite ne,qps)")
+    known = available_suites()
+    for n in names:
+        if n not in known:
+            raise KunbenchError(f"unknown suite {n!r} (available: {', '.join(known)})")
+    return list(dict.fromkeys(names))
