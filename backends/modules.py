@@ -135,7 +135,7 @@ class PMA(nn.Module):
         b, t, d = s.shape
         h, dh = self.h, d // self.h
         q = self.q(self.seeds).view(1, self.n_seeds, h, dh).transpose(1, 2)  # computed once per batch
-        k, v = self.kv(s).view(b, t, 2, h, dh).permute(2, 0, 3, 1, 4)
+        k, v = self.kv(s).view(b, t, 2, h, dh).transpose(1, 3).unbind(2)  # each [B, H, T, dh]
         o = masked_attention(q, k, v, mask, self.fused)  # [B, H, n_seeds, dh]
         return self.out(o.transpose(1, 2).reshape(b, self.n_seeds, d))
 
@@ -164,11 +164,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half-split pairs `(x[:dh/2], x[dh/2:])`: `(x1 cos - x2 sin, x2 cos + x1 sin)`; `cos, sin` are
     `[L, dh/2]` or `[B, L, dh/2]`. Written as `x * cos' + swap(x) * sin'` with full-width tables
     expanded over heads, so the products run over contiguous memory (much faster on CPU)."""
-    h = x.shape[-2]
-    cos_f = torch.cat([cos, cos], dim=-1).unsqueeze(-2).expand(*cos.shape[:-1], h, x.shape[-1]).contiguous()
-    sin_f = torch.cat([-sin, sin], dim=-1).unsqueeze(-2).expand(*sin.shape[:-1], h, x.shape[-1]).contiguous()
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos_f + torch.cat([x2, x1], dim=-1) * sin_f
+    h, dh = x.shape[-2], x.shape[-1]
+    cos_f = torch.cat([cos, cos], dim=-1).unsqueeze(-2).expand(*cos.shape[:-1], h, dh).contiguous()
+    sin_f = torch.cat([-sin, sin], dim=-1).unsqueeze(-2).expand(*sin.shape[:-1], h, dh).contiguous()
+    return x * cos_f + torch.roll(x, dh // 2, dims=-1) * sin_f  # roll by dh/2 swaps the halves
 
 
 class RopeMHA(nn.Module):
@@ -183,11 +182,11 @@ class RopeMHA(nn.Module):
     def forward(self, s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, t, d = s.shape
         h, dh = self.h, d // self.h
-        qkv = self.qkv(s).view(b, t, 3, h, dh)
+        q, k, v = self.qkv(s).view(b, t, 3, h, dh).unbind(2)  # unbind: one gradient copy, not 3 fills
         cos, sin = rope_tables(t, dh, s.device, s.dtype, self.rope_base)
-        q = apply_rope(qkv[:, :, 0], cos, sin).transpose(1, 2)  # [B, H, T, dh]
-        k = apply_rope(qkv[:, :, 1], cos, sin).transpose(1, 2)
-        v = qkv[:, :, 2].transpose(1, 2)
+        q = apply_rope(q, cos, sin).transpose(1, 2)  # [B, H, T, dh]
+        k = apply_rope(k, cos, sin).transpose(1, 2)
+        v = v.transpose(1, 2)
         o = masked_attention(q, k, v, mask, self.fused)
         return self.out(o.transpose(1, 2).reshape(b, t, d))
 
