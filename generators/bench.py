@@ -144,19 +144,37 @@ def peak_rss_mib(preset: str, rows: int, workers: int = 1) -> float:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def scaling(preset: str, rows: int) -> dict[str, float]:
+    """Shard-phase and end-to-end rows/s with 1 and 2 workers (wall clock), plus a CPU-time view
+    that other processes on the machine cannot distort: with 2 workers the run can finish no
+    sooner than its busiest process, so `cpu_speedup` = 1-worker CPU / max(parent CPU, child CPU)
+    is the speedup two otherwise idle cores give."""
     cfg = build_config(preset, rows=rows)
-    out = {}
+    out: dict[str, float] = {}
     for workers in (1, 2):
         tmp = Path(tempfile.mkdtemp(prefix="kunbench-scale-"))
         try:
+            c0, k0 = time.process_time(), _children_cpu()
             res = run(cfg, tmp / "d", workers=workers, progress=False)
+            parent, children = time.process_time() - c0, _children_cpu() - k0
             out[f"workers_{workers}_rows_per_s"] = rows / res.shard_seconds
             out[f"workers_{workers}_end_to_end_rows_per_s"] = rows / res.seconds
+            out[f"workers_{workers}_parent_cpu_s"] = parent
+            out[f"workers_{workers}_children_cpu_s"] = children
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     out["speedup"] = out["workers_2_rows_per_s"] / out["workers_1_rows_per_s"]
     out["speedup_end_to_end"] = out["workers_2_end_to_end_rows_per_s"] / out["workers_1_end_to_end_rows_per_s"]
+    one = out["workers_1_parent_cpu_s"]
+    out["cpu_speedup"] = one / max(out["workers_2_parent_cpu_s"], out["workers_2_children_cpu_s"])
+    out["load_average_1m"] = __import__("os").getloadavg()[0]
     return out
 
 
@@ -197,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     if "scaling" in report:
         s = report["scaling"]
         print(f"  workers    1: {s['workers_1_rows_per_s']:,.0f} rows/s, 2: {s['workers_2_rows_per_s']:,.0f} "
-              f"rows/s (shard phase) -> {s['speedup']:.2f}x; end to end {s['speedup_end_to_end']:.2f}x")
+              f"rows/s (shard phase) -> {s['speedup']:.2f}x; end to end {s['speedup_end_to_end']:.2f}x "
+              f"(wall clock, load average {s['load_average_1m']:.1f}); CPU critical path {s['cpu_speedup']:.2f}x "
+              f"(1 worker {s['workers_1_parent_cpu_s']:.1f} CPU s; 2 workers: parent {s['workers_2_parent_cpu_s']:.1f}, "
+              f"child {s['workers_2_children_cpu_s']:.1f} CPU s)")
     return 0
 
 
