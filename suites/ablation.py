@@ -1,0 +1,302 @@
+"""ablation: full Kunlun, then one switch flipped per row, plus InterFormer and Wukong rows.
+
+Rows (Kunlun config keys of models.md section 3 / issue 5):
+    full                        Kunlun as configured (preset + --set)
+    gdpa naive                  gdpa=naive
+    summary pma                 summary=pma          (PMA instead of HSP)
+    sumkron off                 sumkron=off
+    attention full              attention=full       (no sliding window)
+    compskip off                compskip=off
+    event_personalization off   event_personalization=off
+    rote rope                   rote=rope
+    rote none                   rote=none
+    experts 1                   experts=1
+    InterFormer, Wukong         the baselines at the same preset
+
+Columns: NE, delta NE % vs full Kunlun (paired bootstrap over the same eval rows, or std over seeds
+with --repeat), gap closed, forward GFLOPs/example, delta FLOPs %, train and inference examples/s
+(in-memory source, median over windows) and delta QPS %, training MFU (3 x forward FLOPs / peak),
+parameters; the paper's published deltas (models.md section 5) beside ours, converted to this
+table's direction (a row flips a switch *off*, the paper reports turning it *on*).
+
+Without a registered `kunlun` backend the Kunlun rows are skipped with a note and the deltas are
+taken against InterFormer. A row whose flipped config equals the full config (the default is
+already that setting) is marked so rather than trained twice.
+
+Options (ablation.KEY=V): rows=[names] to run a subset, batch_size (throughput; 256 reduced,
+1024 with --full or on CUDA), window_s, warmup, windows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from kunbench.errors import KunbenchError
+from kunbench.results import measurement
+from kunbench.suites.common import (SuiteContext, bootstrap_ne, build_model, device_peak, mean, measure_throughput,
+                                    resolve_backend, std, train_and_predict, world_note)
+from kunbench.suites.registry import SuiteOutput, SuiteSpec
+
+NAME = "ablation"
+KUNLUN = "kunlun"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    name: str
+    backend: str
+    sets: dict[str, Any]
+    paper_dne: float | None = None  # percent, this row vs full Kunlun
+    paper_dflops: float | None = None
+    paper_dqps: float | None = None
+    paper_note: str = ""
+
+
+def _flip(pct_on: float) -> float:
+    """The paper reports turning a feature on (x -> x(1+p)); our row turns it off: 1/(1+p) - 1."""
+    return 100.0 * (1.0 / (1.0 + pct_on / 100.0) - 1.0)
+
+
+ROWS: tuple[Row, ...] = (
+    Row("full", KUNLUN, {}, paper_note="paper: MFU 37% (B200, Meta data)"),
+    Row("gdpa naive", KUNLUN, {"gdpa": "naive"},
+        paper_note="paper: fused GDPA up to 6x MFU on the PFFN module, ~3 MFU points end to end"),
+    Row("summary pma", KUNLUN, {"summary": "pma"}, paper_dne=0.08, paper_note="paper: HSP +0.08% NE over PMA"),
+    Row("sumkron off", KUNLUN, {"sumkron": "off"}),
+    Row("attention full", KUNLUN, {"attention": "full"}, paper_dne=0.0, paper_dflops=_flip(-29.5),
+        paper_dqps=_flip(31.1), paper_note="paper: window -29.5% FLOPs, +31.1% QPS, NE neutral"),
+    Row("compskip off", KUNLUN, {"compskip": "off"}, paper_dne=0.0, paper_dflops=_flip(-43.1),
+        paper_dqps=_flip(35.0), paper_note="paper: CompSkip -43.1% FLOPs, +35% QPS, NE neutral"),
+    Row("event_personalization off", KUNLUN, {"event_personalization": "off"}),
+    Row("rote rope", KUNLUN, {"rote": "rope"}),
+    Row("rote none", KUNLUN, {"rote": "none"}),
+    Row("experts 1", KUNLUN, {"experts": 1}),
+    Row("InterFormer", "interformer", {}, paper_note="paper: MFU 17% vs Kunlun 37%; scaling efficiency 1/2 of Kunlun"),
+    Row("Wukong", "wukong", {}),
+)
+
+
+def _pct(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b or not math.isfinite(a) or not math.isfinite(b):
+        return None
+    return 100.0 * (a - b) / b
+
+
+def _ratio_pct_spread(a: float | None, sa: float | None, b: float | None, sb: float | None) -> float | None:
+    """Std of 100 (a/b - 1) from independent spreads of a and b (first order)."""
+    if not a or not b or (sa is None and sb is None):
+        return None
+    return 100.0 * (a / b) * math.sqrt(((sa or 0.0) / a) ** 2 + ((sb or 0.0) / b) ** 2)
+
+
+def paper_text(row: Row) -> str:
+    """The paper's deltas for this row, in this table's direction, compactly."""
+    parts = []
+    if row.paper_dne is not None:
+        parts.append("ΔNE ≈ 0" if row.paper_dne == 0 else f"ΔNE {row.paper_dne:+.2f}%")
+    if row.paper_dflops is not None:
+        parts.append(f"ΔFLOPs {row.paper_dflops:+.1f}%")
+    if row.paper_dqps is not None:
+        parts.append(f"ΔQPS {row.paper_dqps:+.1f}%")
+    if not parts:
+        short = {"full": "MFU 37%", "gdpa naive": "≈ -3 MFU pts", "InterFormer": "MFU 17%, eta 1/2 of Kunlun's"}
+        return short.get(row.name, "-")
+    return ", ".join(parts)
+
+
+def settings(ctx: SuiteContext) -> dict[str, Any]:
+    big = ctx.full or ctx.device.type == "cuda"
+    return {"batch_size": int(ctx.suite_option("batch_size", 1024 if big else 256)),
+            "window_s": float(ctx.suite_option("window_s", 2.0 if ctx.full else 0.4)),
+            "warmup": int(ctx.suite_option("warmup", 10 if big else 2)),
+            "windows": int(ctx.suite_option("windows", 3 if big else 2)),
+            "rows": ctx.suite_option("rows", None)}
+
+
+def run(ctx: SuiteContext) -> SuiteOutput:
+    from kunbench.backends.registry import available_backends
+
+    s = settings(ctx)
+    avail = set(available_backends())
+    rows = list(ROWS)
+    if s["rows"]:
+        wanted = [str(r) for r in (s["rows"] if isinstance(s["rows"], list) else [s["rows"]])]
+        unknown = [w for w in wanted if w not in {r.name for r in ROWS}]
+        if unknown:
+            raise KunbenchError(f"ablation.rows: unknown row {unknown[0]!r} (rows: {', '.join(r.name for r in ROWS)})")
+        rows = [r for r in ROWS if r.name in wanted or r.name == "full"]
+    if ctx.opts.backends:
+        rows = [r for r in rows if r.backend in ctx.opts.backends]
+    notes: list[str] = []
+    if KUNLUN not in avail:
+        notes.append("Kunlun rows skipped: no 'kunlun' backend is registered yet (kunbench list); "
+                     "deltas are against InterFormer")
+        rows = [r for r in rows if r.backend != KUNLUN]
+    missing = sorted({r.backend for r in rows if r.backend not in avail})
+    for m in missing:
+        notes.append(f"{m} rows skipped: backend not registered")
+    rows = [r for r in rows if r.backend in avail]
+    if not rows:
+        raise KunbenchError("ablation: no row can run (no registered backend among kunlun, interformer, wukong)")
+    ref_name = "full" if any(r.name == "full" for r in rows) else rows[0].name
+
+    repeats = ctx.repeats(1)
+    peak = device_peak(ctx.device, ctx.dtype)
+    out = SuiteOutput(backends=sorted({r.backend for r in rows}),
+                      config={"settings": s, "repeats": repeats, "rows": {}, "peak": peak})
+    results: dict[str, dict[str, Any]] = {}
+    full_cfg = None
+    t_start = time.perf_counter()
+    for i, row in enumerate(rows):
+        try:
+            built = resolve_backend(ctx, row.backend, extra_sets=row.sets)
+        except KunbenchError as exc:
+            notes.append(f"row {row.name!r} skipped: {exc}")
+            continue
+        cfg = dataclasses.asdict(built.config)
+        out.config["rows"][row.name] = {"backend": row.backend, "preset": built.preset, "sets": row.sets, "config": cfg}
+        if row.backend == KUNLUN and row.name == "full":
+            full_cfg = cfg
+        elif row.backend == KUNLUN and full_cfg is not None and cfg == full_cfg:
+            notes.append(f"row {row.name!r}: same config as full Kunlun (the default already is "
+                         f"{', '.join(f'{k}={v}' for k, v in row.sets.items())}); not trained twice")
+            results[row.name] = {**results["full"], "same_as_full": True}
+            continue
+        ctx.log(f"ablation [{i + 1}/{len(rows)}] {row.name}: train ({built.preset}) ...")
+        trs = [train_and_predict(ctx, built, seed=r, label=f"ablation {row.name} seed {r}") for r in range(repeats)]
+        ctx.log(f"ablation [{i + 1}/{len(rows)}] {row.name}: throughput bs={s['batch_size']} ...")
+        model = build_model(ctx, built)
+        tps = {}
+        for mode in ("train", "infer"):
+            tps[mode] = measure_throughput(ctx, built, model, mode, s["batch_size"], windows=s["windows"],
+                                           min_window_s=s["window_s"], warmup=s["warmup"],
+                                           label=f"ablation {row.name} {mode}")
+        del model
+        mets = [t.metrics() for t in trs]
+        res = {"runs": trs, "ne": mean(m["ne"] for m in mets), "gap_closed": mean(m["gap_closed"] for m in mets),
+               "flops": mean(t.flops_per_example for t in trs), "params": trs[0].params,
+               "train_qps": tps["train"].qps, "train_qps_std": std(tps["train"].window_qps),
+               "infer_qps": tps["infer"].qps, "infer_qps_std": std(tps["infer"].window_qps),
+               "tp": tps, "ne_samples": [m["ne"] for m in mets]}
+        res["ne_spread"] = (std(res["ne_samples"]) if repeats >= 2
+                            else bootstrap_ne(trs[0].labels, trs[0].probs)["ne_std"])
+        if peak.get("flops_per_s") and res["flops"]:
+            res["mfu"] = 100.0 * 3.0 * res["flops"] * res["train_qps"] / peak["flops_per_s"]
+            res["mfu_samples"] = [100.0 * 3.0 * res["flops"] * q / peak["flops_per_s"]
+                                  for q in tps["train"].window_qps]
+        results[row.name] = res
+        ctx.log(f"ablation [{i + 1}/{len(rows)}] {row.name}: NE {res['ne']:.5f}, "
+                f"{time.perf_counter() - t_start:.0f} s elapsed")
+
+    ref = results.get(ref_name)
+    table_rows = []
+    extra_rows = []
+    for row in rows:
+        res = results.get(row.name)
+        if res is None:
+            continue
+        variant = row.name
+        d: dict[str, Any] = {"row": row.name, "backend": row.backend, "ne": res["ne"], "ne_spread": res["ne_spread"],
+                             "gap_closed": res["gap_closed"],
+                             "gflops": res["flops"] / 1e9 if res["flops"] is not None else None,
+                             "train_qps": res["train_qps"], "infer_qps": res["infer_qps"],
+                             "mfu": res.get("mfu"), "params": res["params"],
+                             "paper_dne": row.paper_dne, "paper_dflops": row.paper_dflops,
+                             "paper_dqps": row.paper_dqps, "paper_note": row.paper_note, "paper": paper_text(row)}
+        if res.get("same_as_full"):
+            d["row"] = f"{row.name} (= full)"
+        if ref is not None and row.name != ref_name:
+            d["dne"] = _pct(res["ne"], ref["ne"])
+            if repeats >= 2:
+                rels = [_pct(a, b) for a, b in zip(res["ne_samples"], ref["ne_samples"])]
+                d["dne_spread"] = std(rels)
+            else:
+                a, b = res["runs"][0], ref["runs"][0]
+                if len(a.labels) == len(b.labels):
+                    d["dne_spread"] = bootstrap_ne(a.labels, a.probs, b.probs)["rel_pct_std"]
+            d["dflops"] = _pct(res["flops"], ref["flops"])
+            d["dqps_train"] = _pct(res["train_qps"], ref["train_qps"])
+            d["dqps_train_spread"] = _ratio_pct_spread(res["train_qps"], res["train_qps_std"], ref["train_qps"],
+                                                       ref["train_qps_std"])
+            d["dqps_infer"] = _pct(res["infer_qps"], ref["infer_qps"])
+        table_rows.append(d)
+        extra_rows.append({"row": d["row"], "backend": row.backend, "delta_ne_pct": d.get("dne"),
+                           "delta_flops_pct": d.get("dflops"), "delta_qps_train_pct": d.get("dqps_train"),
+                           "delta_qps_infer_pct": d.get("dqps_infer"), "paper_delta_ne_pct": row.paper_dne,
+                           "paper_delta_flops_pct": row.paper_dflops, "paper_delta_qps_pct": row.paper_dqps})
+        ne_kind = f"std over {repeats} seeds" if repeats >= 2 else "bootstrap std over eval rows"
+        tel = res["tp"]["train"].telemetry if "tp" in res else None
+        ms = [
+            measurement(NAME, row.backend, variant, "ne", res["ne"], better="lower", spread=res["ne_spread"],
+                        spread_kind=ne_kind, samples=res["ne_samples"] if repeats >= 2 else None,
+                        telemetry=res["runs"][0].telemetry),
+            measurement(NAME, row.backend, variant, "gap_closed", res["gap_closed"], better="higher"),
+            measurement(NAME, row.backend, variant, "fwd_gflops_per_example", d["gflops"], unit="GFLOP", better="none"),
+            measurement(NAME, row.backend, variant, "train_qps", res["train_qps"], unit="ex/s", better="higher",
+                        samples=res["tp"]["train"].window_qps, telemetry=tel, batch_size=s["batch_size"]),
+            measurement(NAME, row.backend, variant, "infer_qps", res["infer_qps"], unit="ex/s", better="higher",
+                        samples=res["tp"]["infer"].window_qps, telemetry=res["tp"]["infer"].telemetry,
+                        batch_size=s["batch_size"]),
+            measurement(NAME, row.backend, variant, "params", res["params"], better="none"),
+        ]
+        if res.get("mfu") is not None:
+            ms.append(measurement(NAME, row.backend, variant, "train_mfu_pct", res["mfu"], unit="%", better="higher",
+                                  samples=res["mfu_samples"], flops_convention="training = 3 x forward",
+                                  peak_source=peak.get("source")))
+        if d.get("dne") is not None:
+            ms.append(measurement(NAME, row.backend, variant, "delta_ne_pct", d["dne"], unit="%", better="lower",
+                                  spread=d.get("dne_spread"), spread_kind="paired bootstrap over eval rows"
+                                  if repeats < 2 else f"std over {repeats} seeds", reference=ref_name))
+        out.measurements += ms
+
+    ref_label = "full Kunlun" if ref_name == "full" else ref_name
+    out.tables.append({
+        "title": f"ablation: one switch per row vs {ref_label} (ΔNE > 0 is worse; ± = noise)",
+        "columns": [
+            {"key": "row", "header": "row"},
+            {"key": "ne", "header": "NE", "fmt": ".5f"},
+            {"key": "dne", "header": "ΔNE %", "fmt": "+.2f", "pm": "dne_spread"},
+            {"key": "gap_closed", "header": "gap closed", "fmt": ".3f"},
+            {"key": "gflops", "header": "fwd GFLOPs/ex", "fmt": ".3g"},
+            {"key": "dflops", "header": "ΔFLOPs %", "fmt": "+.1f"},
+            {"key": "train_qps", "header": "train ex/s", "fmt": ",.0f"},
+            {"key": "infer_qps", "header": "infer ex/s", "fmt": ",.0f"},
+            {"key": "dqps_train", "header": "Δ train QPS %", "fmt": "+.1f", "pm": "dqps_train_spread"},
+            {"key": "dqps_infer", "header": "Δ infer QPS %", "fmt": "+.1f"},
+            {"key": "mfu", "header": "MFU %", "fmt": ".2f"},
+            {"key": "params", "header": "params", "fmt": ","},
+            {"key": "paper", "header": "paper (models.md 5)"},
+        ],
+        "rows": table_rows, "label_columns": 1,
+        "notes": [world_note(ctx) + f"; throughput at batch {s['batch_size']} from the in-memory source, "
+                  f"median of {s['windows']} windows",
+                  f"MFU: 3 x forward FLOPs x train ex/s / peak ({peak.get('source')})",
+                  "paper columns: models.md section 5 (B200, Meta data), converted to this row's direction "
+                  "(e.g. window -29.5% FLOPs => full attention +41.8%)"]
+                 + [f"{r.name}: {r.paper_note}" for r in rows if r.paper_note and r.name in results],
+    })
+    out.notes += notes
+    out.extra["ablation_rows"] = extra_rows
+    out.extra["reference_row"] = ref_name
+    out.extra["peak"] = peak
+    out.dataset = ctx.dataset_info()
+    if ctx.is_main and ctx.opts.write:
+        try:
+            from kunbench.results.plots import plot_ablation
+
+            d = Path(ctx.opts.out or "results")
+            d.mkdir(parents=True, exist_ok=True)
+            p = plot_ablation({"extra": {"ablation_rows": extra_rows}, "_source": time.strftime("%Y%m%dT%H%M%S")}, d)
+            if p is not None:
+                out.notes.append(f"plot: {p}")
+        except KunbenchError as exc:
+            out.notes.append(f"no plot: {exc}")
+    return out
+
+
+SUITE = SuiteSpec(NAME, "Kunlun with one switch flipped per row, plus InterFormer and Wukong: NE, ΔNE, FLOPs, QPS, "
+                        "MFU, params, beside the paper's deltas", run, trains=True)

@@ -1,0 +1,175 @@
+"""scaling: each backend at five or more sizes spanning at least 1.5 decades of forward FLOPs; fit
+NE(C) = NE_0 - eta ln(C / C_0) (C = forward FLOPs/example, C_0 = their geometric mean) by least
+squares; report eta with a 95 % t interval, R^2, and eta / eta_InterFormer, the paper's "scaling
+efficiency" (models.md section 5: Kunlun about 2x InterFormer). `kunbench report --plot DIR`
+draws the curve; the run itself writes the PNG next to the result when plotting is available.
+
+Sizes: a width ladder over the backend's preset (after --set overrides): every width-like integer
+key (d, pffn_kv, pffn_hidden, dcn_rank, k, n_F, n_L, and any d_* / *_dim key) and every *_mlp
+tuple is multiplied by the factor (d rounded to a multiple of 2 x n_heads). Factors default to
+0.25, 0.5, 1, 2, 4 (scaling.factors=[...] to change). The FLOP span actually reached is checked
+and stated; a span under 1.5 decades is flagged in the notes.
+
+Each size trains on the same data with the same loop (kunbench.train.runner); NE noise is a
+bootstrap over eval rows, or the std over seeds with --repeat N.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from kunbench.errors import KunbenchError
+from kunbench.results import measurement
+from kunbench.suites.common import (SuiteContext, bootstrap_ne, fit_log_compute, mean, resolve_backend, std,
+                                    train_and_predict, world_note)
+from kunbench.suites.registry import SuiteOutput, SuiteSpec
+
+NAME = "scaling"
+DEFAULT_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+WIDTH_KEYS = {"d", "pffn_kv", "pffn_hidden", "dcn_rank", "k", "n_F", "n_L", "dff", "d_ff", "d_model", "width",
+              "n_seed", "kv_rows"}
+MIN_DECADES = 1.5
+
+
+def _is_width_key(name: str) -> bool:
+    return name in WIDTH_KEYS or name.startswith("d_") or name.endswith("_dim") or name.endswith("_width")
+
+
+def width_changes(config: Any, factor: float) -> dict[str, Any]:
+    """--set style changes that scale `config`'s widths by `factor`."""
+    changes: dict[str, Any] = {}
+    heads = getattr(config, "n_heads", None)
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, int) and _is_width_key(f.name):
+            nv = max(2, int(round(v * factor)))
+            if f.name == "d" and isinstance(heads, int) and heads > 0:
+                m = 2 * heads
+                nv = max(m, int(round(v * factor / m)) * m)
+            changes[f.name] = nv
+        elif f.name.endswith("_mlp") and isinstance(v, tuple) and all(isinstance(x, int) for x in v):
+            changes[f.name] = [max(4, int(round(x * factor))) for x in v]
+    return changes
+
+
+def run(ctx: SuiteContext) -> SuiteOutput:
+    factors = [float(x) for x in ctx.suite_option("factors", list(DEFAULT_FACTORS))]
+    if len(factors) < 5:
+        ctx.notes.append(f"only {len(factors)} sizes per backend (the suite's contract is at least 5)")
+    backends = ctx.backends()
+    if not backends:
+        raise KunbenchError("no backends to measure")
+    repeats = ctx.repeats(1)
+    out = SuiteOutput(backends=backends, config={"factors": factors, "repeats": repeats, "backends": {}})
+    data: dict[str, Any] = {}
+    table_rows = []
+    for b in backends:
+        base = resolve_backend(ctx, b)
+        points = []
+        cfgs = {}
+        for f in factors:
+            try:
+                built = resolve_backend(ctx, b, extra_sets=width_changes(base.config, f))
+            except KunbenchError as exc:
+                ctx.notes.append(f"{b} x{f:g}: skipped ({exc})")
+                continue
+            label = f"x{f:g}"
+            cfgs[label] = dataclasses.asdict(built.config)
+            nes, flops, params, runs = [], [], None, []
+            for r in range(repeats):
+                ctx.log(f"scaling: {b} {label} seed {r} ...")
+                tr = train_and_predict(ctx, built, seed=r, label=f"scaling {b} {label} seed {r}")
+                runs.append(tr)
+                nes.append(tr.ne)
+                flops.append(tr.flops_per_example)
+                params = tr.params
+            ne = mean(nes)
+            sp = std(nes) if repeats >= 2 else bootstrap_ne(runs[0].labels, runs[0].probs)["ne_std"]
+            c = mean(flops)
+            gap = runs[0].metrics()["gap_closed"]
+            points.append({"label": label, "factor": f, "flops": c, "ne": ne, "ne_spread": sp, "params": params,
+                           "gap_closed": gap})
+            out.measurements.append(measurement(NAME, b, label, "ne", ne, better="lower", spread=sp,
+                                                samples=nes if repeats >= 2 else None,
+                                                spread_kind=(f"std over {repeats} seeds" if repeats >= 2
+                                                             else "bootstrap std over eval rows"),
+                                                telemetry=runs[0].telemetry))
+            out.measurements.append(measurement(NAME, b, label, "fwd_flops_per_example", c, unit="FLOP",
+                                                better="none"))
+            out.measurements.append(measurement(NAME, b, label, "params", params, better="none"))
+            table_rows.append({"backend": b, "size": label, "flops": c, "params": params, "ne": ne, "ne_spread": sp,
+                               "gap_closed": gap})
+        fit = fit_log_compute([p["flops"] for p in points], [p["ne"] for p in points])
+        data[b] = {"points": points, "fit": fit}
+        out.config["backends"][b] = {"preset": base.preset, "sizes": cfgs}
+        if fit.get("decades") is not None and fit["decades"] < MIN_DECADES:
+            ctx.notes.append(f"{b}: the sizes span {fit['decades']:.2f} decades of FLOPs (< {MIN_DECADES}); "
+                             f"widen scaling.factors")
+    ref = data.get("interformer", {}).get("fit", {})
+    fit_rows = []
+    for b, entry in data.items():
+        fit = entry["fit"]
+        eta = fit.get("eta")
+        ratio = ratio_se = None
+        if eta is not None and ref.get("eta"):
+            ratio = eta / ref["eta"]
+            if fit.get("eta_se") is not None and ref.get("eta_se") is not None and eta != 0:
+                ratio_se = abs(ratio) * math.sqrt((fit["eta_se"] / eta) ** 2 + (ref["eta_se"] / ref["eta"]) ** 2)
+        fit["eta_over_interformer"] = ratio
+        fit["eta_over_interformer_se"] = ratio_se
+        ci = fit.get("eta_ci")
+        fit_rows.append({"backend": b, "n": fit.get("n"), "decades": fit.get("decades"), "eta": eta,
+                         "eta_ci": f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "n/a", "r2": fit.get("r2"),
+                         "ne0": fit.get("ne0"), "c0": fit.get("c0"), "ratio": ratio, "ratio_se": ratio_se})
+        out.measurements.append(measurement(NAME, b, "fit", "eta", eta, better="higher", spread=fit.get("eta_se"),
+                                            spread_kind="standard error of the least-squares slope",
+                                            eta_ci95=ci, r2=fit.get("r2"), c0=fit.get("c0")))
+        if ratio is not None:
+            out.measurements.append(measurement(NAME, b, "fit", "eta_over_interformer", ratio, better="higher",
+                                                spread=ratio_se, spread_kind="delta method from the slopes' SEs"))
+    out.tables.append({"title": "scaling: NE at each size (± = NE noise)",
+                       "columns": [{"key": "backend", "header": "backend"}, {"key": "size", "header": "width"},
+                                   {"key": "flops", "header": "fwd FLOPs/ex", "fmt": ",.0f"},
+                                   {"key": "params", "header": "params", "fmt": ","},
+                                   {"key": "ne", "header": "NE", "fmt": ".5f", "pm": "ne_spread"},
+                                   {"key": "gap_closed", "header": "gap closed", "fmt": ".3f"}],
+                       "rows": table_rows, "label_columns": 2, "notes": [world_note(ctx)]})
+    out.tables.append({"title": "scaling: NE(C) = NE_0 - eta ln(C/C_0), C_0 = geometric mean FLOPs",
+                       "columns": [{"key": "backend", "header": "backend"}, {"key": "n", "header": "sizes"},
+                                   {"key": "decades", "header": "FLOP decades", "fmt": ".2f"},
+                                   {"key": "eta", "header": "eta", "fmt": "+.5f"},
+                                   {"key": "eta_ci", "header": "eta 95% CI"}, {"key": "r2", "header": "R²", "fmt": ".3f"},
+                                   {"key": "ne0", "header": "NE_0", "fmt": ".5f"},
+                                   {"key": "c0", "header": "C_0 FLOPs", "fmt": ",.0f"},
+                                   {"key": "ratio", "header": "eta / eta_InterFormer", "fmt": ".2f", "pm": "ratio_se"}],
+                       "rows": fit_rows, "label_columns": 1,
+                       "notes": ["eta > 0: NE falls as compute grows; paper (models.md 5): Kunlun's eta ~ 2x InterFormer's"]})
+    out.extra["scaling"] = data
+    out.dataset = ctx.dataset_info()
+    if ctx.is_main and ctx.opts.write:
+        try:
+            from kunbench.results.plots import plot_scaling
+
+            plot_dir = Path(ctx.opts.out or "results")
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            p = plot_scaling({"extra": {"scaling": data}, "_source": stamp}, _mk(plot_dir))
+            if p is not None:
+                out.notes.append(f"plot: {p}")
+        except KunbenchError as exc:
+            out.notes.append(f"no plot: {exc}")
+    return out
+
+
+def _mk(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+SUITE = SuiteSpec(NAME, "Each backend at >=5 sizes over >=1.5 decades of FLOPs; fit NE = NE_0 - eta ln(C/C_0), "
+                        "eta CI, R^2, eta/eta_InterFormer; PNG plot", run, trains=True)
