@@ -53,7 +53,11 @@ def _builtin() -> dict[str, Callable[[], BackendSpec]]:
         from kunbench.backends.interformer import SPEC
         return SPEC
 
-    return {"wukong": wukong, "interformer": interformer}
+    def kunlun() -> BackendSpec:
+        from kunbench.backends.kunlun import SPEC
+        return SPEC
+
+    return {"wukong": wukong, "interformer": interformer, "kunlun": kunlun}
 
 
 def available_backends() -> list[str]:

@@ -1,0 +1,48 @@
+"""The GDPA-enhanced PFFN block (models.md 3.2): `S <- S + RMSNorm(LN(S) + GDPA(LN(S), K, V))`.
+
+Per example and per head, `K, V [F, H, d_h]` are generated from the flattened non-sequence
+summary `X_sum` by an MLP (one generator per stream and per layer), exactly as InterFormer's
+PFFN (`modules.NaivePFFN`) does; the product runs through `gdpa_ops.gdpa_pffn`, fused
+(`kunbench.kernels.gdpa`) or naive (batched matmuls), with per-head activations.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from kunbench.backends.gdpa_ops import gdpa_pffn
+from kunbench.backends.modules import MLP
+
+
+class GDPAPFFNBlock(nn.Module):
+    def __init__(self, n_in: int, d: int, heads: int, dff: int, hidden: int, activations: Sequence[str],
+                 scale_position: str = "post", impl: str = "fused"):
+        super().__init__()
+        self.d, self.h, self.dff = d, heads, dff
+        self.activations = list(activations)
+        self.scale_position, self.impl = scale_position, impl
+        self.weight_gen = MLP([n_in, hidden, 2 * dff * d], act="relu")
+        self.ln = nn.LayerNorm(d)
+        self.rms = nn.RMSNorm(d)
+
+    def generate(self, x_sum_flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`[B, n_in]` -> K, V each `[B, F, H, d_h]`."""
+        b = x_sum_flat.shape[0]
+        kv = self.weight_gen(x_sum_flat).view(b, 2, self.dff, self.h, self.d // self.h)
+        return kv[:, 0], kv[:, 1]
+
+    def forward(self, s: torch.Tensor, mask: torch.Tensor, x_sum_flat: torch.Tensor, scale: float) -> torch.Tensor:
+        b, t, d = s.shape
+        k, v = self.generate(x_sum_flat)
+        z = self.ln(s)
+        g = gdpa_pffn(z.view(b, t, self.h, d // self.h), mask, k, v, activations=self.activations, scale=scale,
+                      position=self.scale_position, impl=self.impl).reshape(b, t, d)
+        return s + self.rms(z + g)
+
+    @staticmethod
+    def flops(length, d: int, dff: int, n_in: int, hidden: int):
+        """Weight generation + `4 T F d` (= `gdpa_flops` with Lq = T, Lk = F)."""
+        return MLP.flops([n_in, hidden, 2 * dff * d]) + 4 * length * dff * d

@@ -1,0 +1,92 @@
+"""Sliding-window self-attention over one event stream (models.md 3.4), with ROTE on Q and K.
+
+Token `i` sees keys `|i - j| <= w` (symmetric: every token is history, nothing leaks);
+`window=None` is full attention (`attention = full`). Pre-norm residual block (Decision):
+`S <- S + W_o Attn(ROTE(Q), ROTE(K), V)` with `Q, K, V = W_qkv LN(S)`.
+
+Softmax by default, two kernels:
+- `sdpa`: `torch.nn.functional.scaled_dot_product_attention` with a boolean band mask. Where the
+  window is narrow against T (`T > 3w + 1`), queries are cut into chunks of `c = max(w, 8)` rows,
+  each attending to one key block of `c + 2w` rows (`banded.chunk_plan`): O(T w) work and memory,
+  about `(c + 2w) / (2w + 1)` (~1.5x) the exact band;
+- `naive`: explicit matmuls on exactly `min(T, 2w + 1)` keys per query (`banded.band_gather`), the
+  reference FlopCounterMode checks against.
+`attention_act` set to an activation runs GDPA's self-attention mode instead (no softmax, scale
+`1 / min(maxlen, 2w + 1)` -- Decision: the most keys a query can see), fused or naive by `gdpa`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kunbench.backends.banded import band_gather, band_keep, chunk_plan, full_keep
+from kunbench.backends.gdpa_ops import gdpa_self_attention
+from kunbench.backends.modules import apply_rope, attention_flops
+
+
+def softmax_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                             window: int | None, kernel: str = "sdpa") -> torch.Tensor:
+    """`q, k, v [B, T, H, d_h]`, key mask `[B, T]` -> `[B, T, H, d_h]` (zero at padded queries)."""
+    b, t, h, dh = q.shape
+    if kernel == "naive":
+        if window is not None and 2 * window + 1 < t:
+            index, valid = band_gather(t, window, q.device)
+            k_band, v_band = k[:, index], v[:, index]  # [B, T, W, H, dh]
+            scores = torch.einsum("bqhd,bqwhd->bqwh", q, k_band) * dh ** -0.5
+            keep = band_keep(mask, index, valid, window)
+            probs = torch.softmax(scores.masked_fill(~keep[..., None], float("-inf")), dim=2)
+            out = torch.einsum("bqwh,bqwhd->bqhd", probs, v_band)
+        else:
+            qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            scores = torch.matmul(qh, kh.transpose(-1, -2)) * dh ** -0.5
+            scores = scores.masked_fill(~full_keep(mask, window)[:, None], float("-inf"))
+            out = torch.matmul(torch.softmax(scores, dim=-1), vh).transpose(1, 2)
+        return out * mask[:, :, None, None]
+    qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, dh]
+    if window is None or t <= 3 * window + 1:
+        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=full_keep(mask, window)[:, None])
+        return out.transpose(1, 2) * mask[:, :, None, None]
+    c = max(window, 8)
+    n, tp, keep = chunk_plan(t, window, c, mask)
+    qc = F.pad(qh, (0, 0, 0, tp - t)).view(b, h, n, c, dh)
+    pad = (0, 0, window, tp - t + window)
+    kc = F.pad(kh, pad).unfold(2, c + 2 * window, c).transpose(-1, -2)  # [B, H, n, c + 2w, dh]
+    vc = F.pad(vh, pad).unfold(2, c + 2 * window, c).transpose(-1, -2)
+    out = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=keep[:, None])  # [B, H, n, c, dh]
+    out = out.reshape(b, h, tp, dh)[:, :, :t]
+    return out.transpose(1, 2) * mask[:, :, None, None]
+
+
+class WindowSelfAttention(nn.Module):
+    def __init__(self, d: int, heads: int, window: int | None, attention_act: str | None = None,
+                 kernel: str = "sdpa", gdpa_impl: str = "fused", scale_position: str = "post"):
+        super().__init__()
+        self.d, self.h, self.window = d, heads, window
+        self.attention_act, self.kernel = attention_act, kernel
+        self.gdpa_impl, self.scale_position = gdpa_impl, scale_position
+        self.ln = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+
+    def forward(self, s: torch.Tensor, mask: torch.Tensor, rot: tuple[torch.Tensor, torch.Tensor] | None,
+                maxlen: int) -> torch.Tensor:
+        b, t, d = s.shape
+        h, dh = self.h, d // self.h
+        q, k, v = self.qkv(self.ln(s)).view(b, t, 3, h, dh).unbind(2)  # [B, T, H, dh]
+        if rot is not None:
+            q, k = apply_rope(q, *rot), apply_rope(k, *rot)
+        if self.attention_act is None:
+            o = softmax_window_attention(q, k, v, mask, self.window, self.kernel)
+        else:
+            span = maxlen if self.window is None else min(maxlen, 2 * self.window + 1)
+            o = gdpa_self_attention(q, k, v, mask, activations=[self.attention_act] * h, scale=1.0 / max(span, 1),
+                                    position=self.scale_position, window=self.window, impl=self.gdpa_impl)
+        return s + self.out(o.reshape(b, t, d))
+
+    @staticmethod
+    def flops(length, d: int, window: int | None):
+        """QKV and output projections + `4 T min(T, 2w + 1) d` (models.md 4)."""
+        keys = length if window is None else torch.clamp(torch.as_tensor(length), max=2 * window + 1)
+        return 2 * 3 * length * d * d + 2 * length * d * d + attention_flops(length, keys, d)
