@@ -194,10 +194,11 @@ class InputLayer(nn.Module):
             else:
                 groups = [(s.item, s.category, s.ts, None, s.offsets) for s in streams]
             for item, category, ts, et, offsets in groups:
-                index, mask, kept = jagged.padded_index(offsets, self.seq_max_len)
+                pad_to = None
                 if self.debug_extra_pad:
-                    index, mask, kept = jagged.padded_index(offsets, self.seq_max_len,
-                                                            pad_to=index.shape[1] + self.debug_extra_pad)
+                    kept_max = int(jagged.lengths_of(offsets).clamp(max=self.seq_max_len or 2**62).max())
+                    pad_to = kept_max + self.debug_extra_pad
+                index, mask, kept = jagged.padded_index(offsets, self.seq_max_len, pad_to=pad_to)
                 it = self.rows_for(item_seg, jagged.gather_padded(item, index, mask))
                 ct = self.rows_for(cat_seg, jagged.gather_padded(category, index, mask))
                 seq_plans.append((it, ct, jagged.gather_padded(ts, index, mask),
