@@ -27,8 +27,10 @@ _modules: dict[bool, ModuleType] = {}
 _autotuned: dict[str, object] = {}
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# Blocks used by the interpreter (and as the single config when autotuning is off).
+# The single config of the interpreter (small: every program runs in Python), and the one used on a
+# GPU when autotuning is off (KUNBENCH_TRITON_AUTOTUNE=0).
 INTERPRET_BLOCKS = dict(BLOCK_M=16, BLOCK_N=16)
+UNTUNED_GPU_BLOCKS = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
 
 
 def triton_available() -> bool:
@@ -91,10 +93,12 @@ def _configs(kind: str):
 
     if kind == "fwd":
         shapes = [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 4, 4), (64, 128, 4, 3),
-                  (128, 32, 4, 4), (64, 32, 4, 4)]
+                  (128, 32, 4, 4), (64, 32, 4, 4), (32, 32, 4, 2)]
     else:  # bwd kernels: (BLOCK_M, BLOCK_N) = (q rows per step or per program, k rows)
         shapes = [(64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (32, 128, 4, 3),
-                  (64, 32, 4, 3), (128, 128, 8, 2)]
+                  (64, 32, 4, 3), (128, 128, 8, 2), (32, 32, 4, 2)]
+    # the last, small-footprint entries keep float32 and d_h = 256 inside shared memory when the
+    # larger tiles fail with OutOfResources (the autotuner skips those)
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
 
 
@@ -126,7 +130,7 @@ def _launch(name: str, grid_rows: int, grid_bh: int, tile: str, args: tuple, con
         grid = lambda meta: (triton_cdiv(grid_rows, meta[tile]), grid_bh)  # noqa: E731
         kern[grid](*args, **consts)
     else:
-        blocks = dict(INTERPRET_BLOCKS)
+        blocks = dict(INTERPRET_BLOCKS if interpret else UNTUNED_GPU_BLOCKS)
         grid = (triton_cdiv(grid_rows, blocks[tile]), grid_bh)
         kern[grid](*args, **consts, **blocks)
 
@@ -164,10 +168,7 @@ class Problem:
         self.scale = s
         self.scale_in, self.scale_out = (s, 1.0) if scale_pre else (1.0, s)
         self.window = -1 if window is None or window < 0 else int(window)
-        groups: dict[int, list[int]] = {}
-        for h, a in enumerate(activations):
-            groups.setdefault(int(a), []).append(h)
-        self.groups = [(a, torch.tensor(hs, dtype=torch.int32, device=dev)) for a, hs in groups.items()]
+        self.groups = _head_groups(tuple(int(a) for a in activations), dev)
         self.block_d = max(16, 1 << max(self.d - 1, 0).bit_length())
 
     def consts(self, act: int) -> dict:
@@ -177,6 +178,23 @@ class Problem:
     def common(self, nh: int) -> tuple:
         return (nh, self.nq, self.nk, self.d, self.scale_in, self.scale_out, max(self.window, 0),
                 _bucket(self.max_q), _bucket(self.max_k))
+
+
+_head_cache: dict[tuple, list] = {}
+
+
+def _head_groups(activations: tuple[int, ...], device: torch.device) -> list[tuple[int, torch.Tensor]]:
+    """[(activation id, int32 tensor of the heads using it)], cached (no host-to-device copy per call)."""
+    key = (activations, str(device))
+    got = _head_cache.get(key)
+    if got is None:
+        groups: dict[int, list[int]] = {}
+        for h, a in enumerate(activations):
+            groups.setdefault(a, []).append(h)
+        got = [(a, torch.tensor(hs, dtype=torch.int32, device=device)) for a, hs in groups.items()]
+        if len(_head_cache) < 256:
+            _head_cache[key] = got
+    return got
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
