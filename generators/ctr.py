@@ -11,6 +11,7 @@ import multiprocessing as mp
 import queue as queue_mod
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,26 +181,34 @@ class _Runner:
                                                 on_chunk=advance) for spec in todo}
             ctx = mp.get_context("spawn")
             q = ctx.Queue() if bar is not None else None
-            with ProcessPoolExecutor(max_workers=n_children, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(self.world.config.to_dict(), str(self.root), self.fingerprint,
-                                               q)) as pool:
-                def calib_mapper(parts, advance):
-                    return _shared_map(parts, lambda p: (calibration_chunk_terms(self.world, *p), advance(p[1]))[0],
-                                       _worker_calibration, pool, n_children, lambda: None)
+            try:
+                return self._run_pool(bar, ctx, q, todo, total_rows, n_children)
+            except BrokenProcessPool as exc:
+                raise KunbenchError(
+                    f"a worker process died ({exc}); if you called the generator from an interactive "
+                    f"session or stdin, run it from a script file or with workers=1") from None
 
-                self._calibrate(bar, calib_mapper)
-                task = bar.add_task("generating", total=total_rows) if bar is not None else None
-                advance = (lambda n: bar.advance(task, n)) if bar is not None else (lambda n: None)
-                poll = lambda: _drain(q, advance)  # noqa: E731
-                calib_dict = self.calib.to_dict()
+    def _run_pool(self, bar, ctx, q, todo, total_rows, n_children) -> dict[int, dict]:
+        with ProcessPoolExecutor(max_workers=n_children, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(self.world.config.to_dict(), str(self.root), self.fingerprint,
+                                           q)) as pool:
+            def calib_mapper(parts, advance):
+                return _shared_map(parts, lambda p: (calibration_chunk_terms(self.world, *p), advance(p[1]))[0],
+                                   _worker_calibration, pool, n_children, lambda: None)
 
-                def local(spec):
-                    return write_shard(self.world, self.calib, spec, self.root, self.fingerprint,
-                                       on_chunk=lambda n: (advance(n), poll()))
+            self._calibrate(bar, calib_mapper)
+            task = bar.add_task("generating", total=total_rows) if bar is not None else None
+            advance = (lambda n: bar.advance(task, n)) if bar is not None else (lambda n: None)
+            poll = lambda: _drain(q, advance)  # noqa: E731
+            calib_dict = self.calib.to_dict()
 
-                sidecars = _shared_map(todo, local, functools.partial(_worker_shard, calib_dict=calib_dict),
-                                       pool, n_children, poll)
-                poll()
+            def local(spec):
+                return write_shard(self.world, self.calib, spec, self.root, self.fingerprint,
+                                   on_chunk=lambda n: (advance(n), poll()))
+
+            sidecars = _shared_map(todo, local, functools.partial(_worker_shard, calib_dict=calib_dict),
+                                   pool, n_children, poll)
+            poll()
         return {spec.index: side for spec, side in zip(todo, sidecars)}
 
 
