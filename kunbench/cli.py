@@ -23,7 +23,7 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except KunbenchError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             sys.exit(2)
     return wrapper
 

@@ -12,7 +12,7 @@ from kunbench.errors import KunbenchError
 
 
 def _log(msg: str) -> None:
-    err_console.print(msg, highlight=False)
+    err_console.print(msg, highlight=False, soft_wrap=True)
 
 
 # ---- compare -------------------------------------------------------------------------------------
@@ -52,7 +52,9 @@ def compare_cmd(base, new, fail_rules, noise_k, fmt, show_all):
         styles = {"FAIL": "bold red", "worse": "red", "better": "green"}
         for i, r in zip(keep, rows):
             t.add_row(*r, style=styles.get(cmp.rows[i].status))
-        console.print(t)
+        from kunbench.results.report import wide_console
+
+        wide_console(console).print(t)
     else:
         from tabulate import tabulate
 

@@ -1,0 +1,300 @@
+"""Suite registry (built-ins and a third-party entry point), --set routing, statistics (the eta fit on
+synthetic data with a known eta, bootstrap), device peaks, and smoke runs of the suites on the tiny
+dataset with tiny presets and a few steps."""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from kunbench.cli import main
+from kunbench.errors import KunbenchError
+from kunbench.results import load
+from kunbench.suites import common
+from kunbench.suites.registry import available_suites, get_suite, parse_suite_list
+
+BUILTIN = ("ne", "qps", "mfu", "scaling", "ablation", "kernels")
+
+
+# ---- registry ----------------------------------------------------------------------------------------
+def test_builtin_suites_registered():
+    names = available_suites()
+    for n in BUILTIN:
+        assert n in names
+        spec = get_suite(n)
+        assert spec.name == n and callable(spec.run) and spec.description
+    assert get_suite("ne").trains and get_suite("ablation").trains and not get_suite("qps").trains
+
+
+def test_unknown_suite_one_line():
+    with pytest.raises(KunbenchError, match="unknown suite 'nope'"):
+        get_suite("nope")
+    with pytest.raises(KunbenchError, match="unknown suite"):
+        parse_suite_list("ne,nope")
+    assert parse_suite_list("ne, qps,ne") == ["ne", "qps"]
+    res = CliRunner().invoke(main, ["run", "--suite", "nope"])
+    assert res.exit_code == 2 and "unknown suite 'nope'" in res.output
+
+
+FAKE_MODULE = '''
+from kunbench.results import measurement
+from kunbench.suites.registry import SuiteOutput, SuiteSpec
+
+
+def run(ctx):
+    with ctx.window("fake window"):
+        value = sum(range(1000))
+    return SuiteOutput(measurements=[measurement("fake", "none", "v1", "answer", float(value), unit="",
+                                                 better="higher", samples=[value, value + 2.0])],
+                       backends=["none"], notes=["from a plugin"])
+
+
+SUITE = SuiteSpec("fake", "a third-party test suite", run, uses_data=False)
+'''
+
+
+@pytest.fixture()
+def fake_plugin(tmp_path, monkeypatch):
+    """A distribution on sys.path whose entry points register suite 'fake' (like a pip-installed plugin)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "kb_fake_suite_plugin.py").write_text(FAKE_MODULE)
+    dist = site / "kb_fake_suite_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: kb-fake-suite-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(textwrap.dedent("""\
+        [kunbench.suites]
+        fake = kb_fake_suite_plugin:SUITE
+        """))
+    monkeypatch.syspath_prepend(str(site))
+    return site
+
+
+def test_third_party_suite_entry_point(fake_plugin, tmp_path):
+    assert "fake" in available_suites()
+    spec = get_suite("fake")
+    assert spec.description == "a third-party test suite"
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["run", "--suite", "fake", "--out", str(out), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    files = list(out.glob("suite-fake-*.json"))
+    assert len(files) == 1
+    doc = load(files[0])
+    assert doc["suite"] == "fake" and doc["metrics"][0]["value"] == 499500.0
+    assert doc["metrics"][0]["spread"] == pytest.approx(math.sqrt(2.0))
+    assert doc["environment"]["python"] and doc["environment"]["world_size"] == 1
+    assert doc["telemetry"]["gpu"]["available"] is False and doc["telemetry"]["host"]["cpu"]
+    assert "from a plugin" in doc["notes"]
+    res = CliRunner().invoke(main, ["list"])
+    assert "fake" in res.output
+
+
+def test_broken_plugin_is_one_line(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    dist = site / "kb_broken-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: kb-broken\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[kunbench.suites]\nbroken = kb_no_such_module:SUITE\n")
+    monkeypatch.syspath_prepend(str(site))
+    with pytest.raises(KunbenchError, match="suite 'broken'"):
+        get_suite("broken")
+
+
+# ---- --set routing ----------------------------------------------------------------------------------
+def test_route_sets():
+    r = common.route_sets({"train.steps": 5, "data.rows": 100, "qps.batch_sizes": [8], "wukong.d": 8, "d": 16,
+                           "stream.window": 4})
+    assert r["train"] == {"steps": 5} and r["data"] == {"rows": 100}
+    assert r["suite:qps"] == {"batch_sizes": [8]} and r["backend:wukong"] == {"d": 8}
+    assert r["all_backends"] == {"d": 16, "stream.window": 4}
+
+
+# ---- statistics -------------------------------------------------------------------------------------
+def test_eta_fit_exact():
+    c = np.logspace(5, 7, 6)
+    ne = 0.9 - 0.015 * np.log(c / 1e6)
+    fit = common.fit_log_compute(list(c), list(ne))
+    assert fit["eta"] == pytest.approx(0.015, rel=1e-9)
+    assert fit["r2"] == pytest.approx(1.0)
+    assert fit["decades"] == pytest.approx(2.0)
+    assert fit["ne0"] - fit["eta"] * math.log(1e6 / fit["c0"]) == pytest.approx(0.9)
+
+
+def test_eta_fit_recovers_known_eta_with_noise():
+    """Over many synthetic data sets the 95 % interval covers the true eta about 95 % of the time."""
+    rng = np.random.default_rng(0)
+    eta_true, covered, trials = 0.02, 0, 200
+    c = np.logspace(5, 6.8, 7)
+    estimates = []
+    for _ in range(trials):
+        ne = 0.95 - eta_true * np.log(c / c[0]) + rng.normal(0, 0.003, c.size)
+        fit = common.fit_log_compute(list(c), list(ne))
+        lo, hi = fit["eta_ci"]
+        covered += lo <= eta_true <= hi
+        estimates.append(fit["eta"])
+    assert abs(np.mean(estimates) - eta_true) < 0.001
+    assert 0.88 <= covered / trials <= 0.99
+    assert common.fit_log_compute([1e5], [0.9])["eta"] is None
+    assert common.fit_log_compute([1e5, 1e5, 1e5], [0.9, 0.8, 0.7])["eta"] is None
+
+
+def test_t_quantiles():
+    assert common.t975(1) == pytest.approx(12.706)
+    assert common.t975(3) == pytest.approx(3.182)
+    assert 1.96 < common.t975(100) < 2.0
+
+
+def test_bootstrap_paired():
+    rng = np.random.default_rng(1)
+    y = (rng.random(4000) < 0.1).astype(float)
+    p = np.clip(0.1 + 0.05 * rng.standard_normal(4000), 0.01, 0.99)
+    b = common.bootstrap_ne(y, p, p, n_boot=50)
+    assert b["ne_std"] > 0 and b["rel_pct_std"] == pytest.approx(0.0, abs=1e-12)
+    b2 = common.bootstrap_ne(y, p, np.full(4000, 0.1), n_boot=50)
+    assert b2["rel_pct_std"] > 0
+
+
+def test_gpu_peaks():
+    assert common.gpu_peak_flops("NVIDIA H100 80GB HBM3", "bf16")["flops_per_s"] == 989e12
+    assert common.gpu_peak_flops("NVIDIA H100 PCIe", "bf16")["flops_per_s"] == 756e12
+    assert common.gpu_peak_flops("NVIDIA H200", "bf16")["flops_per_s"] == 989e12
+    assert common.gpu_peak_flops("NVIDIA A100-SXM4-80GB", "bf16")["flops_per_s"] == 312e12
+    assert common.gpu_peak_flops("NVIDIA B200", "bf16")["flops_per_s"] == 2250e12
+    assert common.gpu_peak_flops("NVIDIA L4", "bf16")["flops_per_s"] == 121e12
+    unknown = common.gpu_peak_flops("NVIDIA H100 NVL", "bf16")
+    assert unknown["flops_per_s"] is None and "unknown GPU" in unknown["source"]
+    assert common.gpu_peak_flops("Some Future GPU", "fp32")["flops_per_s"] is None
+
+
+def test_cpu_peak_measured():
+    peak = common.cpu_peak_flops(n=128, reps=2) if not common._CPU_PEAK else common.cpu_peak_flops()
+    assert peak["flops_per_s"] > 1e6 and peak["source"].startswith("measured")
+
+
+def test_scaling_ladder_spans_decades(tiny_dataset):
+    import torch
+
+    from kunbench.backends.registry import get_backend
+    from kunbench.data.synthetic import SyntheticBatches
+    from kunbench.suites.scaling import DEFAULT_FACTORS, width_changes
+
+    src = SyntheticBatches.from_manifest(tiny_dataset, batch_size=16, pool_size=1)
+    for name in ("wukong", "interformer"):
+        spec = get_backend(name)
+        base = spec.make_config("tiny")
+        flops = [float(torch.as_tensor(spec.flops_per_example(spec.make_config("tiny", width_changes(base, f)),
+                                                              src.schema, src.pool[0])).mean())
+                 for f in DEFAULT_FACTORS]
+        assert flops == sorted(flops)
+        assert math.log10(flops[-1] / flops[0]) >= 1.5, (name, flops)
+
+
+# ---- smoke runs -----------------------------------------------------------------------------------------
+def _run(args):
+    res = CliRunner().invoke(main, ["run", *map(str, args)])
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def _docs(out, suite):
+    return [load(p) for p in sorted(out.glob(f"suite-{suite}-*.json"))]
+
+
+def test_smoke_ne_and_qps(tiny_dataset, tmp_path):
+    out = tmp_path / "res"
+    res = _run(["--suite", "ne,qps", "--backend", "wukong,interformer", "--preset", "tiny", "--data", tiny_dataset,
+                "--device", "cpu", "--set", "train.steps=2", "--set", "train.batch_size=64",
+                "--set", "qps.batch_sizes=[16]", "--set", "qps.window_s=0.02", "--set", "qps.warmup=1",
+                "--repeat", "2", "--out", out])
+    assert "ne: quality on the same data" in res.output and "qps: throughput" in res.output
+    (ne_doc,) = _docs(out, "ne")
+    names = {(m["backend"], m["name"]) for m in ne_doc["metrics"]}
+    for b in ("wukong", "interformer"):
+        for n in ("ne", "auc", "calibration", "oracle_ne", "gap_closed", "fwd_flops_per_example", "params"):
+            assert (b, n) in names
+    rel = next(m for m in ne_doc["metrics"] if m["name"] == "relative_ne_pct")
+    assert rel["backend"] == "wukong" and rel["baseline"] == "interformer"
+    assert rel["spread"] is not None and len(rel["samples"]) == 2  # two seeds, paired
+    ne = next(m for m in ne_doc["metrics"] if m["name"] == "ne" and m["backend"] == "wukong")
+    assert 0.3 < ne["value"] < 5 and "seeds" in ne["spread_kind"]
+    assert ne_doc["environment"]["world_size"] == 1 and ne_doc["environment"]["device"] == "cpu"
+    assert ne_doc["dataset"]["path"] and ne_doc["telemetry"]["host"]["rss_peak_gib"] > 0
+    assert ne_doc["config"]["train"]["steps"] == 2
+
+    (qps_doc,) = _docs(out, "qps")
+    q = {(m["backend"], m["name"]): m for m in qps_doc["metrics"]}
+    for b in ("wukong", "interformer"):
+        for n in ("infer_qps", "train_qps", "latency_p50", "latency_p99", "train_mfu_pct"):
+            assert (b, n) in q, (b, n)
+        assert q[(b, "infer_qps")]["value"] > 0 and len(q[(b, "infer_qps")]["samples"]) == 2
+        assert q[(b, "latency_p99")]["value"] >= q[(b, "latency_p50")]["value"]
+        assert q[(b, "infer_qps")]["telemetry"]["host"]["cpu"]
+    # the run's results compare cleanly against themselves
+    p = out.glob("suite-qps-*.json").__next__()
+    cmp = CliRunner().invoke(main, ["compare", str(p), str(p), "--fail", "qps:-5%"])
+    assert cmp.exit_code == 0, cmp.output
+
+
+def test_smoke_mfu_scaling_ablation(tiny_dataset, tmp_path):
+    out = tmp_path / "res"
+    res = _run(["--suite", "mfu,scaling,ablation", "--backend", "wukong", "--data", tiny_dataset, "--device", "cpu",
+                "--set", "train.steps=2", "--set", "train.batch_size=64", "--set", "scaling.factors=[0.5,1,2]",
+                "--set", "mfu.batch_size=16", "--set", "mfu.window_s=0.02", "--set", "ablation.batch_size=16",
+                "--set", "ablation.window_s=0.02", "--set", "ablation.windows=2", "--out", out])
+    assert "mfu:" in res.output and "scaling: NE(C)" in res.output and "ablation: one switch per row" in res.output
+    (mfu,) = _docs(out, "mfu")
+    m = {x["name"]: x for x in mfu["metrics"]}
+    assert m["train_mfu_pct"]["value"] > 0 and "3 x forward" in m["train_mfu_pct"]["flops_convention"]
+    assert m["train_mfu_pct"]["peak_source"].startswith("measured")
+    (sc,) = _docs(out, "scaling")
+    fit = sc["extra"]["scaling"]["wukong"]["fit"]
+    assert fit["n"] == 3 and fit["eta"] is not None and fit["eta_ci"] is not None
+    assert any(n.startswith("plot: ") for n in sc["notes"])
+    (ab,) = _docs(out, "ablation")
+    rows = [r["row"] for r in ab["tables"][0]["rows"]]
+    assert rows == ["Wukong"]
+    names = {x["name"] for x in ab["metrics"]}
+    assert {"ne", "gap_closed", "fwd_gflops_per_example", "train_qps", "infer_qps", "params",
+            "train_mfu_pct"} <= names
+    if "kunlun" not in __import__("kunbench.backends.registry", fromlist=["x"]).available_backends():
+        assert any("Kunlun rows skipped" in n for n in ab["notes"])
+    json.dumps(ab)  # plain JSON all the way down
+
+
+def test_run_rejects_bad_options(tiny_dataset, tmp_path):
+    r = CliRunner().invoke(main, ["run", "--suite", "ne", "--backend", "nope", "--data", str(tiny_dataset)])
+    assert r.exit_code == 2 and "unknown backend" in r.output
+    r = CliRunner().invoke(main, ["run", "--suite", "ne", "--data", str(tmp_path)])
+    assert r.exit_code == 2 and "no manifest.json" in r.output
+    r = CliRunner().invoke(main, ["run", "--suite", "ne", "--backend", "wukong", "--set", "wukong.nokey=1",
+                                  "--data", str(tiny_dataset)])
+    assert r.exit_code == 2 and "nokey" in r.output
+    r = CliRunner().invoke(main, ["run", "--suite", "ne", "--dtype", "bf16", "--device", "cpu"])
+    assert r.exit_code == 2 and "bf16" in r.output
+
+
+def test_config_file(tiny_dataset, tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(textwrap.dedent(f"""\
+        suite = "qps"
+        backends = ["wukong"]
+        preset = "tiny"
+        data = "{tiny_dataset}"
+        device = "cpu"
+        repeat = 1
+        [qps]
+        batch_sizes = [8]
+        window_s = 0.01
+        warmup = 1
+        modes = ["infer"]
+        """))
+    out = tmp_path / "o"
+    _run(["--config", cfg, "--out", out])
+    (doc,) = _docs(out, "qps")
+    assert {m["name"] for m in doc["metrics"]} >= {"infer_qps", "latency_p50"}
+    assert doc["config"]["settings"]["batch_sizes"] == [8]
