@@ -66,8 +66,10 @@ def _items(world: World, rng: np.random.Generator, row: np.ndarray, interests: n
     u = rng.random(n_draws)
     v = rng.random(n_draws)  # v < p: from interest j = floor(v / p * K)
     from_interest = v < interest_prob
-    pick = (v * (K / interest_prob)).astype(np.int64) if interest_prob > 0 else np.zeros(n_draws, np.int64)
-    np.minimum(pick, K - 1, out=pick)
+    if interest_prob > 0:
+        pick = np.minimum(v * (K / interest_prob), K - 1).astype(np.int64)
+    else:
+        pick = np.zeros(n_draws, np.int64)
     icat = interests.reshape(-1)[row * K + pick]
     k = np.where(from_interest, zipf_constant(world.items_per_cat, a), zipf_constant(world.item_space, a))
     rank = zipf_ranks_fast(u, k, a)
@@ -89,8 +91,7 @@ def build_chunk(world: World, rng: np.random.Generator, start: int, n: int,
     # entities
     user = affine_permute(zipf_ranks(rng.random(n), cfg.num_users, a), world.user_mult,
                           world.user_offset, cfg.num_users)
-    interests = world.interest_categories(user)  # [n, K]
-    K = interests.shape[1]
+    interests = world.interest_categories(user)  # [n, user_interests]
     surface = affine_permute(zipf_ranks(rng.random(n), cfg.num_surfaces, a), world.surface_mult,
                              world.surface_offset, cfg.num_surfaces)
     ad, ad_category = _items(world, rng, np.arange(n), interests, cfg.ad_interest_prob)
@@ -128,7 +129,6 @@ def build_chunk(world: World, rng: np.random.Generator, start: int, n: int,
         lengths = sample_lengths(rng, activity, ev.median_length, ev.length_sigma, ev.min_length,
                                  ev.max_length)
         off = offsets_from_lengths(lengths)
-        N = int(off[-1])
         row = np.repeat(np.arange(n, dtype=np.int64), lengths)
         item, category = _items(world, rng, row, interests, ev.interest_prob)
         ts = session_timestamps(rng, request_ts, lengths, row, hist_s, cfg.session_events, sess_s)
