@@ -48,7 +48,11 @@ GPU_SHAPES: list[dict[str, Any]] = [
          activation="gelu"),
     dict(name="seed_pool", mode="seed", batch=1152, max_len=1000, fill=0.5, heads=4, head_dim=128, seeds=128,
          activation="silu"),
-    dict(name="self_window", mode="self", batch=1152, max_len=1000, fill=0.5, heads=4, head_dim=128, window=128,
+    # production batch: the eager reference's banded gather ([B, T, 2w+1, H, d]) does not fit at this
+    # size (reported as an error row); the B=64 shape below gives eager, compile and speedup figures
+    dict(name="self_window", mode="self", batch=1152, max_len=1000, fill=0.5, heads=4, head_dim=128, window=64,
+         activation="silu"),
+    dict(name="self_window_b64", mode="self", batch=64, max_len=1000, fill=0.5, heads=4, head_dim=128, window=64,
          activation="silu"),
 ]
 CPU_SHAPES: list[dict[str, Any]] = [
@@ -195,6 +199,55 @@ def _implementations(device: torch.device, dtype: torch.dtype, shape, q, k, v, k
     return impls
 
 
+# ---- float32 reference ---------------------------------------------------------------------------
+def chunked_reference(q, k, v, kw, grad, chunk: int = 16):
+    """float32 reference output and (dq, dk, dv) for upstream `grad`, `chunk` samples at a time
+    (samples are independent; broadcast dq sums over chunks). The scale is fixed from the whole
+    batch so chunks agree with the one-shot operator."""
+    bq, jkv = bool(kw.get("broadcast_q")), kw.get("kv_offsets") is not None
+    qo, ko = kw.get("q_offsets"), kw.get("kv_offsets")
+    batch = (ko.numel() - 1) if jkv else k.shape[0]
+    if kw.get("scale") is None:
+        max_q = q.shape[0] if bq else int((qo[1:] - qo[:-1]).max()) if batch else 0
+        scale = 1.0 / max(max_q, 1)
+    else:
+        scale = kw["scale"]
+    outs, dqs, dks, dvs = [], [], [], []
+    dq_sum = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if bq else None
+    for b0 in range(0, batch, chunk):
+        b1 = min(batch, b0 + chunk)
+        ckw = dict(kw, scale=scale)
+        if bq:
+            qc, gc = q, grad[b0:b1]
+        else:
+            r0, r1 = int(qo[b0]), int(qo[b1])
+            qc, gc = q[r0:r1], grad[r0:r1]
+            ckw["q_offsets"] = qo[b0:b1 + 1] - qo[b0]
+        if jkv:
+            s0, s1 = int(ko[b0]), int(ko[b1])
+            kc, vc = k[s0:s1], v[s0:s1]
+            ckw["kv_offsets"] = ko[b0:b1 + 1] - ko[b0]
+        else:
+            kc, vc = k[b0:b1], v[b0:b1]
+        leaves = [t.float().requires_grad_() for t in (qc, kc, vc)]
+        out = gdpa(*leaves, implementation="torch", **ckw)
+        dq, dk, dv = torch.autograd.grad(out, leaves, gc.float())
+        outs.append(out.detach())
+        if bq:
+            dq_sum += dq
+        else:
+            dqs.append(dq)
+        dks.append(dk)
+        dvs.append(dv)
+    if not outs:
+        shape = (0, *q.shape) if bq else q.shape
+        return torch.zeros(shape, device=q.device), (torch.zeros_like(q, dtype=torch.float32),
+                                                    torch.zeros_like(k, dtype=torch.float32),
+                                                    torch.zeros_like(v, dtype=torch.float32))
+    dq_all = dq_sum if bq else torch.cat(dqs)
+    return torch.cat(outs), (dq_all, torch.cat(dks), torch.cat(dvs))
+
+
 # ---- timing -------------------------------------------------------------------------------------
 def time_ms(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> list[float]:
     for _ in range(warmup):
@@ -246,6 +299,7 @@ def run_kernels_suite(
     warmup: int | None = None,
     implementations: Sequence[str] | None = None,
     passes: Sequence[str] = ("fwd", "fwd+bwd"),
+    reference_chunk: int = 16,
 ) -> dict[str, Any]:
     """Run the grid; returns the result document (rows in doc["rows"]) and, unless out_dir is None,
     writes it atomically as results/suite-kernels-...json (path in doc["path"])."""
@@ -264,14 +318,15 @@ def run_kernels_suite(
     for shape in grid:
         q, k, v, kw, lq, lk = make_inputs(shape, device, dtype)
         fwd_flops = forward_flops(shape, lq, lk)
-        # float32 reference (from the same rounded inputs)
-        ref_leaves = [t.float().requires_grad_() for t in (q, k, v)]
-        ref_out = gdpa(*ref_leaves, implementation="torch", **kw)
-        grad32 = torch.randn(ref_out.shape, generator=torch.Generator().manual_seed(5)).to(device) * 0.1
-        ref_grads = torch.autograd.grad(ref_out, ref_leaves, grad32)
-        ref_out = ref_out.detach()
-        del ref_leaves
-        grad = grad32.to(dtype)
+        out_shape = (lq.numel(), q.shape[0], *q.shape[1:]) if kw.get("broadcast_q") else q.shape
+        grad = (torch.randn(out_shape, generator=torch.Generator().manual_seed(5)) * 0.1).to(device=device, dtype=dtype)
+        try:  # float32 reference from the same (rounded) inputs, in sample chunks to bound memory
+            ref_out, ref_grads = chunked_reference(q, k, v, kw, grad, chunk=reference_chunk)
+            ref_note = None
+        except Exception as exc:
+            ref_out, ref_grads, ref_note = None, None, f"no reference: {type(exc).__name__}"
+            if cuda:
+                torch.cuda.empty_cache()
         impls = _implementations(device, dtype, shape, q, k, v, kw)
         eager_ms: dict[str, float] = {}
         for name in [n for n in IMPLEMENTATIONS if n in wanted]:
@@ -291,7 +346,7 @@ def run_kernels_suite(
                         with torch.no_grad():
                             out = fn(*leaves)
                         step = lambda: fn(*leaves)  # noqa: E731
-                        if name != "sdpa_softmax":
+                        if name != "sdpa_softmax" and ref_out is not None:
                             row["max_abs_err"], row["max_rel_err"] = _errors([out], [ref_out])
                         del out
                         with torch.no_grad():
@@ -299,7 +354,7 @@ def run_kernels_suite(
                     else:
                         g = grad if name != "sdpa_softmax" else torch.randn_like(fn(*leaves)) * 0.1
                         step = _fwd_bwd(fn, leaves, g)
-                        if name != "sdpa_softmax":
+                        if name != "sdpa_softmax" and ref_grads is not None:
                             row["max_abs_err"], row["max_rel_err"] = _errors(step(), ref_grads)
                         samples = time_ms(step, device, repeats, warmup)
                 except Exception as exc:  # an OOM or an unsupported case must not end the suite
@@ -317,6 +372,8 @@ def run_kernels_suite(
                     eager_ms[p] = med
                 if name == "sdpa_softmax":
                     row["status"] = "ok (softmax, other math: speed ref.)"
+                elif ref_note:
+                    row["status"] = f"ok ({ref_note})"
         for row in rows:
             if row["shape"] == shape["name"] and row["latency_ms"] and row["pass_"] in eager_ms \
                     and row["impl"] != "sdpa_softmax":
@@ -489,9 +546,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--shapes", nargs="+", choices=sorted(ALL_SHAPES), default=None)
     ap.add_argument("--impl", nargs="+", choices=IMPLEMENTATIONS, default=None)
     ap.add_argument("--fwd-only", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--out", default="results", help="results directory")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     doc = run_kernels_suite(a.device, a.dtype, shapes=a.shapes, repeats=a.repeats, warmup=a.warmup,
                             out_dir=None if a.no_write else a.out, implementations=a.impl,
                             passes=("fwd",) if a.fwd_only else ("fwd", "fwd+bwd"))
