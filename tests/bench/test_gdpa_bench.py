@@ -79,3 +79,45 @@ def test_gdpa_forward_backward(benchmark, shape):
 
     grads = benchmark(run)
     assert all(g.shape == t.shape and torch.isfinite(g).all() for g, t in zip(grads, leaves))
+
+
+# ---- the kernels suite itself (plain tests, not benchmarks) ---------------------------------------
+def test_kernels_suite_runs_and_writes_json(tmp_path):
+    import json
+
+    from kunbench.suites.kernels import run_kernels_suite
+
+    doc = run_kernels_suite("cpu", "fp32", shapes=["pffn_small", "seed_small", "self_window_small"], repeats=2,
+                            warmup=0, out_dir=tmp_path)
+    files = list(tmp_path.glob("suite-kernels-*.json"))
+    assert len(files) == 1 and str(files[0]) == doc["path"]
+    saved = json.loads(files[0].read_text())
+    assert saved["kind"] == "suite" and saved["suite"] == "kernels" and saved["environment"]
+    eager = [r for r in saved["rows"] if r["impl"] == "eager"]
+    assert len(eager) == 6 and all(r["latency_ms"] > 0 and r["tflops"] > 0 for r in eager)
+    assert all(r["max_abs_err"] < 1e-5 and r["speedup_vs_eager"] == 1.0 for r in eager)
+    assert {r["pass"] for r in eager} == {"fwd", "fwd+bwd"}
+    triton_rows = [r for r in saved["rows"] if r["impl"] == "triton"]
+    assert triton_rows and all(r["status"].startswith("skipped") for r in triton_rows)
+    names = {(m["backend"], m["name"]) for m in saved["metrics"]}
+    assert ("eager", "latency_ms") in names and ("eager", "tflops") in names
+    try:
+        from kunbench.results import validate
+    except ImportError:
+        return
+    validate(saved, str(files[0]))
+
+
+@pytest.mark.parametrize("shape", CPU_SHAPES, ids=[s["name"] for s in CPU_SHAPES])
+def test_chunked_reference_matches_one_shot(shape):
+    from kunbench.suites.kernels import chunked_reference
+
+    q, k, v, kw, _, _ = make_inputs(dict(shape, batch=7), torch.device("cpu"), torch.float32)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = gdpa(*leaves, implementation="torch", **kw)
+    grad = torch.randn_like(out)
+    want = torch.autograd.grad(out, leaves, grad)
+    got_out, got = chunked_reference(q, k, v, kw, grad, chunk=3)
+    torch.testing.assert_close(got_out, out.detach())
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
