@@ -122,6 +122,14 @@ def test_larger_head_dim_and_blocks(interpret):
     check(inputs, dict(kwargs, activation="gelu"))
 
 
+def test_mixed_input_dtypes_are_promoted(interpret):
+    (q, k, v), kwargs = make("pffn", [3, 5], heads=1, dh=6, f=4, seed=8)
+    out = gdpa(q.half(), k, v, implementation="triton", activation="relu", **kwargs)
+    assert out.dtype == torch.float32
+    ref = gdpa(q.half().float(), k, v, implementation="torch", activation="relu", **kwargs)
+    torch.testing.assert_close(out, ref, atol=ATOL, rtol=RTOL)
+
+
 def test_non_contiguous_inputs(interpret):
     (q, k, v), kwargs = make("pffn", [3, 5], heads=2, dh=6, f=4, seed=5)
     qt = q.transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides

@@ -108,10 +108,12 @@ def gdpa(
     names = per_head_activations(activation, q.shape[-2])
     if scale_position not in ("pre", "post"):
         raise ValueError(f"scale_position must be 'pre' or 'post', got {scale_position!r}")
-    impl = select_implementation(q.device, implementation, q.dtype)
+    common = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    impl = select_implementation(q.device, implementation, common)
     if impl == "triton":
         if broadcast_q and q.dim() != 3:
             raise ValueError(f"broadcast q must be [Lq, H, d_h], got {tuple(q.shape)}")
+        q, k, v = q.to(common), k.to(common), v.to(common)  # one dtype for the kernels' dots (e.g. autocast)
         return torch.ops.kunbench.gdpa_fwd(
             q, k, v, None if broadcast_q else q_offsets, kv_offsets, [ACTIVATION_IDS[n] for n in names],
             None if scale is None else float(scale), scale_position == "pre", -1 if window is None else int(window),
