@@ -5,7 +5,8 @@ sequence per event type `e` (item + category embedding, the most recent `max_len
 timestamps beside), projected `d -> d_e` when the stream is narrower or wider than `d`.
 
 Per layer `l` (models.md 3.8):
-1. weight generation input `X_sum = Gate(LCE(X))` `[B, n_sum, d]`;
+1. weight generation input `X_sum = Gate(LCE(X))` `[B, n_sum, d]` (only in layers where some
+   stream runs the GDPA PFFN, its one consumer);
 2. per stream `e` active in layer `l` (`l < layers_e`), by CompSkip (3.5; `config.runs(l)`):
    GDPA PFFN block `S <- S + RMSNorm(LN(S) + GDPA(LN(S), K, V))` with `K, V` generated from
    `flatten(X_sum)` (3.2), and/or the sliding-window self-attention block with ROTE (3.1, 3.4);
@@ -52,6 +53,11 @@ def make_summary(config: KunlunConfig, sc: StreamConfig) -> nn.Module:
                sumkron=config.sumkron == "on", seed_attention=config.seed_attention,
                seed_activation=config.seed_activation, scale_position=config.gdpa_scale_position,
                gdpa_impl=config.gdpa, attention_kernel=config.attention_kernel)
+
+
+def weight_generation_layers(config: KunlunConfig, stream_cfgs) -> set[int]:
+    """Global layers where at least one stream runs the GDPA PFFN (and so needs `X_sum`)."""
+    return {layer for sc in stream_cfgs for layer in range(sc.layers) if config.runs(layer)[0]}
 
 
 def summary_flops(config: KunlunConfig, sc: StreamConfig, length):
@@ -114,11 +120,13 @@ class KunlunModel(RankingModel):
         self.n_summary_tokens = sum(sc.n_tok for sc in self.stream_cfgs)
         n_x = self.input_layer.n_context_tokens
         n_w = config.n_F + config.n_L
-        self.lce, self.gate, self.mowe = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        # X_sum only where some stream runs a GDPA PFFN (it is the K/V generator's input)
+        self.lce, self.gate, self.mowe = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleList()
         for layer in range(config.n_layers):
             n_in = n_x if layer == 0 else n_w
-            self.lce.append(TokenLinear(n_in, config.n_sum))
-            self.gate.append(Gate(d))
+            if layer in weight_generation_layers(config, self.stream_cfgs):
+                self.lce[str(layer)] = TokenLinear(n_in, config.n_sum)
+                self.gate[str(layer)] = Gate(d)
             self.mowe.append(MixtureOfWukongExperts(n_in + self.n_summary_tokens, d, config.experts,
                                                     config.expert_layers, config.n_F, config.n_L, config.fm_k,
                                                     config.fmb_mlp, config.act, config.fm_y))
@@ -160,8 +168,8 @@ class KunlunModel(RankingModel):
         states = [self._stream_state(seq, module, sc, batch.request_ts)
                   for seq, module, sc in zip(inp.sequences, self.streams, self.stream_cfgs)]
         for layer in range(cfg.n_layers):
-            x_sum_flat = self.gate[layer](self.lce[layer](x)).flatten(1)
             key = str(layer)
+            x_sum_flat = self.gate[key](self.lce[key](x)).flatten(1) if key in self.lce else None
             for st, module, sc in zip(states, self.streams, self.stream_cfgs):
                 if layer >= sc.layers:
                     continue
@@ -222,9 +230,11 @@ def flops_breakdown(config: KunlunConfig, schema: DatasetSchema, batch: Batch) -
     scs = config.stream_configs(schema)
     n_summ = sum(sc.n_tok for sc in scs.values())
     const = input_layer_flops(schema, d, config.n_dense_tokens)
+    wg_layers = weight_generation_layers(config, scs.values())
     for layer in range(config.n_layers):
         n_in = n_x if layer == 0 else n_w
-        const += TokenLinear.flops(n_in, config.n_sum, d) + Gate.flops(config.n_sum, d)
+        if layer in wg_layers:
+            const += TokenLinear.flops(n_in, config.n_sum, d) + Gate.flops(config.n_sum, d)
         const += MixtureOfWukongExperts.flops(n_in + n_summ, d, config.experts, config.expert_layers, config.n_F,
                                               config.n_L, config.fm_k, config.fmb_mlp, config.fm_y)
     const += MLP.flops([(n_w + n_summ) * d, *config.head_mlp, 1])
