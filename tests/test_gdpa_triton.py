@@ -80,7 +80,7 @@ LENGTHS = [0, 1, 17, 5]
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("mode", ["pffn", "seed", "self"])
 def test_modes_and_activations_match_reference(interpret, mode, activation):
-    inputs, kwargs = make(mode, LENGTHS, heads=2, dh=20)
+    inputs, kwargs = make(mode, LENGTHS, heads=2, dh=20, seeds=19)  # 19 seeds: two q blocks
     check(inputs, dict(kwargs, activation=activation))
 
 
