@@ -121,3 +121,13 @@ def test_chunked_reference_matches_one_shot(shape):
     torch.testing.assert_close(got_out, out.detach())
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name, peak", [
+    ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H100 NVL", None),
+    ("NVIDIA H200", 989.0), ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA B200", 2250.0), ("NVIDIA L4", 121.0),
+    ("NVIDIA L40S", None), ("Tesla T4", None)])
+def test_peak_table(name, peak):
+    from kunbench.suites.kernels import gpu_peak_bf16_tflops
+
+    assert gpu_peak_bf16_tflops(name) == peak
