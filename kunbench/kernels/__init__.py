@@ -58,7 +58,9 @@ def _check_offsets(name: str, offsets: torch.Tensor, rows: int) -> None:
         raise ValueError(f"{name} must be a 1-D [B+1] tensor, got shape {tuple(offsets.shape)}")
     if _compiling():  # value checks read the device: skipped while torch.compile traces (no graph break)
         return
-    if int(offsets[0]) != 0 or int(offsets[-1]) != rows or bool((offsets[1:] < offsets[:-1]).any()):
+    first, last, decreasing = torch.stack([offsets[0], offsets[-1], (offsets[1:] < offsets[:-1]).any().to(
+        offsets.dtype)]).tolist()  # one device sync
+    if first != 0 or last != rows or decreasing:
         raise ValueError(f"{name} must start at 0, be non-decreasing and end at {rows}")
 
 
