@@ -218,14 +218,9 @@ def test_missing_or_mismatched_shard_is_named(contract_dir, tmp_path):
     _one_line_error(lambda: ParquetBatches(broken, "train"), "part-00002.parquet", "missing")
 
 
-def test_generated_tiny_dataset_loads(request):
+def test_generated_tiny_dataset_loads(tiny_dataset):
     """The real generator's output (tests/conftest.py `tiny_dataset`) through the loader."""
-    try:
-        root = request.getfixturevalue("tiny_dataset")
-    except pytest.FixtureLookupError:
-        pytest.skip("no tiny_dataset fixture yet")
-    if not isinstance(root, (str, os.PathLike)):
-        root = root.root
+    root = tiny_dataset
     for split in ("train", "eval"):
         ds = ParquetBatches(root, split, batch_size=128, max_lengths=16, include_p_true=True)
         ids = Counter()

@@ -151,13 +151,10 @@ def test_length_law_stays_in_bounds(median, sigma, lo, span, seed):
     assert n.dtype == torch.int64 and int(n.min()) >= lo and int(n.max()) <= lo + span
 
 
-def test_generated_dataset_schema_and_structure(request):
+def test_generated_dataset_schema_and_structure(tiny_dataset):
     """Against the real generator (tests/conftest.py `tiny_dataset`): the config-built schema equals
     the manifest's columns, and synthetic batches have the loader's structure."""
-    try:
-        root = request.getfixturevalue("tiny_dataset")
-    except pytest.FixtureLookupError:
-        pytest.skip("no tiny_dataset fixture yet")
+    root = tiny_dataset
     from kunbench.data.manifest import load_manifest
     from kunbench.generators.config import config_from_dict
 
