@@ -123,3 +123,18 @@ def test_train_config_validation():
         TrainConfig(dtype="fp16").validate()
     with pytest.raises(KunbenchError, match="lr must be > 0"):
         TrainConfig(lr=0).validate()
+
+
+@pytest.mark.parametrize("backend", ["wukong", "interformer"])
+def test_real_backends_train_deterministically(backend, tmp_path_factory):
+    from dataset_fixture import write_contract_dataset
+    from kunbench.train.runner import run_training
+
+    data = tmp_path_factory.mktemp(backend) / "data"
+    write_contract_dataset(data, rows_per_file=(256,), eval_rows_per_file=(128,))
+    runs = [run_training(backend, data, preset="tiny", train_cfg=TrainConfig(batch_size=64, steps=3),
+                         write=False, device="cpu") for _ in range(2)]
+    assert runs[0].train.steps == 3
+    assert runs[0].eval.ne == runs[1].eval.ne and runs[0].eval.auc == runs[1].eval.auc
+    m = runs[0].document["metrics"]
+    assert m["flops_per_example"] > 0 and m["embedding_params"] > 0 and m["dense_params"] > 0

@@ -25,6 +25,7 @@ class TrainConfig:
     clip_grad_norm: float | None = 1.0  # over dense parameters; None = off
     warmup_steps: int = 0  # linear warm-up of both learning rates
     seed: int = 0
+    deterministic: bool = True  # CPU: torch.use_deterministic_algorithms for the run (same seed -> same NE)
     dtype: str = "fp32"  # bf16 = autocast on CUDA
     divergence_loss: float = 2.0  # stop when the EMA of the train loss exceeds this (0.69 = coin flip)
     loss_ema: float = 0.02

@@ -15,6 +15,7 @@ Failure: a non-finite loss or gradient norm, or a loss EMA above `divergence_los
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -63,6 +64,23 @@ def wrap_ddp(model: nn.Module, ctx: DistContext) -> nn.Module:
                broadcast_buffers=False, find_unused_parameters=True)
 
 
+@contextlib.contextmanager
+def deterministic_cpu(enabled: bool, device: torch.device):
+    """On CPU, turn on torch's deterministic algorithms for the block (restored afterwards): with more
+    than one intra-op thread some kernels (e.g. index_add_ / scatter backward) otherwise reduce in
+    a thread-dependent order and the same seed drifts in the last bits."""
+    if not enabled or device.type != "cpu":
+        yield
+        return
+    prev = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -72,6 +90,12 @@ def train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: Dis
           *, progress: ProgressFn | None = None) -> TrainStats:
     """Train `model` (already on ctx.device) in place on this rank's `batches`."""
     ctx = ctx or DistContext()
+    with deterministic_cpu(cfg.deterministic, ctx.device):
+        return _train(model, batches, cfg, ctx, progress)
+
+
+def _train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: DistContext,
+           progress: ProgressFn | None) -> TrainStats:
     device = ctx.device
     groups = split_parameters(model)
     opts = Optimizers(groups, cfg, sparse_grads=has_sparse_embeddings(model))

@@ -24,7 +24,7 @@ from kunbench.errors import KunbenchError
 from kunbench.train.config import TrainConfig
 from kunbench.train.distributed import DistContext, init_distributed
 from kunbench.train.evaluate import EvalResult, evaluate
-from kunbench.train.loop import TrainStats, train
+from kunbench.train.loop import TrainStats, deterministic_cpu, train
 from kunbench.train.optim import split_parameters
 from kunbench.train.results import RESULT_SCHEMA_VERSION, manifest_fingerprint, write_result
 
@@ -181,9 +181,10 @@ def run_training(backend: str, data: str | Path | None = None, *, preset: str | 
             stats = train(model, batches, cfg, ctx, progress=train_cb(total_steps))
             eval_batches = open_batches(data, "eval", cfg.eval_batch_size, ctx, include_p_true=True,
                                         num_workers=cfg.num_workers, max_lengths=max_lengths)
-            result = evaluate(model, eval_batches, ctx, dtype=cfg.dtype,
-                              flops_fn=lambda b: spec.flops_per_example(model_cfg, schema, b),
-                              max_batches=eval_max_batches, progress=eval_cb(manifest.split_rows("eval")))
+            with deterministic_cpu(cfg.deterministic, ctx.device):
+                result = evaluate(model, eval_batches, ctx, dtype=cfg.dtype,
+                                  flops_fn=lambda b: spec.flops_per_example(model_cfg, schema, b),
+                                  max_batches=eval_max_batches, progress=eval_cb(manifest.split_rows("eval")))
 
         manifest_oracle = manifest.splits["eval"].get("oracle_ne")
         metrics = {
