@@ -38,7 +38,7 @@ from kunbench.backends.kunlun_config import PRESETS, KunlunConfig, StreamConfig
 from kunbench.backends.modules import MLP, PMA, Gate, TokenLinear
 from kunbench.backends.mowe import MixtureOfWukongExperts
 from kunbench.backends.registry import BackendSpec
-from kunbench.backends.rote import rotary_tables
+from kunbench.backends.rote import full_tables, rotary_tables
 from kunbench.backends.window_attention import WindowSelfAttention
 from kunbench.data.batch import Batch
 from kunbench.data.manifest import DatasetSchema
@@ -106,6 +106,7 @@ class StreamState:
     scale: float  # GDPA s for the PFFN and seed pooling
     summary: torch.Tensor | None = None
     stale: bool = False
+    plan: dict = dataclasses.field(default_factory=dict)  # attention masks shared by the layers
 
 
 class KunlunModel(RankingModel):
@@ -155,8 +156,11 @@ class KunlunModel(RankingModel):
         s = s * mask[..., None]  # padded rows start at zero (their values never matter)
         maxlen = int(seq.lengths.max()) if seq.lengths.numel() else 0
         scale_len = maxlen if cfg.gdpa_scale == "batch_maxlen" else sc.max_len
-        rot = rotary_tables(cfg.rote, ts, request_ts, sc.d // sc.heads, t_scale=cfg.t_scale,
-                            rope_base=cfg.rope_base, time_base=cfg.rote_time_base, dtype=s.dtype)
+        rot = None
+        if module.attn:  # tables built once per stream, shared by Q and K of all its layers
+            rot = rotary_tables(cfg.rote, ts, request_ts, sc.d // sc.heads, t_scale=cfg.t_scale,
+                                rope_base=cfg.rope_base, time_base=cfg.rote_time_base, dtype=s.dtype)
+            rot = None if rot is None else full_tables(*rot, sc.heads)
         return StreamState(s, mask, rot, maxlen, 1.0 / max(scale_len, 1))
 
     # ---- forward -----------------------------------------------------------------------------
@@ -176,7 +180,7 @@ class KunlunModel(RankingModel):
                 if key in module.pffn:
                     st.s = module.pffn[key](st.s, st.mask, x_sum_flat, st.scale)
                 if key in module.attn:
-                    st.s = module.attn[key](st.s, st.mask, st.rot, st.maxlen)
+                    st.s = module.attn[key](st.s, st.mask, st.rot, st.maxlen, st.plan)
                 if key in module.summary:
                     st.summary, st.stale = module.summary[key](st.s, st.mask, st.scale), False
                 else:

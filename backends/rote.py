@@ -15,7 +15,7 @@ import torch
 
 from kunbench.backends.modules import apply_rope, rope_tables
 
-__all__ = ["age_phi", "rote_tables", "rotary_tables", "apply_rope"]
+__all__ = ["age_phi", "apply_rope", "full_tables", "rotate", "rote_tables", "rotary_tables"]
 
 
 def age_phi(ts: torch.Tensor, request_ts: torch.Tensor, t_scale: float) -> torch.Tensor:
@@ -52,3 +52,18 @@ def rotary_tables(mode: str, ts: torch.Tensor, request_ts: torch.Tensor, dh: int
         return rope_tables(t, dh, ts.device, dtype, rope_base)
     pos = torch.arange(t, device=ts.device).expand(b, t)
     return rote_tables(pos, age_phi(ts, request_ts, t_scale), dh, rope_base, time_base, dtype)
+
+
+def full_tables(cos: torch.Tensor, sin: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[..., L, dh/2]` tables -> contiguous `[..., L, H, dh]` ones for `rotate` (what
+    `modules.apply_rope` builds on every call; a stream builds them once and shares them between
+    Q and K and across its layers)."""
+    dh = 2 * cos.shape[-1]
+    cos_f = torch.cat([cos, cos], dim=-1).unsqueeze(-2).expand(*cos.shape[:-1], heads, dh).contiguous()
+    sin_f = torch.cat([-sin, sin], dim=-1).unsqueeze(-2).expand(*sin.shape[:-1], heads, dh).contiguous()
+    return cos_f, sin_f
+
+
+def rotate(x: torch.Tensor, cos_f: torch.Tensor, sin_f: torch.Tensor) -> torch.Tensor:
+    """`apply_rope` with prebuilt `full_tables`: `x [B, L, H, dh]`."""
+    return x * cos_f + torch.roll(x, x.shape[-1] // 2, dims=-1) * sin_f

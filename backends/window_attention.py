@@ -23,13 +23,22 @@ from torch import nn
 
 from kunbench.backends.banded import band_gather, band_keep, chunk_plan, full_keep
 from kunbench.backends.gdpa_ops import gdpa_self_attention
-from kunbench.backends.modules import apply_rope, attention_flops
+from kunbench.backends.modules import attention_flops
+from kunbench.backends.rote import rotate
+
+
+def _additive(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, float("-inf"))
 
 
 def softmax_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                             window: int | None, kernel: str = "sdpa") -> torch.Tensor:
-    """`q, k, v [B, T, H, d_h]`, key mask `[B, T]` -> `[B, T, H, d_h]` (zero at padded queries)."""
+                             window: int | None, kernel: str = "sdpa", plan: dict | None = None) -> torch.Tensor:
+    """`q, k, v [B, T, H, d_h]`, key mask `[B, T]` -> `[B, T, H, d_h]` (zero at padded queries).
+
+    `plan` (a dict, one per sequence and forward pass) caches the masks, which every layer of a
+    stream shares."""
     b, t, h, dh = q.shape
+    plan = {} if plan is None else plan
     if kernel == "naive":
         if window is not None and 2 * window + 1 < t:
             index, valid = band_gather(t, window, q.device)
@@ -44,19 +53,28 @@ def softmax_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
             scores = scores.masked_fill(~full_keep(mask, window)[:, None], float("-inf"))
             out = torch.matmul(torch.softmax(scores, dim=-1), vh).transpose(1, 2)
         return out * mask[:, :, None, None]
-    qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, dh]
     if window is None or t <= 3 * window + 1:
-        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=full_keep(mask, window)[:, None])
+        key = ("full", window)
+        if key not in plan:
+            plan[key] = _additive(full_keep(mask, window)[:, None], q.dtype)  # [B, 1, T, T]
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=plan[key])
         return out.transpose(1, 2) * mask[:, :, None, None]
     c = max(window, 8)
-    n, tp, keep = chunk_plan(t, window, c, mask)
-    qc = F.pad(qh, (0, 0, 0, tp - t)).view(b, h, n, c, dh)
-    pad = (0, 0, window, tp - t + window)
-    kc = F.pad(kh, pad).unfold(2, c + 2 * window, c).transpose(-1, -2)  # [B, H, n, c + 2w, dh]
-    vc = F.pad(vh, pad).unfold(2, c + 2 * window, c).transpose(-1, -2)
-    out = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=keep[:, None])  # [B, H, n, c, dh]
-    out = out.reshape(b, h, tp, dh)[:, :, :t]
-    return out.transpose(1, 2) * mask[:, :, None, None]
+    kw = c + 2 * window
+    key = ("chunks", window)
+    if key not in plan:
+        n, tp, keep = chunk_plan(t, window, c, mask)  # keep [B, n, c, kw]
+        plan[key] = n, tp, _additive(keep.reshape(b * n, 1, c, kw), q.dtype)
+    n, tp, attn_mask = plan[key]
+    # 4-D [B n, H, rows, dh] blocks: SDPA's CPU kernels take 4-D inputs (5-D falls back to math)
+    qc = F.pad(q, (0, 0, 0, 0, 0, tp - t)).view(b, n, c, h, dh).transpose(2, 3).reshape(b * n, h, c, dh)
+    pad = (0, 0, 0, 0, window, tp - t + window)
+    kc = F.pad(k, pad).unfold(1, kw, c).transpose(-1, -2).reshape(b * n, h, kw, dh)  # [B n, H, kw, dh]
+    vc = F.pad(v, pad).unfold(1, kw, c).transpose(-1, -2).reshape(b * n, h, kw, dh)
+    out = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=attn_mask)  # [B n, H, c, dh]
+    out = out.view(b, n, h, c, dh).transpose(2, 3).reshape(b, tp, h, dh)[:, :t]
+    return out * mask[:, :, None, None]
 
 
 class WindowSelfAttention(nn.Module):
@@ -71,14 +89,15 @@ class WindowSelfAttention(nn.Module):
         self.out = nn.Linear(d, d)
 
     def forward(self, s: torch.Tensor, mask: torch.Tensor, rot: tuple[torch.Tensor, torch.Tensor] | None,
-                maxlen: int) -> torch.Tensor:
+                maxlen: int, plan: dict | None = None) -> torch.Tensor:
+        """`rot`: `rote.full_tables` `(cos, sin)` `[B|1, T, H, d_h]` or None; `plan`: mask cache."""
         b, t, d = s.shape
         h, dh = self.h, d // self.h
         q, k, v = self.qkv(self.ln(s)).view(b, t, 3, h, dh).unbind(2)  # [B, T, H, dh]
         if rot is not None:
-            q, k = apply_rope(q, *rot), apply_rope(k, *rot)
+            q, k = rotate(q, *rot), rotate(k, *rot)
         if self.attention_act is None:
-            o = softmax_window_attention(q, k, v, mask, self.window, self.kernel)
+            o = softmax_window_attention(q, k, v, mask, self.window, self.kernel, plan)
         else:
             span = maxlen if self.window is None else min(maxlen, 2 * self.window + 1)
             o = gdpa_self_attention(q, k, v, mask, activations=[self.attention_act] * h, scale=1.0 / max(span, 1),

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from kunbench.backends.gdpa_ops import gdpa_pffn, gdpa_seed_pool, gdpa_self_attention
 from kunbench.backends.hsp import HSP, FullTokenLinear, PMASummary, SumKronLinear
-from kunbench.backends.rote import age_phi, apply_rope, rotary_tables, rote_tables
+from kunbench.backends.rote import age_phi, apply_rope, full_tables, rotary_tables, rotate, rote_tables
 from kunbench.backends.window_attention import WindowSelfAttention, softmax_window_attention
 from kunbench.kernels.gdpa_reference import ACTIVATIONS, activation_fn
 
@@ -90,6 +90,7 @@ def test_rote_scores_unchanged_when_all_timestamps_shift():
         cos, sin = rotary_tables("rote", ts, req, dh, t_scale=3600.0, rope_base=1e4, time_base=10.0,
                                  dtype=torch.float32)
         qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        assert torch.allclose(rotate(q, *full_tables(cos, sin, h)), qr, atol=1e-6)  # the model's prebuilt form
         assert torch.allclose(qr.norm(dim=-1), q.norm(dim=-1), atol=1e-5)
         return torch.einsum("bihd,bjhd->bhij", qr, kr)
 
@@ -221,7 +222,8 @@ def test_window_block_with_rote_padding_and_gdpa_mode():
         mask = lengths_mask([t, 12], t)
         ts = torch.arange(t)[None].expand(2, t) * 600 + 1_700_000_000
         req = torch.tensor([1_700_100_000, 1_700_100_000])
-        rot = rotary_tables("rote", ts, req, d // h, t_scale=3600.0, rope_base=1e4, time_base=10.0, dtype=D)
+        rot = full_tables(*rotary_tables("rote", ts, req, d // h, t_scale=3600.0, rope_base=1e4, time_base=10.0,
+                                         dtype=D), h)
         full = blk(s, mask, rot, maxlen=t)
         # row 1 alone, unpadded
         rot1 = tuple(r[1:, :12] for r in rot)
