@@ -58,10 +58,24 @@ def _v_scaled(v: torch.Tensor, scale: float, position: str) -> torch.Tensor:
     return v * scale if position == "post" else v
 
 
+def same_dtype(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The fused op wants one dtype: under autocast (bf16 on CUDA) the autocast dtype, else the
+    promoted one (a no-op in plain fp32)."""
+    dev = tensors[0].device.type
+    if dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+    else:
+        dt = tensors[0].dtype
+        for t in tensors[1:]:
+            dt = torch.promote_types(dt, t.dtype)
+    return [t if t.dtype == dt else t.to(dt) for t in tensors]
+
+
 def gdpa_pffn(q: torch.Tensor, mask: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, activations: Sequence[str],
               scale: float, position: str = "post", impl: str = "fused") -> torch.Tensor:
     """PFFN mode: `q [B, T, H, d_h]`, `k, v [B, F, H, d_h]` -> `[B, T, H, d_h]`."""
     if impl == "fused":
+        q, k, v = same_dtype(q, k, v)
         out = kernel_gdpa(q[mask], k, v, q_offsets=offsets_of(mask), activation=list(activations),
                           scale=scale, scale_position=position)
         return scatter_rows(out, mask)
@@ -78,6 +92,7 @@ def gdpa_seed_pool(seeds: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
     """Seed-pooling mode: `seeds [n, H, d_h]` shared by the batch attend over `k, v [B, T, H, d_h]`
     (real rows where `mask`) -> `[B, n, H, d_h]`; a row without events pools to zero."""
     if impl == "fused":
+        seeds, k, v = same_dtype(seeds, k, v)
         return kernel_gdpa(seeds, k[mask], v[mask], kv_offsets=offsets_of(mask), activation=list(activations),
                            scale=scale, scale_position=position, broadcast_q=True)
     qh = seeds.transpose(0, 1)[None]  # [1, H, n, dh]
@@ -93,6 +108,7 @@ def gdpa_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
                         window: int | None = None, impl: str = "fused") -> torch.Tensor:
     """Self-attention mode over one sequence (`[B, T, H, d_h]` each), keys `|i - j| <= window`."""
     if impl == "fused":
+        q, k, v = same_dtype(q, k, v)
         off = offsets_of(mask)
         out = kernel_gdpa(q[mask], k[mask], v[mask], q_offsets=off, kv_offsets=off, activation=list(activations),
                           scale=scale, scale_position=position, window=window)

@@ -95,7 +95,7 @@ class WindowSelfAttention(nn.Module):
         h, dh = self.h, d // self.h
         q, k, v = self.qkv(self.ln(s)).view(b, t, 3, h, dh).unbind(2)  # [B, T, H, dh]
         if rot is not None:
-            q, k = rotate(q, *rot), rotate(k, *rot)
+            q, k = rotate(q, *rot).to(v.dtype), rotate(k, *rot).to(v.dtype)  # fp32 tables under autocast
         if self.attention_act is None:
             o = softmax_window_attention(q, k, v, mask, self.window, self.kernel, plan)
         else:
