@@ -25,13 +25,13 @@ def _run(seed: int = 0, cfg: TrainConfig | None = None, model_cfg: ToyConfig | N
 
 
 def test_same_seed_gives_identical_ne_and_weights():
-    m1, s1, r1 = _run(0)
-    m2, s2, r2 = _run(0)
+    m1, s1, r1 = _run(0, batches=TRAIN[:40])
+    m2, s2, r2 = _run(0, batches=TRAIN[:40])
     assert r1.ne == r2.ne and r1.auc == r2.auc
     assert s1.mean_loss == s2.mean_loss
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
         assert torch.equal(a, b)
-    _, _, r3 = _run(1)
+    _, _, r3 = _run(1, batches=TRAIN[:40])
     assert r3.ne != r1.ne
 
 
@@ -98,21 +98,21 @@ def test_rowwise_adagrad_moves_only_touched_rows(sparse):
 def test_rowwise_adagrad_sparse_equals_dense():
     finals = []
     for sparse in (False, True):
-        _, _, res = _run(0, model_cfg=ToyConfig(sparse=sparse))
+        _, _, res = _run(0, TrainConfig(steps=40), model_cfg=ToyConfig(sparse=sparse))
         finals.append(res.ne)
     assert finals[0] == pytest.approx(finals[1], rel=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["adagrad", "adamw"])
 def test_other_embedding_optimizers_train(kind):
-    _, _, res = _run(0, TrainConfig(embedding_optimizer=kind))
+    _, _, res = _run(0, TrainConfig(embedding_optimizer=kind, steps=30))
     assert res.ne < 1.0
 
 
 def test_sparse_adam_needs_sparse_gradients():
     with pytest.raises(KunbenchError, match="sparse_adam needs"):
         _run(0, TrainConfig(embedding_optimizer="sparse_adam"))
-    _, _, res = _run(0, TrainConfig(embedding_optimizer="sparse_adam"), ToyConfig(sparse=True))
+    _, _, res = _run(0, TrainConfig(embedding_optimizer="sparse_adam", steps=30), ToyConfig(sparse=True))
     assert res.ne < 1.0
 
 
