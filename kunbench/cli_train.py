@@ -64,9 +64,9 @@ def summary_table(doc: dict) -> Table:
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default=None,
               help="bf16 = autocast on CUDA (default fp32).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Stop after N batches (default: one pass).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Per-rank train batch size (default 512).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Per-rank train batch size (default 256).")
 @click.option("--lr", type=float, default=None, help="Dense learning rate, AdamW (default 1e-3).")
-@click.option("--embedding-lr", type=float, default=None, help="Embedding learning rate (default 0.05).")
+@click.option("--embedding-lr", type=float, default=None, help="Embedding learning rate, row-wise Adagrad (default 0.1).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed (default 0).")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Loader worker processes per rank.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
