@@ -112,7 +112,8 @@ def report_cmd(results, fmt, plot_dir, output):
 
 
 # ---- run -----------------------------------------------------------------------------------------
-RUN_KEYS = ("suite", "suites", "backend", "backends", "preset", "data", "device", "dtype", "repeat", "out", "full")
+RUN_KEYS = ("suite", "suites", "backend", "backends", "preset", "data", "device", "dtype", "repeat", "out", "full",
+            "threads")
 
 
 def _config_file(path: str | None) -> tuple[dict, dict]:
@@ -142,7 +143,7 @@ def _names(value) -> list[str] | None:
               help="Backends to measure (default: every registered one the suite uses).")
 @click.option("--preset", "-p", default=None, help="Backend size preset (default: tiny, or the backend's with --full).")
 @click.option("--data", "-d", type=click.Path(file_okay=False), default=None,
-              help="Dataset directory (default: generated once into the cache: a 16k-row tiny dataset, "
+              help="Dataset directory (default: generated once into the cache: a 32k-row tiny dataset, "
                    "or the small preset with --full).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the best present).")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default=None, help="bf16 = autocast on CUDA.")
@@ -155,11 +156,13 @@ def _names(value) -> list[str] | None:
 @click.option("--out", "out_dir", type=click.Path(), default=None, help="Result directory (default ./results).")
 @click.option("--full", is_flag=True, default=None,
               help="The bigger run: small dataset preset, backends' default presets, full training pass.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads (default: torch's choice, usually one per core).")
 @click.option("--no-write", is_flag=True, help="Print the tables but write no result file.")
 @click.option("--progress", is_flag=True, help="Show training progress bars.")
 @friendly_errors
-def run_cmd(suite, backends, preset, data, device, dtype, repeat, config_file, sets, out_dir, full, no_write,
-            progress):
+def run_cmd(suite, backends, preset, data, device, dtype, repeat, config_file, sets, out_dir, full, threads,
+            no_write, progress):
     """Run benchmark suites; print their tables and write one result JSON per suite.
 
     With no options, `kunbench run --suite ablation` runs the reduced default (a small dataset
@@ -173,7 +176,10 @@ def run_cmd(suite, backends, preset, data, device, dtype, repeat, config_file, s
     from kunbench.suites.registry import parse_suite_list
     from kunbench.suites.runner import check_options, run_suites
 
+    import os
+
     t0 = _time.perf_counter()
+    cpu0 = sum(os.times()[:4])
     file_opts, file_sets = _config_file(config_file)
     all_sets = {**file_sets, **overrides.parse_assignments(sets)}
     suite = suite or file_opts.get("suite") or file_opts.get("suites")
@@ -194,6 +200,12 @@ def run_cmd(suite, backends, preset, data, device, dtype, repeat, config_file, s
         show_progress=progress,
     )
     check_options(opts)
+    threads = threads or file_opts.get("threads")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    _busy_warning()
 
     def show(run) -> None:
         print_tables(console, [run.document])
@@ -201,4 +213,20 @@ def run_cmd(suite, backends, preset, data, device, dtype, repeat, config_file, s
         console.print(f"{run.name}: {run.seconds:.1f} s; {where}", highlight=False)
 
     run_suites(opts, log=_log, console=err_console, on_result=show)
-    _log(f"total wall time {_time.perf_counter() - t0:.1f} s")
+    _log(f"total wall time {_time.perf_counter() - t0:.1f} s (CPU time {sum(os.times()[:4]) - cpu0:.1f} s)")
+
+
+def _busy_warning() -> None:
+    """Say so when other processes already load the CPU: timings will be slower and noisier."""
+    import os
+
+    from kunbench.telemetry import load_average
+
+    load = load_average()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    if load is not None and load >= cores:
+        _log(f"warning: the host is busy (1-minute load {load:.1f} on {cores} cores): timings will be slower "
+             f"and noisier; with contended cores, --threads 1 often runs faster")

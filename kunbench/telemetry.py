@@ -257,6 +257,14 @@ def rss_peak_process_gib() -> float | None:
         return None
 
 
+def load_average() -> float | None:
+    """1-minute load average: above the core count, other processes competed for the CPU."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 class HostSampler:
     """Samples this process's RSS and CPU time in the window (psutil; getrusage as fallback)."""
 
@@ -298,6 +306,7 @@ class HostSampler:
         wall = max(self.t1 - self.t0, 1e-9)
         return {
             **host_info(),
+            "loadavg_1m": load_average(),
             "rss_peak_gib": max(self.rss) if self.rss else None,
             "rss_peak_process_gib": rss_peak_process_gib(),
             "cpu_util_pct": 100.0 * (self.cpu1 - self.cpu0) / wall,  # 100 = one core busy
@@ -403,6 +412,8 @@ def merge_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any] | None:
     host = dict(hosts[-1]) if hosts else {}
     peaks = [h.get("rss_peak_gib") for h in hosts if h.get("rss_peak_gib") is not None]
     host["rss_peak_gib"] = max(peaks) if peaks else None
+    loads = [h.get("loadavg_1m") for h in hosts if h.get("loadavg_1m") is not None]
+    host["loadavg_1m_max"] = max(loads) if loads else None
     utils = [(h.get("cpu_util_pct"), s.get("duration_s") or 0.0) for h, s in zip(hosts, summaries)
              if h.get("cpu_util_pct") is not None]
     if utils:
@@ -415,11 +426,16 @@ def short_summary(summary: dict[str, Any] | None) -> str:
     if not summary:
         return "-"
     gpu = summary.get("gpu") or {}
+    host = summary.get("host") or {}
+    busy = ""
+    load = host.get("loadavg_1m_max", host.get("loadavg_1m"))
+    cores = host.get("cores_usable") or host.get("cores_logical")
+    if load is not None and cores and load > cores:
+        busy = f"; host BUSY: load {load:.1f} on {cores} cores (other processes competed)"
     if not gpu.get("available"):
-        host = summary.get("host") or {}
         rss = host.get("rss_peak_gib")
-        return f"no GPU telemetry ({gpu.get('reason', 'n/a')}); RSS peak {rss:.2f} GiB" if rss else \
-            f"no GPU telemetry ({gpu.get('reason', 'n/a')})"
+        return (f"no GPU telemetry ({gpu.get('reason', 'n/a')}); RSS peak {rss:.2f} GiB" if rss else
+                f"no GPU telemetry ({gpu.get('reason', 'n/a')})") + busy
 
     def mm(field: str, fmt: str) -> str:
         v = gpu.get(field)
@@ -428,4 +444,4 @@ def short_summary(summary: dict[str, Any] | None) -> str:
     flag = " THROTTLED (" + ",".join(r for r in gpu.get("throttle_reasons", []) if r in THROTTLING) + ")" \
         if gpu.get("throttled") else ""
     return (f"sm {mm('sm_clock_mhz', '.0f')} MHz, {mm('power_w', '.0f')} W, {mm('temperature_c', '.0f')} C, "
-            f"util {mm('gpu_util_pct', '.0f')}% (mean/max){flag}")
+            f"util {mm('gpu_util_pct', '.0f')}% (mean/max){flag}{busy}")

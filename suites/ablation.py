@@ -38,7 +38,7 @@ from typing import Any
 from kunbench.errors import KunbenchError
 from kunbench.results import measurement
 from kunbench.suites.common import (SuiteContext, bootstrap_ne, build_model, device_peak, mean, measure_throughput,
-                                    resolve_backend, std, train_and_predict, world_note)
+                                    resolve_backend, std, str_list, train_and_predict, world_note)
 from kunbench.suites.registry import SuiteOutput, SuiteSpec
 
 NAME = "ablation"
@@ -124,10 +124,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
     avail = set(available_backends())
     rows = list(ROWS)
     if s["rows"]:
-        wanted = [str(r) for r in (s["rows"] if isinstance(s["rows"], list) else [s["rows"]])]
-        unknown = [w for w in wanted if w not in {r.name for r in ROWS}]
-        if unknown:
-            raise KunbenchError(f"ablation.rows: unknown row {unknown[0]!r} (rows: {', '.join(r.name for r in ROWS)})")
+        wanted = str_list(s["rows"], "ablation.rows", [r.name for r in ROWS])
         rows = [r for r in ROWS if r.name in wanted or r.name == "full"]
     if ctx.opts.backends:
         rows = [r for r in rows if r.backend in ctx.opts.backends]
@@ -167,7 +164,13 @@ def run(ctx: SuiteContext) -> SuiteOutput:
             results[row.name] = {**results["full"], "same_as_full": True}
             continue
         ctx.log(f"ablation [{i + 1}/{len(rows)}] {row.name}: train ({built.preset}) ...")
-        trs = [train_and_predict(ctx, built, seed=r, label=f"ablation {row.name} seed {r}") for r in range(repeats)]
+        try:
+            trs = [train_and_predict(ctx, built, seed=r, label=f"ablation {row.name} seed {r}")
+                   for r in range(repeats)]
+        except KunbenchError as exc:  # e.g. TrainingDiverged: one row must not sink the table
+            notes.append(f"row {row.name!r} failed: {exc}")
+            ctx.log(f"ablation [{i + 1}/{len(rows)}] {row.name}: failed: {exc}")
+            continue
         ctx.log(f"ablation [{i + 1}/{len(rows)}] {row.name}: throughput bs={s['batch_size']} ...")
         model = build_model(ctx, built)
         tps = {}

@@ -3,8 +3,8 @@ windows), training through kunbench.train.runner, per-row eval predictions, thro
 device peak FLOP/s, bootstrap noise and the NE-vs-compute fit.
 
 Budgets. The default run (no `--full`) is the reduced configuration that finishes the ablation on a
-2-core CPU within minutes: a 16k-row `tiny`-preset dataset (25 % eval), the backends' `tiny`
-presets, one pass at batch 256, and short throughput windows. `--full` switches to the `small`
+2-core CPU within minutes: a 32k-row `tiny`-preset dataset (25 % eval), the backends' `tiny`
+presets, one pass at batch 256 with dense lr 3e-3, and short throughput windows. `--full` switches to the `small`
 dataset preset (50k rows, generated once and cached), the backends' default presets, the default
 training loop and longer windows. Either way every knob is a `--set` away.
 
@@ -35,7 +35,7 @@ from kunbench.results import measurement
 from kunbench.telemetry import Telemetry, merge_summaries
 
 QUICK_DATA_PRESET = "tiny"
-QUICK_DATA_SETS = {"rows": 16384, "eval_fraction": 0.25}
+QUICK_DATA_SETS = {"rows": 32768, "eval_fraction": 0.25}
 FULL_DATA_PRESET = "small"
 QUICK_BACKEND_PRESET = "tiny"
 QUICK_TRAIN = {"batch_size": 256, "eval_batch_size": 1024, "lr": 3e-3, "timing_warmup_steps": 3}
@@ -244,6 +244,34 @@ def route_sets(sets: dict[str, Any]) -> dict[str, dict[str, Any]]:
             out.setdefault(f"backend:{head}", {})[rest] = value
         else:
             out.setdefault("all_backends", {})[key] = value
+    return out
+
+
+def str_list(value: Any, key: str, allowed: Iterable[str] | None = None) -> list[str]:
+    """A list of names from a --set value: a TOML list, or a string like `a,b` or `[a, b]` (bare words)."""
+    if isinstance(value, (list, tuple)):
+        items = [str(v).strip() for v in value]
+    else:
+        items = [x.strip().strip("'\"") for x in str(value).strip().strip("[]").split(",")]
+    items = [x for x in items if x]
+    if allowed is not None:
+        allowed = list(allowed)
+        bad = [x for x in items if x not in allowed]
+        if bad:
+            raise KunbenchError(f"{key}: unknown value {bad[0]!r} (choose from {', '.join(allowed)})")
+    if not items:
+        raise KunbenchError(f"{key}: needs at least one value")
+    return items
+
+
+def int_list(value: Any, key: str) -> list[int]:
+    items = value if isinstance(value, (list, tuple)) else str(value).strip().strip("[]").split(",")
+    try:
+        out = [int(x) for x in items if str(x).strip()]
+    except (TypeError, ValueError):
+        raise KunbenchError(f"{key}: expected integers, got {value!r}") from None
+    if not out or any(x < 1 for x in out):
+        raise KunbenchError(f"{key}: expected positive integers, got {value!r}")
     return out
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from kunbench.results import measurement
-from kunbench.suites.common import (SuiteContext, build_model, device_peak, measure_throughput, param_count,
-                                    resolve_backend, throughput_measurements, world_note)
+from kunbench.suites.common import (SuiteContext, build_model, device_peak, int_list, measure_throughput,
+                                    param_count, resolve_backend, str_list, throughput_measurements, world_note)
 from kunbench.suites.registry import SuiteOutput, SuiteSpec
 
 NAME = "qps"
@@ -25,14 +25,13 @@ NAME = "qps"
 
 def settings(ctx: SuiteContext) -> dict[str, Any]:
     full = ctx.full or ctx.device.type == "cuda"
-    bs = ctx.suite_option("batch_sizes", [256, 1024, 4096] if full else [64, 256, 1024])
-    if isinstance(bs, int):
-        bs = [bs]
-    return {"batch_sizes": [int(b) for b in bs],
+    bs = int_list(ctx.suite_option("batch_sizes", [256, 1024, 4096] if full else [64, 256, 1024]),
+                  "qps.batch_sizes")
+    return {"batch_sizes": bs,
             "window_s": float(ctx.suite_option("window_s", 2.0 if ctx.full else 0.5)),
             "warmup": int(ctx.suite_option("warmup", 10 if ctx.full else 3)),
             "windows": ctx.repeats(3),
-            "modes": list(ctx.suite_option("modes", ["infer", "train"]))}
+            "modes": str_list(ctx.suite_option("modes", ["infer", "train"]), "qps.modes", ("infer", "train"))}
 
 
 def run(ctx: SuiteContext) -> SuiteOutput:

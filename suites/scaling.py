@@ -31,7 +31,7 @@ from kunbench.suites.registry import SuiteOutput, SuiteSpec
 NAME = "scaling"
 DEFAULT_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 WIDTH_KEYS = {"d", "pffn_kv", "pffn_hidden", "dcn_rank", "k", "n_F", "n_L", "dff", "d_ff", "d_model", "width",
-              "n_seed", "kv_rows"}
+              "kv_hidden", "fm_k"}
 MIN_DECADES = 1.5
 
 
@@ -39,12 +39,14 @@ def _is_width_key(name: str) -> bool:
     return name in WIDTH_KEYS or name.startswith("d_") or name.endswith("_dim") or name.endswith("_width")
 
 
-def width_changes(config: Any, factor: float) -> dict[str, Any]:
-    """--set style changes that scale `config`'s widths by `factor`."""
+def width_changes(config: Any, factor: float, prefix: str = "") -> dict[str, Any]:
+    """--set style changes that scale `config`'s widths by `factor`, nested configs included
+    (e.g. Kunlun's `stream.d` and `streams.click.d`)."""
     changes: dict[str, Any] = {}
-    heads = getattr(config, "n_heads", None)
+    heads = getattr(config, "n_heads", getattr(config, "heads", None))
     for f in dataclasses.fields(config):
         v = getattr(config, f.name)
+        key = f"{prefix}{f.name}"
         if isinstance(v, bool):
             continue
         if isinstance(v, int) and _is_width_key(f.name):
@@ -52,14 +54,26 @@ def width_changes(config: Any, factor: float) -> dict[str, Any]:
             if f.name == "d" and isinstance(heads, int) and heads > 0:
                 m = 2 * heads
                 nv = max(m, int(round(v * factor / m)) * m)
-            changes[f.name] = nv
+            changes[key] = nv
         elif f.name.endswith("_mlp") and isinstance(v, tuple) and all(isinstance(x, int) for x in v):
-            changes[f.name] = [max(4, int(round(x * factor))) for x in v]
+            changes[key] = [max(4, int(round(x * factor))) for x in v]
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            changes.update(width_changes(v, factor, f"{key}."))
+        elif isinstance(v, dict):
+            for name, sub in v.items():
+                if dataclasses.is_dataclass(sub) and not isinstance(sub, type):
+                    changes.update(width_changes(sub, factor, f"{key}.{name}."))
     return changes
 
 
 def run(ctx: SuiteContext) -> SuiteOutput:
-    factors = [float(x) for x in ctx.suite_option("factors", list(DEFAULT_FACTORS))]
+    raw = ctx.suite_option("factors", list(DEFAULT_FACTORS))
+    try:
+        factors = [float(x) for x in (raw if isinstance(raw, (list, tuple)) else str(raw).strip("[]").split(","))]
+    except ValueError:
+        raise KunbenchError(f"scaling.factors: expected numbers, got {raw!r}") from None
+    if not factors or any(f <= 0 for f in factors):
+        raise KunbenchError(f"scaling.factors: expected positive numbers, got {raw!r}")
     if len(factors) < 5:
         ctx.notes.append(f"only {len(factors)} sizes per backend (the suite's contract is at least 5)")
     backends = ctx.backends()

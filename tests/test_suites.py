@@ -179,12 +179,12 @@ def test_cpu_peak_measured():
 def test_scaling_ladder_spans_decades(tiny_dataset):
     import torch
 
-    from kunbench.backends.registry import get_backend
+    from kunbench.backends.registry import available_backends, get_backend
     from kunbench.data.synthetic import SyntheticBatches
     from kunbench.suites.scaling import DEFAULT_FACTORS, width_changes
 
     src = SyntheticBatches.from_manifest(tiny_dataset, batch_size=16, pool_size=1)
-    for name in ("wukong", "interformer"):
+    for name in [b for b in ("wukong", "interformer", "kunlun") if b in available_backends()]:
         spec = get_backend(name)
         base = spec.make_config("tiny")
         flops = [float(torch.as_tensor(spec.flops_per_example(spec.make_config("tiny", width_changes(base, f)),
