@@ -74,7 +74,7 @@ class StreamModel(nn.Module):
     """One event stream's modules: `pffn[l]`, `attn[l]`, `summary[l]` for the layers that run them
     (ModuleDicts keyed by the layer index), plus `final_summary` when the head needs one."""
 
-    def __init__(self, config: KunlunConfig, sc: StreamConfig, layer_offset: int = 0):
+    def __init__(self, config: KunlunConfig, sc: StreamConfig):
         super().__init__()
         self.sc = sc
         d = config.d
