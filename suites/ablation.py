@@ -37,7 +37,7 @@ from typing import Any
 
 from kunbench.errors import KunbenchError
 from kunbench.results import measurement
-from kunbench.suites.common import (SuiteContext, bootstrap_ne, build_model, device_peak, mean, measure_throughput,
+from kunbench.suites.common import (SuiteContext, ThroughputProbe, bootstrap_ne, build_model, device_peak, mean,
                                     resolve_backend, std, str_list, train_and_predict, world_note)
 from kunbench.suites.registry import SuiteOutput, SuiteSpec
 
@@ -108,12 +108,46 @@ def paper_text(row: Row) -> str:
     return ", ".join(parts)
 
 
+def _throughput(ctx: SuiteContext, s: dict[str, Any], rows: list[Row], results: dict[str, dict[str, Any]],
+                interleave: bool) -> None:
+    """Train and inference examples/s of every row from the in-memory source. Interleaved: all
+    models are built and warmed up first, then each window visits every row in turn, so a drift of
+    the machine over the run (other processes, clocks) lands on all rows alike."""
+    def probes_for(row: Row) -> dict[str, ThroughputProbe]:
+        built = results[row.name]["built"]
+        model = build_model(ctx, built)
+        return {mode: ThroughputProbe(ctx, built, model, mode, s["batch_size"], min_window_s=s["window_s"],
+                                      warmup=s["warmup"], label=f"ablation {row.name} {mode}")
+                for mode in ("train", "infer")}
+
+    if interleave:
+        ctx.log(f"ablation: throughput of {len(rows)} rows at batch {s['batch_size']}, "
+                f"{s['windows']} interleaved windows ...")
+        probes = {row.name: probes_for(row) for row in rows}
+        for _ in range(s["windows"]):
+            for row in rows:
+                for p in probes[row.name].values():
+                    p.window()
+        for row in rows:
+            results[row.name]["tp"] = {m: p.result() for m, p in probes[row.name].items()}
+        return
+    for row in rows:
+        ctx.log(f"ablation: throughput {row.name} bs={s['batch_size']} ...")
+        probes = probes_for(row)
+        for p in probes.values():
+            for _ in range(s["windows"]):
+                p.window()
+        results[row.name]["tp"] = {m: p.result() for m, p in probes.items()}
+        del probes
+
+
 def settings(ctx: SuiteContext) -> dict[str, Any]:
     big = ctx.full or ctx.device.type == "cuda"
     return {"batch_size": int(ctx.suite_option("batch_size", 1024 if big else 256)),
             "window_s": float(ctx.suite_option("window_s", 2.0 if ctx.full else 0.4)),
             "warmup": int(ctx.suite_option("warmup", 10 if big else 2)),
-            "windows": int(ctx.suite_option("windows", 3 if big else 2)),
+            "windows": int(ctx.suite_option("windows", 3)),
+            "interleave": bool(ctx.suite_option("interleave", not ctx.full)),
             "rows": ctx.suite_option("rows", None)}
 
 
@@ -161,7 +195,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
         elif row.backend == KUNLUN and full_cfg is not None and cfg == full_cfg:
             notes.append(f"row {row.name!r}: same config as full Kunlun (the default already is "
                          f"{', '.join(f'{k}={v}' for k, v in row.sets.items())}); not trained twice")
-            results[row.name] = {**results["full"], "same_as_full": True}
+            results[row.name] = {"same_as_full": True}
             continue
         ctx.log(f"ablation [{i + 1}/{len(rows)}] {row.name}: train ({built.preset}) ...")
         try:
@@ -171,29 +205,35 @@ def run(ctx: SuiteContext) -> SuiteOutput:
             notes.append(f"row {row.name!r} failed: {exc}")
             ctx.log(f"ablation [{i + 1}/{len(rows)}] {row.name}: failed: {exc}")
             continue
-        ctx.log(f"ablation [{i + 1}/{len(rows)}] {row.name}: throughput bs={s['batch_size']} ...")
-        model = build_model(ctx, built)
-        tps = {}
-        for mode in ("train", "infer"):
-            tps[mode] = measure_throughput(ctx, built, model, mode, s["batch_size"], windows=s["windows"],
-                                           min_window_s=s["window_s"], warmup=s["warmup"],
-                                           label=f"ablation {row.name} {mode}")
-        del model
         mets = [t.metrics() for t in trs]
-        res = {"runs": trs, "ne": mean(m["ne"] for m in mets), "gap_closed": mean(m["gap_closed"] for m in mets),
+        res = {"runs": trs, "built": built, "ne": mean(m["ne"] for m in mets),
+               "gap_closed": mean(m["gap_closed"] for m in mets),
                "flops": mean(t.flops_per_example for t in trs), "params": trs[0].params,
-               "train_qps": tps["train"].qps, "train_qps_std": std(tps["train"].window_qps),
-               "infer_qps": tps["infer"].qps, "infer_qps_std": std(tps["infer"].window_qps),
-               "tp": tps, "ne_samples": [m["ne"] for m in mets]}
+               "ne_samples": [m["ne"] for m in mets]}
         res["ne_spread"] = (std(res["ne_samples"]) if repeats >= 2
                             else bootstrap_ne(trs[0].labels, trs[0].probs)["ne_std"])
+        results[row.name] = res
+        ctx.log(f"ablation [{i + 1}/{len(rows)}] {row.name}: NE {res['ne']:.5f}, "
+                f"{time.perf_counter() - t_start:.0f} s elapsed")
+
+    measured = [r for r in rows if r.name in results and "built" in results[r.name]]
+    _throughput(ctx, s, measured, results, interleave=s["interleave"])
+    ctx.log(f"ablation: throughput done, {time.perf_counter() - t_start:.0f} s elapsed")
+    for row in measured:
+        res = results[row.name]
+        tps = res["tp"]
+        res.update({"train_qps": tps["train"].qps, "train_qps_std": std(tps["train"].window_qps),
+                    "infer_qps": tps["infer"].qps, "infer_qps_std": std(tps["infer"].window_qps)})
         if peak.get("flops_per_s") and res["flops"]:
             res["mfu"] = 100.0 * 3.0 * res["flops"] * res["train_qps"] / peak["flops_per_s"]
             res["mfu_samples"] = [100.0 * 3.0 * res["flops"] * q / peak["flops_per_s"]
                                   for q in tps["train"].window_qps]
-        results[row.name] = res
-        ctx.log(f"ablation [{i + 1}/{len(rows)}] {row.name}: NE {res['ne']:.5f}, "
-                f"{time.perf_counter() - t_start:.0f} s elapsed")
+    for name, res in list(results.items()):
+        if res.get("same_as_full"):
+            if "full" in results and "tp" in results["full"]:
+                results[name] = {**results["full"], "same_as_full": True}
+            else:
+                del results[name]
 
     ref = results.get(ref_name)
     table_rows = []

@@ -29,7 +29,6 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from kunbench import overrides
 from kunbench.errors import KunbenchError
 from kunbench.results import measurement
 from kunbench.telemetry import Telemetry, merge_summaries
@@ -68,6 +67,7 @@ class RunOptions:
     full: bool = False
     write: bool = True
     show_progress: bool = False
+    notes: list[str] = field(default_factory=list)  # run-level notes every result document carries
 
 
 @dataclass
@@ -586,74 +586,94 @@ def synthetic_source(ctx: SuiteContext, built: Built, batch_size: int, seed: int
                                           pool_size=2, max_lengths=backend_max_lengths(built.config))
 
 
-def measure_throughput(ctx: SuiteContext, built: Built, model: torch.nn.Module, mode: str, batch_size: int, *,
-                       windows: int, min_window_s: float, warmup: int, max_iters: int = 10_000,
-                       label: str | None = None) -> Throughput:
-    """Examples/s over `windows` measured windows after `warmup` iterations, plus per-iteration latency.
+class ThroughputProbe:
+    """Examples/s of one (model, mode, batch size), one measured window at a time.
+
+    Set-up and `warmup` iterations happen at construction; each `window()` call measures one window
+    of at least `min_window_s` seconds (the iteration count is fixed by the first window, so later
+    windows repeat the same work). Probes of several models can be interleaved window by window, so
+    slow drifts of the machine (clocks, other processes) spread over all of them instead of biasing
+    whichever ran last.
 
     On CUDA each iteration is bracketed by CUDA events and the window by synchronize, so asynchronous
-    launches are never timed with a bare clock. A window runs at least `min_window_s` (iteration count
-    fixed after the first window). train mode = forward, BCE loss, backward, dense grad clipping and
-    both optimizers' steps (kunbench.train.optim), under DDP when the run is distributed."""
-    from kunbench.train.evaluate import autocast_context
-    from kunbench.train.loop import wrap_ddp
-    from kunbench.train.optim import Optimizers, has_sparse_embeddings, split_parameters
+    launches are never timed with a bare clock. train mode = forward, BCE loss, backward, dense grad
+    clipping and both optimizers' steps (kunbench.train.optim), under DDP when the run is distributed
+    (then the iteration count is agreed across ranks up front, since every step all-reduces)."""
 
-    device = ctx.device
-    src = synthetic_source(ctx, built, batch_size)
-    batch = src.pool[0]
-    schema = src.schema
-    flops = float(torch.as_tensor(built.spec.flops_per_example(built.config, schema, batch),
-                                  dtype=torch.float64).mean())
-    cuda = device.type == "cuda"
-    pool = src.pool
+    def __init__(self, ctx: SuiteContext, built: Built, model: torch.nn.Module, mode: str, batch_size: int, *,
+                 min_window_s: float, warmup: int, max_iters: int = 10_000, label: str | None = None):
+        from kunbench.train.evaluate import autocast_context
+        from kunbench.train.loop import wrap_ddp
+        from kunbench.train.optim import Optimizers, has_sparse_embeddings, split_parameters
 
-    if mode == "infer":
-        model.eval()
-        net = model
+        if mode not in ("infer", "train"):
+            raise KunbenchError(f"throughput mode must be infer or train, got {mode!r}")
+        self.ctx, self.built, self.model, self.mode, self.batch_size = ctx, built, model, mode, batch_size
+        self.min_window_s, self.max_iters = min_window_s, max_iters
+        self.label = label or f"{mode} {built.name} bs={batch_size}"
+        device = self.device = ctx.device
+        src = synthetic_source(ctx, built, batch_size)
+        self.pool = src.pool
+        self.flops = float(torch.as_tensor(built.spec.flops_per_example(built.config, src.schema, self.pool[0]),
+                                           dtype=torch.float64).mean())
+        self.cuda = device.type == "cuda"
+        self.window_qps: list[float] = []
+        self.lat_ms: list[float] = []
+        self.summaries: list[dict[str, Any]] = []
+        dtype = ctx.dtype
+        if mode == "infer":
+            net = model
 
-        def step(b):
-            with torch.inference_mode(), autocast_context(device, ctx.dtype):
-                return net(b)
-    elif mode == "train":
-        model.train()
-        cfg = ctx.train_config()
-        groups = split_parameters(model)
-        opts = Optimizers(groups, cfg, sparse_grads=has_sparse_embeddings(model))
-        net = wrap_ddp(model, ctx.dist)
-        counter = [0]
+            def step(b):
+                with torch.inference_mode(), autocast_context(device, dtype):
+                    return net(b)
+        else:
+            cfg = ctx.train_config()
+            groups = split_parameters(model)
+            opts = Optimizers(groups, cfg, sparse_grads=has_sparse_embeddings(model))
+            net = wrap_ddp(model, ctx.dist)
+            counter = [0]
 
-        def step(b):
-            counter[0] += 1
-            opts.set_step(counter[0])
-            with autocast_context(device, ctx.dtype):
-                logits = net(b)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), b.labels.float())
-            loss.backward()
-            if cfg.clip_grad_norm is not None and groups.dense:
-                torch.nn.utils.clip_grad_norm_(groups.dense, cfg.clip_grad_norm)
-            opts.step()
-            opts.zero_grad()
-            return loss
-    else:  # pragma: no cover
-        raise ValueError(mode)
+            def step(b):
+                counter[0] += 1
+                opts.set_step(counter[0])
+                with autocast_context(device, dtype):
+                    logits = net(b)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), b.labels.float())
+                loss.backward()
+                if cfg.clip_grad_norm is not None and groups.dense:
+                    torch.nn.utils.clip_grad_norm_(groups.dense, cfg.clip_grad_norm)
+                opts.step()
+                opts.zero_grad()
+                return loss
+        self._step = step
+        self._set_mode()
+        for i in range(warmup):
+            step(self.pool[i % len(self.pool)])
+        sync(device)
+        self.iters: int | None = None
+        if ctx.world_size > 1:
+            t_probe = time.perf_counter()
+            for j in range(2):
+                step(self.pool[j % len(self.pool)])
+            sync(device)
+            per_iter = max((time.perf_counter() - t_probe) / 2, 1e-9)
+            self.iters = int(ctx.dist.all_reduce_max(float(min(max_iters, max(1, math.ceil(min_window_s / per_iter))))))
 
-    for i in range(warmup):
-        step(pool[i % len(pool)])
-    sync(device)
-    window_qps: list[float] = []
-    lat_ms: list[float] = []
-    iters = None
-    summaries = []
-    for w in range(windows):
-        with ctx.window(label or f"{mode} {built.name} bs={batch_size}") as win:
+    def _set_mode(self) -> None:
+        self.model.train(self.mode == "train")
+
+    def window(self) -> float:
+        self._set_mode()
+        step, pool, device = self._step, self.pool, self.device
+        with self.ctx.window(self.label) as win:
             events = []
             sync(device)
             t0 = time.perf_counter()
             i = 0
             while True:
                 b = pool[i % len(pool)]
-                if cuda:
+                if self.cuda:
                     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                     s.record()
                     step(b)
@@ -662,27 +682,39 @@ def measure_throughput(ctx: SuiteContext, built: Built, model: torch.nn.Module, 
                 else:
                     ts = time.perf_counter()
                     step(b)
-                    lat_ms.append((time.perf_counter() - ts) * 1000.0)
+                    self.lat_ms.append((time.perf_counter() - ts) * 1000.0)
                 i += 1
-                if iters is not None:
-                    if i >= iters:
+                if self.iters is not None:
+                    if i >= self.iters:
                         break
-                elif time.perf_counter() - t0 >= min_window_s or i >= max_iters:
-                    if cuda:
-                        sync(device)
-                        if time.perf_counter() - t0 < min_window_s and i < max_iters:
-                            continue
-                    iters = i
+                elif time.perf_counter() - t0 >= self.min_window_s or i >= self.max_iters:
+                    self.iters = i  # later windows repeat the same iteration count
                     break
             sync(device)
             elapsed = time.perf_counter() - t0
-            if cuda:
-                lat_ms += [s.elapsed_time(e) for s, e in events]
-        summaries.append(win.summary)
-        window_qps.append(i * batch_size * ctx.world_size / elapsed)
-    if mode == "train":
-        model.zero_grad(set_to_none=True)
-    return Throughput(mode, batch_size, window_qps, lat_ms, merge_summaries(summaries), flops, iters or 0)
+            if self.cuda:
+                self.lat_ms += [s.elapsed_time(e) for s, e in events]
+        self.summaries.append(win.summary)
+        qps = i * self.batch_size * self.ctx.world_size / elapsed
+        self.window_qps.append(qps)
+        return qps
+
+    def result(self) -> Throughput:
+        if self.mode == "train":
+            self.model.zero_grad(set_to_none=True)
+        return Throughput(self.mode, self.batch_size, list(self.window_qps), list(self.lat_ms),
+                          merge_summaries(self.summaries), self.flops, self.iters or 0)
+
+
+def measure_throughput(ctx: SuiteContext, built: Built, model: torch.nn.Module, mode: str, batch_size: int, *,
+                       windows: int, min_window_s: float, warmup: int, max_iters: int = 10_000,
+                       label: str | None = None) -> Throughput:
+    """`windows` windows of one ThroughputProbe, back to back."""
+    probe = ThroughputProbe(ctx, built, model, mode, batch_size, min_window_s=min_window_s, warmup=warmup,
+                            max_iters=max_iters, label=label)
+    for _ in range(windows):
+        probe.window()
+    return probe.result()
 
 
 def throughput_measurements(suite: str, backend: str, variant: str, tp: Throughput,

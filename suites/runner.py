@@ -61,7 +61,7 @@ def run_suites(opts: RunOptions, *, log: Callable[[str], None] = lambda m: None,
                                 dataset=out.dataset, environment=env,
                                 timing={"total_s": seconds, "windows": len(ctx.windows)},
                                 telemetry=ctx.telemetry_summary(), tables=out.tables,
-                                notes=out.notes + ctx.notes, extra=out.extra)
+                                notes=out.notes + ctx.notes + list(opts.notes), extra=out.extra)
             path = write_document(doc, opts.out) if (opts.write and dist.is_main) else None
             dist.barrier()
             run = SuiteRun(spec.name, doc, path, seconds)
