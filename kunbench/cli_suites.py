@@ -202,7 +202,10 @@ def run_cmd(suite, backends, preset, data, device, dtype, repeat, config_file, s
     )
     check_options(opts)
     threads = threads or file_opts.get("threads")
-    busy = _busy_warning()
+    from kunbench.train.distributed import env_world
+
+    main_rank = env_world()[1] == 0
+    busy = _busy_warning(quiet=not main_rank)
     import torch
 
     if threads:
@@ -213,7 +216,8 @@ def run_cmd(suite, backends, preset, data, device, dtype, repeat, config_file, s
         torch.set_num_threads(1)
         msg = (f"host busy: this reduced CPU run uses 1 torch thread instead of {os.cpu_count()} "
                f"(--threads N to choose)")
-        _log(msg)
+        if main_rank:
+            _log(msg)
         opts.notes.append(msg)
 
     def show(run) -> None:
@@ -222,10 +226,11 @@ def run_cmd(suite, backends, preset, data, device, dtype, repeat, config_file, s
         console.print(f"{run.name}: {run.seconds:.1f} s; {where}", highlight=False, soft_wrap=True)
 
     run_suites(opts, log=_log, console=err_console, on_result=show)
-    _log(f"total wall time {_time.perf_counter() - t0:.1f} s (CPU time {sum(os.times()[:4]) - cpu0:.1f} s)")
+    if main_rank:
+        _log(f"total wall time {_time.perf_counter() - t0:.1f} s (CPU time {sum(os.times()[:4]) - cpu0:.1f} s)")
 
 
-def _busy_warning() -> bool:
+def _busy_warning(quiet: bool = False) -> bool:
     """Say so when other processes already load the CPU: timings will be slower and noisier."""
     import os
 
@@ -237,7 +242,8 @@ def _busy_warning() -> bool:
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     if load is not None and load >= cores:
-        _log(f"warning: the host is busy (1-minute load {load:.1f} on {cores} cores): timings will be slower "
-             f"and noisier than on an idle machine")
+        if not quiet:
+            _log(f"warning: the host is busy (1-minute load {load:.1f} on {cores} cores): timings will be slower "
+                 f"and noisier than on an idle machine")
         return True
     return False

@@ -225,8 +225,9 @@ def run(ctx: SuiteContext) -> SuiteOutput:
         res.update({"train_qps": tps["train"].qps, "train_qps_std": std(tps["train"].window_qps),
                     "infer_qps": tps["infer"].qps, "infer_qps_std": std(tps["infer"].window_qps)})
         if peak.get("flops_per_s") and res["flops"]:
-            res["mfu"] = 100.0 * 3.0 * res["flops"] * res["train_qps"] / peak["flops_per_s"]
-            res["mfu_samples"] = [100.0 * 3.0 * res["flops"] * q / peak["flops_per_s"]
+            total_peak = peak["flops_per_s"] * ctx.world_size  # examples/s are global over ranks
+            res["mfu"] = 100.0 * 3.0 * res["flops"] * res["train_qps"] / total_peak
+            res["mfu_samples"] = [100.0 * 3.0 * res["flops"] * q / total_peak
                                   for q in tps["train"].window_qps]
     for name, res in list(results.items()):
         if res.get("same_as_full"):
@@ -268,6 +269,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
             d["dqps_infer"] = _pct(res["infer_qps"], ref["infer_qps"])
         table_rows.append(d)
         extra_rows.append({"row": d["row"], "backend": row.backend, "delta_ne_pct": d.get("dne"),
+                           "delta_ne_pct_spread": d.get("dne_spread"),
                            "delta_flops_pct": d.get("dflops"), "delta_qps_train_pct": d.get("dqps_train"),
                            "delta_qps_infer_pct": d.get("dqps_infer"), "paper_delta_ne_pct": row.paper_dne,
                            "paper_delta_flops_pct": row.paper_dflops, "paper_delta_qps_pct": row.paper_dqps})

@@ -718,7 +718,10 @@ def measure_throughput(ctx: SuiteContext, built: Built, model: torch.nn.Module, 
 
 
 def throughput_measurements(suite: str, backend: str, variant: str, tp: Throughput,
-                            peak: dict[str, Any] | None = None, **extra: Any) -> list[dict[str, Any]]:
+                            peak: dict[str, Any] | None = None, world_size: int = 1,
+                            **extra: Any) -> list[dict[str, Any]]:
+    """QPS (and latency, MFU) measurements of a Throughput. Examples/s are global over ranks, so MFU
+    divides by the peak of all `world_size` devices."""
     ms = [measurement(suite, backend, variant, f"{tp.mode}_qps", tp.qps, unit="ex/s", better="higher",
                       samples=tp.window_qps, spread_kind=f"std over {len(tp.window_qps)} windows",
                       telemetry=tp.telemetry, batch_size=tp.batch_size, **extra)]
@@ -729,10 +732,11 @@ def throughput_measurements(suite: str, backend: str, variant: str, tp: Throughp
                                   spread_kind=f"over {len(tp.latencies_ms)} iterations", **extra))
     if peak is not None and peak.get("flops_per_s") and tp.flops_per_example:
         mult = 3.0 if tp.mode == "train" else 1.0
+        total_peak = peak["flops_per_s"] * world_size
         achieved = tp.flops_per_example * mult * tp.qps
-        ms.append(measurement(suite, backend, variant, f"{tp.mode}_mfu_pct", 100.0 * achieved / peak["flops_per_s"],
+        ms.append(measurement(suite, backend, variant, f"{tp.mode}_mfu_pct", 100.0 * achieved / total_peak,
                               unit="%", better="higher",
-                              samples=[100.0 * tp.flops_per_example * mult * q / peak["flops_per_s"]
+                              samples=[100.0 * tp.flops_per_example * mult * q / total_peak
                                        for q in tp.window_qps],
                               spread_kind=f"std over {len(tp.window_qps)} windows", batch_size=tp.batch_size,
                               flops_convention="training = 3 x forward" if mult == 3.0 else "forward",

@@ -40,7 +40,8 @@ def run(ctx: SuiteContext) -> SuiteOutput:
         for mode in ("train", "infer"):
             ctx.log(f"mfu: {b} {mode} bs={bs} ...")
             tp = measure_throughput(ctx, built, model, mode, bs, windows=windows, min_window_s=window_s, warmup=warmup)
-            ms = [m for m in throughput_measurements(NAME, b, f"bs={bs}", tp, peak=peak)
+            ms = [m for m in throughput_measurements(NAME, b, f"bs={bs}", tp, peak=peak,
+                                                     world_size=ctx.world_size)
                   if not m["name"].startswith("latency")]
             mult = 3.0 if mode == "train" else 1.0
             step_flops = tp.flops_per_example * mult * bs

@@ -51,7 +51,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
                 ctx.log(f"qps: {b} {mode} bs={bs} ...")
                 tp = measure_throughput(ctx, built, model, mode, bs, windows=s["windows"],
                                         min_window_s=s["window_s"], warmup=s["warmup"])
-                ms = throughput_measurements(NAME, b, f"bs={bs}", tp, peak=peak)
+                ms = throughput_measurements(NAME, b, f"bs={bs}", tp, peak=peak, world_size=ctx.world_size)
                 out.measurements += ms
                 for m in ms:
                     row[m["name"]] = m["value"]

@@ -81,7 +81,10 @@ def plot_ablation(doc: dict[str, Any], out_dir: Path) -> Path | None:
         colors = ["#999999" if r.get(key) is None else ("#c0392b" if v > 0 else "#2e86c1") for r, v in zip(rows, vals)]
         if key != "delta_ne_pct":  # more FLOPs is not "bad" by itself; keep one neutral colour
             colors = ["#999999" if r.get(key) is None else "#5d6d7e" for r in rows]
-        ax.barh(range(len(labels)), vals, color=colors)
+        err = None
+        if key == "delta_ne_pct":
+            err = [r.get("delta_ne_pct_spread") or 0.0 for r in rows]
+        ax.barh(range(len(labels)), vals, color=colors, xerr=err, capsize=2 if err else 0)
         ax.axvline(0, color="black", lw=0.8)
         ax.set_title(title)
         ax.grid(True, axis="x", alpha=0.3)
