@@ -37,7 +37,7 @@ def compare_cmd(base, new, fail_rules, noise_k, fmt, show_all):
     rules = [parse_rule(r) for r in fail_rules]
     cmp = compare(load_many([base]), load_many([new]), rules, k=noise_k)
     for w in cmp.warnings:
-        err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     headers, rows = table_rows(cmp)
     keep = [i for i, r in enumerate(cmp.rows) if show_all or r.status not in ("new", "missing")]
     rows = [rows[i] for i in keep]
@@ -72,7 +72,7 @@ def compare_cmd(base, new, fail_rules, noise_k, fmt, show_all):
             err_console.print(f"[bold red]regression:[/] {'/'.join(r.key)} {r.base:.6g} -> {r.new:.6g}"
                               + (f" ({pct:+.2f}%)" if pct is not None else "") + f" past {r.rule.text}"
                               + (f", outside noise ±{r.noise:.3g}" if r.noise is not None else ", no noise estimate"),
-                              highlight=False)
+                              highlight=False, soft_wrap=True)
         sys.exit(1)
     if rules:
         err_console.print(f"no regression past {', '.join(r.text for r in rules)} "
@@ -208,6 +208,7 @@ def run_cmd(suite, backends, preset, data, device, dtype, repeat, config_file, s
     busy = _busy_warning(quiet=not main_rank)
     import torch
 
+    threads_before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
     elif busy and not opts.full and resolve_device(opts.device).type == "cpu" and torch.get_num_threads() > 1:
@@ -225,7 +226,10 @@ def run_cmd(suite, backends, preset, data, device, dtype, repeat, config_file, s
         where = f"result: {run.path}" if run.path else "result not written (--no-write)"
         console.print(f"{run.name}: {run.seconds:.1f} s; {where}", highlight=False, soft_wrap=True)
 
-    run_suites(opts, log=_log, console=err_console, on_result=show)
+    try:
+        run_suites(opts, log=_log, console=err_console, on_result=show)
+    finally:
+        torch.set_num_threads(threads_before)  # callers in the same process (tests) keep their setting
     if main_rank:
         _log(f"total wall time {_time.perf_counter() - t0:.1f} s (CPU time {sum(os.times()[:4]) - cpu0:.1f} s)")
 

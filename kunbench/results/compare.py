@@ -144,6 +144,19 @@ def environment_warnings(base_docs: list[dict], new_docs: list[dict]) -> list[st
         if bv != nv:
             warnings.append(f"different {label}: base {', '.join(bv)} vs new {', '.join(nv)}; "
                             f"the numbers may not be comparable (baselines should come from the same machine)")
+    for side, docs in (("base", base_docs), ("new", new_docs)):
+        for d in docs:
+            tel = d.get("telemetry") or {}
+            host = tel.get("host") or {}
+            load = host.get("loadavg_1m_max", host.get("loadavg_1m"))
+            cores = host.get("cores_usable") or host.get("cores_logical")
+            src = d.get("_source", side)
+            if load is not None and cores and load > cores:
+                warnings.append(f"{side} {src}: measured on a busy host (load {load:.1f} on {cores} cores); "
+                                f"its timings carry drift that its window spreads do not show")
+            if (tel.get("gpu") or {}).get("throttled"):
+                warnings.append(f"{side} {src}: the GPU throttled during measurement "
+                                f"({', '.join((tel.get('gpu') or {}).get('throttle_reasons', []))})")
     for field_name, label in (("torch", "torch"), ("cuda", "CUDA")):
         bv = sorted({str(e.get(field_name)) for e in b})
         nv = sorted({str(e.get(field_name)) for e in n})
