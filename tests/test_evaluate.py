@@ -97,11 +97,8 @@ def test_oracle_ne_on_a_dataset_matches_the_manifest(tmp_path):
     assert r.flops_per_example == 3.0
 
 
-def test_oracle_ne_on_generated_dataset_matches_the_manifest(request):
-    try:
-        tiny = request.getfixturevalue("tiny_dataset")
-    except pytest.FixtureLookupError:
-        pytest.skip("tests/conftest.py tiny_dataset fixture not available")
+def test_oracle_ne_on_generated_dataset_matches_the_manifest(tiny_dataset):
+    tiny = tiny_dataset
     manifest = load_manifest(tiny)
     model = ToyModel(ToyConfig(), manifest.schema)
     r = evaluate(model, open_batches(tiny, "eval", 256, DistContext(), include_p_true=True))
