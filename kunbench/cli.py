@@ -3,29 +3,11 @@ KunbenchError into a one-line message with exit status 2."""
 
 from __future__ import annotations
 
-import functools
-import sys
-
 import click
-from rich.console import Console
 from rich.table import Table
 
 import kunbench
-from kunbench.errors import KunbenchError
-
-console = Console(stderr=False)
-err_console = Console(stderr=True)
-
-
-def friendly_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except KunbenchError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            sys.exit(2)
-    return wrapper
+from kunbench.cli_common import console, err_console, friendly_errors  # noqa: F401 (re-exported)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from kunbench.cli_common import console, err_console, friendly_errors
 from kunbench.errors import KunbenchError
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
-
 PRESET_NAMES = ("tiny", "small", "standard", "paper")
-
-
-def friendly_errors(fn):
-    """KunbenchError -> one red line on stderr and exit status 2 (same pattern as kunbench.cli)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except KunbenchError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            sys.exit(2)
-    return wrapper
 
 
 @click.command("generate")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from kunbench.cli import console, err_console, friendly_errors
+from kunbench.cli_common import console, err_console, friendly_errors
 from kunbench.errors import KunbenchError
 
 

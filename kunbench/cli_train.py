@@ -9,7 +9,7 @@ from importlib.metadata import entry_points
 import click
 from rich.table import Table
 
-from kunbench.cli import console, err_console, friendly_errors
+from kunbench.cli_common import console, err_console, friendly_errors
 from kunbench.errors import KunbenchError
 
 
