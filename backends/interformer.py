@@ -34,6 +34,9 @@ from kunbench.data.batch import Batch
 from kunbench.data.manifest import DatasetSchema
 
 
+PFFN_SCALES = ("batch_maxlen", "t_max", "n_kv", "none")
+
+
 @dataclass(frozen=True)
 class InterFormerConfig:
     d: int = 32
@@ -49,7 +52,7 @@ class InterFormerConfig:
     pffn_kv: int = 32  # F: generated K/V rows per head
     pffn_hidden: int = 128  # hidden width of the K/V weight-generation MLP
     pffn_act: str = "gelu"
-    pffn_scale: str = "batch_maxlen"  # s = 1/maxlen: batch_maxlen | t_max
+    pffn_scale: str = "batch_maxlen"  # s: 1/batch maxlen | 1/t_max | 1/pffn_kv (n_kv) | 1 (none)
     pffn_scale_position: str = "post"  # act(QK^T) * s (post) or act(QK^T * s) (pre)
     attention: str = "sdpa"  # sdpa (fused softmax attention) | naive (explicit matmuls)
     head_mlp: tuple[int, ...] = (256, 64)
@@ -68,8 +71,8 @@ class InterFormerConfig:
         need((self.d // self.n_heads) % 2 == 0,
              f"head width d/n_heads = {self.d // self.n_heads} must be even for RoPE")
         need(self.pffn_act in ("gelu", "relu", "silu"), f"pffn_act must be gelu, relu or silu, got {self.pffn_act!r}")
-        need(self.pffn_scale in ("batch_maxlen", "t_max"),
-             f"pffn_scale must be batch_maxlen or t_max, got {self.pffn_scale!r}")
+        need(self.pffn_scale in PFFN_SCALES,
+             f"pffn_scale must be one of {', '.join(PFFN_SCALES)}, got {self.pffn_scale!r}")
         need(self.pffn_scale_position in ("post", "pre"),
              f"pffn_scale_position must be post or pre, got {self.pffn_scale_position!r}")
         need(self.attention in ("sdpa", "naive"), f"attention must be sdpa or naive, got {self.attention!r}")
@@ -203,16 +206,24 @@ class InterFormerModel(RankingModel):
             kept = torch.zeros(b, dtype=torch.int64, device=x.device)
         s = torch.cat([cls, tokens.to(cls.dtype)], dim=1)
         mask = torch.cat([torch.ones(b, n_cls, dtype=torch.bool, device=x.device), seq_mask], dim=1)
-        if cfg.pffn_scale == "batch_maxlen":
-            maxlen = n_cls + (int(kept.max()) if b else 0)
-        else:
-            maxlen = n_cls + cfg.seq_max_len
-        scale = 1.0 / maxlen
+        scale = pffn_scale(cfg, int(kept.max()) if b else 0)
         for cross, inter, seq_arch in zip(self.cross, self.interaction, self.sequence):
             x_sum, s_sum = cross(x, s, mask, kept)
             x, s = inter(x, s_sum), seq_arch(x_sum, s, mask, scale)
         x_sum, s_sum = self.final_cross(x, s, mask, kept)
         return self.head(torch.cat([x_sum.flatten(1), s_sum.flatten(1)], dim=1)).squeeze(-1).float()
+
+
+def pffn_scale(config: InterFormerConfig, batch_max_events: int) -> float:
+    """The PFFN's `s`. The sum in `act(S K^T) V` runs over the F generated rows, not over the
+    sequence, so `1/maxlen` shrinks the context-conditioned path by ~1/T at every length."""
+    if config.pffn_scale == "batch_maxlen":
+        return 1.0 / (config.n_sum + batch_max_events)
+    if config.pffn_scale == "t_max":
+        return 1.0 / (config.n_sum + config.seq_max_len)
+    if config.pffn_scale == "n_kv":
+        return 1.0 / config.pffn_kv
+    return 1.0
 
 
 def build(config: InterFormerConfig, schema: DatasetSchema) -> InterFormerModel:

@@ -103,7 +103,8 @@ class StreamState:
     mask: torch.Tensor  # [B, T]
     rot: tuple[torch.Tensor, torch.Tensor] | None
     maxlen: int  # the longest true length in the batch
-    scale: float  # GDPA s for the PFFN and seed pooling
+    scale: float  # GDPA s for seed pooling (and the PFFN unless pffn_scale says otherwise)
+    pffn_scale: float
     summary: torch.Tensor | None = None
     stale: bool = False
     plan: dict = dataclasses.field(default_factory=dict)  # attention masks shared by the layers
@@ -161,7 +162,8 @@ class KunlunModel(RankingModel):
             rot = rotary_tables(cfg.rote, ts, request_ts, sc.d // sc.heads, t_scale=cfg.t_scale,
                                 rope_base=cfg.rope_base, time_base=cfg.rote_time_base, dtype=s.dtype)
             rot = None if rot is None else full_tables(*rot, sc.heads)
-        return StreamState(s, mask, rot, maxlen, 1.0 / max(scale_len, 1))
+        scale = 1.0 / max(scale_len, 1)
+        return StreamState(s, mask, rot, maxlen, scale, 1.0 / cfg.dff if cfg.pffn_scale == "n_kv" else scale)
 
     # ---- forward -----------------------------------------------------------------------------
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -178,7 +180,7 @@ class KunlunModel(RankingModel):
                 if layer >= sc.layers:
                     continue
                 if key in module.pffn:
-                    st.s = module.pffn[key](st.s, st.mask, x_sum_flat, st.scale)
+                    st.s = module.pffn[key](st.s, st.mask, x_sum_flat, st.pffn_scale)
                 if key in module.attn:
                     st.s = module.attn[key](st.s, st.mask, st.rot, st.maxlen, st.plan)
                 if key in module.summary:

@@ -79,6 +79,8 @@ class KunlunConfig:
     kv_hidden: int = 128  # hidden width of the K/V weight-generation MLP
     gdpa_activations: tuple[str, ...] = ("gelu", "silu")  # per head, cycled over the heads
     gdpa_scale: str = "batch_maxlen"  # s = 1/maxlen: batch_maxlen | t_max (the stream's max_len)
+    # the PFFN's s: `same` = gdpa_scale; n_kv = 1/dff (its sum runs over the F generated rows)
+    pffn_scale: str = "same"
     gdpa_scale_position: str = "post"  # post: act(QK^T) * s; pre: act(QK^T * s)
     # 3.3 HSP
     summary: str = "hsp"  # hsp | pma
@@ -175,6 +177,7 @@ class KunlunConfig:
         choices = {"rote": ("rote", "rope", "none"), "gdpa": ("fused", "naive"), "summary": ("hsp", "pma"),
                    "attention": ("window", "full"), "attention_kernel": ("sdpa", "naive"),
                    "seed_attention": ("gdpa", "softmax"), "gdpa_scale": ("batch_maxlen", "t_max"),
+                   "pffn_scale": ("same", "n_kv"),
                    "gdpa_scale_position": ("post", "pre"), "fm_y": ("static", "attentive"),
                    "act": ("relu", "gelu", "silu")}
         for key, allowed in choices.items():

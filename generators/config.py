@@ -19,6 +19,10 @@ from kunbench.errors import KunbenchError
 SCHEMA_VERSION = 1
 
 
+# Bump whenever the same config and seed would produce different bytes (a new draw order, a new
+# term, a new column); it is part of the fingerprint, so caches and resumed runs notice.
+OUTPUT_VERSION = 2
+
 @dataclass(frozen=True)
 class EventTypeConfig:
     """One event-type history: its length law, how focused it is, and how it feeds the label."""
@@ -133,8 +137,9 @@ class GeneratorConfig:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        """Identity of the dataset these settings produce (rows included)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """Identity of the dataset these settings produce (rows included) with this generator's
+        output format: a cached dataset from a generator that drew differently is not reused."""
+        blob = json.dumps({"output_version": OUTPUT_VERSION, **self.to_dict()}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     # ---- validation ------------------------------------------------------------------------

@@ -377,24 +377,33 @@ def fit_log_compute(flops: list[float], ne: list[float]) -> dict[str, Any]:
 
 
 # ---- devices and peaks ---------------------------------------------------------------------------
-_CPU_PEAK: dict[str, Any] = {}
+_CPU_PEAK: dict[int, dict[str, Any]] = {}  # by torch thread count: measured once per process
 
 
-def cpu_peak_flops(n: int = 1024, reps: int = 6) -> dict[str, Any]:
-    """Peak fp32 FLOP/s of this CPU, measured once per process: the best of `reps` n x n GEMMs."""
-    if _CPU_PEAK:
-        return _CPU_PEAK
+def cpu_peak_flops(n: int = 1536, min_seconds: float = 1.5, min_reps: int = 8) -> dict[str, Any]:
+    """Peak fp32 FLOP/s of this CPU, measured once per process: the best of n x n GEMMs timed for
+    at least `min_seconds`. A short calibration (a handful of ~20 ms GEMMs) caught frequency ramps
+    and neighbours' load and moved MFU by a third between runs; a longer window's best is stable."""
+    threads = torch.get_num_threads()
+    if threads in _CPU_PEAK:
+        return _CPU_PEAK[threads]
     a = torch.randn(n, n)
     b = torch.randn(n, n)
-    torch.mm(a, b)  # warm-up (thread pool, caches)
-    best = float("inf")
-    for _ in range(reps):
+    for _ in range(2):
+        torch.mm(a, b)  # warm-up (thread pool, caches, clock ramp)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or time.perf_counter() - start < min_seconds:
         t0 = time.perf_counter()
         torch.mm(a, b)
-        best = min(best, time.perf_counter() - t0)
-    _CPU_PEAK.update({"flops_per_s": 2.0 * n ** 3 / best, "source": f"measured: best of {reps} fp32 {n}x{n} "
-                      f"GEMMs on {torch.get_num_threads()} threads", "dtype": "fp32"})
-    return _CPU_PEAK
+        times.append(time.perf_counter() - t0)
+    best = min(times)
+    median = sorted(times)[len(times) // 2]
+    _CPU_PEAK[threads] = ({"flops_per_s": 2.0 * n ** 3 / best, "median_flops_per_s": 2.0 * n ** 3 / median,
+                      "source": f"measured: best of {len(times)} fp32 {n}x{n} GEMMs on "
+                      f"{threads} threads (median {2.0 * n ** 3 / median / 1e9:.1f} GFLOP/s)",
+                      "dtype": "fp32"})
+    return _CPU_PEAK[threads]
 
 
 def gpu_peak_flops(name: str, dtype: str) -> dict[str, Any]:

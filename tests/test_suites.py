@@ -171,9 +171,12 @@ def test_gpu_peaks():
     assert common.gpu_peak_flops("Some Future GPU", "fp32")["flops_per_s"] is None
 
 
-def test_cpu_peak_measured():
-    peak = common.cpu_peak_flops(n=128, reps=2) if not common._CPU_PEAK else common.cpu_peak_flops()
+def test_cpu_peak_measured(monkeypatch):
+    monkeypatch.setattr(common, "_CPU_PEAK", {})
+    peak = common.cpu_peak_flops(n=128, min_seconds=0.05, min_reps=3)
     assert peak["flops_per_s"] > 1e6 and peak["source"].startswith("measured")
+    assert peak["flops_per_s"] >= peak["median_flops_per_s"]  # the peak is the best window
+    assert common.cpu_peak_flops(n=128) is peak  # measured once per process and thread count
 
 
 def test_scaling_ladder_spans_decades(tiny_dataset):
