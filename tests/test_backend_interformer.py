@@ -102,6 +102,21 @@ def test_rows_independent_with_fixed_pffn_scale():
     assert torch.allclose(sub, ref[[0, 3]], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("mode,expected", [("n_kv", 1 / 8), ("none", 1.0), ("t_max", 1 / (4 + 64)),
+                                           ("batch_maxlen", 1 / (4 + 30))])
+def test_pffn_scale_modes(mode, expected):
+    from kunbench.backends.interformer import pffn_scale
+
+    assert pffn_scale(dataclasses.replace(TINY, pffn_scale=mode), 30) == pytest.approx(expected)
+    # batch-independent modes keep rows independent of each other
+    if mode in ("n_kv", "none"):
+        schema = make_schema()
+        model = build(dataclasses.replace(TINY, pffn_scale=mode), schema).eval()
+        batch = make_batch(schema, 5, seed=2, max_len=25)
+        with torch.no_grad():
+            assert torch.allclose(model(take_rows(batch, [0, 4])), model(batch)[[0, 4]], atol=1e-5, rtol=0)
+
+
 def test_naive_and_sdpa_agree():
     schema = make_schema()
     torch.manual_seed(3)

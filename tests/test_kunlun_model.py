@@ -193,6 +193,27 @@ def test_rows_independent_with_fixed_gdpa_scale_and_events_beyond_max_len_ignore
         assert torch.allclose(model(batch), ref, atol=1e-6, rtol=0)
 
 
+def test_pffn_scale_n_kv_scales_only_the_pffn():
+    # pffn_scale = n_kv: the PFFN uses 1/dff, seed pooling keeps 1/maxlen; with gdpa_scale = t_max
+    # too, nothing depends on the batch
+    schema = make_schema()
+    torch.manual_seed(0)
+    base = build(tiny({"gdpa_scale": "t_max"}), schema).eval()
+    nkv = build(tiny({"gdpa_scale": "t_max", "pffn_scale": "n_kv"}), schema).eval()
+    nkv.load_state_dict(base.state_dict())
+    batch = make_batch(schema, 6, seed=4, max_len=30)
+    with torch.no_grad():
+        ref = nkv(batch)
+        assert torch.allclose(nkv(take_rows(batch, [2, 5])), ref[[2, 5]], atol=1e-5, rtol=0)
+        assert not torch.allclose(base(batch), ref, atol=1e-4)
+    seen = []
+    block = next(m for m in nkv.modules() if type(m).__name__ == "GDPAPFFNBlock")
+    block.register_forward_hook(lambda mod, args, out: seen.append(args[3]))
+    with torch.no_grad():
+        nkv(batch)
+    assert seen == [1.0 / nkv.config.dff]
+
+
 # ---- FLOPs --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sets", SWITCHES, ids=IDS)
 def test_flops_match_flop_counter_on_reference_path(sets):
