@@ -58,6 +58,15 @@ def test_metrics_on_known_inputs():
     assert r.ne == pytest.approx(ne, rel=1e-6) and r.logloss == pytest.approx(ll, rel=1e-6)
     assert r.oracle_ne == pytest.approx(one, rel=1e-12) and r.oracle_logloss == pytest.approx(oll, rel=1e-12)
     assert r.gap_closed == pytest.approx((1 - ne) / (1 - one), rel=1e-5)
+    # expected NE: p_true as soft labels, by hand
+    q, t = np.asarray(p, float), np.asarray(pt, float)
+    h = lambda x: -(x * np.log(x) + (1 - x) * np.log(1 - x))  # noqa: E731
+    e_ne = -np.mean(t * np.log(q) + (1 - t) * np.log(1 - q)) / h(t.mean())
+    e_one = np.mean(h(t)) / h(t.mean())
+    assert r.expected_ne == pytest.approx(e_ne, rel=1e-6)
+    assert r.expected_oracle_ne == pytest.approx(e_one, rel=1e-12)
+    assert r.expected_gap_closed == pytest.approx((1 - e_ne) / (1 - e_one), rel=1e-5)
+
     assert r.base_rate == 0.25
     assert r.calibration == pytest.approx(np.mean(p) / 0.25, rel=1e-6)
     # AUC by hand: positives score 0.7 and 0.4; negatives 0.2 0.1 0.3 0.05 0.6 0.1
@@ -66,6 +75,19 @@ def test_metrics_on_known_inputs():
     # oracle: positives 0.8 and 0.6 beat every negative (max 0.3)
     assert r.oracle_auc == 1.0
     assert r.examples_per_s > 0
+
+
+def test_expected_ne_is_one_for_the_base_rate_and_has_no_label_noise():
+    rng = np.random.default_rng(0)
+    pt = rng.uniform(0.01, 0.2, 4000)
+    base = np.full_like(pt, pt.mean())
+    runs = []
+    for seed in range(2):  # two label draws from the same p_true
+        y = (np.random.default_rng(seed + 1).uniform(size=pt.size) < pt).astype(float)
+        runs.append(evaluate(FixedLogits(), [_batch(y.tolist(), base.tolist(), pt.tolist())]))
+    assert runs[0].expected_ne == pytest.approx(1.0, abs=1e-6)
+    assert runs[0].expected_ne == runs[1].expected_ne  # labels do not enter it
+    assert runs[0].ne != runs[1].ne
 
 
 def test_auc_ties_are_averaged():
