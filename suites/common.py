@@ -488,12 +488,19 @@ class TrainedRun:
         s = LogLossSums()
         s.add(self.labels, self.probs)
         out = {"ne": s.ne, "auc": auc(self.labels, self.probs), "logloss": s.logloss,
-               "calibration": s.calibration, "base_rate": s.base_rate, "oracle_ne": None, "gap_closed": None}
+               "calibration": s.calibration, "base_rate": s.base_rate, "oracle_ne": None, "gap_closed": None,
+               "expected_ne": None, "expected_gap_closed": None}
         if self.p_true is not None:
             o = LogLossSums()
             o.add(self.labels, self.p_true)
             out["oracle_ne"] = o.ne
             out["gap_closed"] = gap_closed(s.ne, o.ne)
+            # p_true as soft labels: no label-sampling noise (kunbench.train.evaluate)
+            es, eo = LogLossSums(), LogLossSums()
+            es.add(self.p_true, self.probs)
+            eo.add(self.p_true, self.p_true)
+            out["expected_ne"] = es.ne
+            out["expected_gap_closed"] = gap_closed(es.ne, eo.ne)
         return out
 
 
