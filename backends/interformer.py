@@ -13,7 +13,10 @@ Head: `MLP([flatten(X_sum) || flatten(S_sum)])` with the summaries recomputed af
 
 Decisions where models.md is silent: post-norm residuals in the sequence arch; recent-K slots of
 rows with fewer than K events are zero tokens; PMA attends over CLS tokens and events (so it is
-never empty); the PFFN scale `s = 1/maxlen` uses the batch's longest true `S` length (CLS tokens
+never empty); merged events get a learned embedding of their distance to the newest kept event
+(`position_embedding = "recency"`: RoPE in the MHA is relative and PMA has no positions, so
+without it neither can weight recent events above old ones, which the recency-weighted signal
+needs); the PFFN scale `s = 1/maxlen` uses the batch's longest true `S` length (CLS tokens
 included) by default (`pffn_scale = "t_max"` uses the fixed bound `n_sum + seq_max_len`, which
 makes a row's logit independent of the other rows in its batch).
 """
@@ -58,6 +61,7 @@ class InterFormerConfig:
     head_mlp: tuple[int, ...] = (256, 64)
     n_dense_tokens: int = 1
     event_type_embedding: bool = True
+    position_embedding: str = "recency"  # recency: learned embedding of the distance to the newest event | none
     max_rows_per_field: int = 32_768
     sparse_embeddings: bool = True
     act: str = "relu"
@@ -75,6 +79,8 @@ class InterFormerConfig:
              f"pffn_scale must be one of {', '.join(PFFN_SCALES)}, got {self.pffn_scale!r}")
         need(self.pffn_scale_position in ("post", "pre"),
              f"pffn_scale_position must be post or pre, got {self.pffn_scale_position!r}")
+        need(self.position_embedding in ("recency", "none"),
+             f"position_embedding must be recency or none, got {self.position_embedding!r}")
         need(self.attention in ("sdpa", "naive"), f"attention must be sdpa or naive, got {self.attention!r}")
         need(self.act in ("relu", "gelu", "silu"), f"act must be relu, gelu or silu, got {self.act!r}")
         need(self.max_rows_per_field <= 2**31 - 1,
@@ -183,6 +189,8 @@ class InterFormerModel(RankingModel):
         self.input_layer = InputLayer(schema, config.d, config.max_rows_per_field, config.n_dense_tokens,
                                       sparse=config.sparse_embeddings, seq_max_len=config.seq_max_len,
                                       merge="time", event_type_embedding=config.event_type_embedding)
+        self.recency = (nn.Parameter(torch.randn(config.seq_max_len, config.d) * config.d ** -0.5)
+                        if config.position_embedding == "recency" else None)
         self.init_lce = TokenLinear(dm.n_x, config.n_sum)
         self.init_gate = Gate(config.d)
         self.cross = nn.ModuleList([CrossArch(config, dm) for _ in range(config.n_layers)])
@@ -200,6 +208,10 @@ class InterFormerModel(RankingModel):
         if inp.sequences:
             seq = inp.sequences[0]
             tokens, seq_mask, kept = seq.tokens, seq.mask, seq.lengths
+            if self.recency is not None and tokens.shape[1]:
+                t = tokens.shape[1]
+                back = (kept[:, None] - 1 - torch.arange(t, device=x.device)).clamp(0, cfg.seq_max_len - 1)
+                tokens = tokens + self.recency[back] * seq_mask[..., None]
         else:
             tokens = x.new_zeros(b, 0, cfg.d)
             seq_mask = torch.zeros(b, 0, dtype=torch.bool, device=x.device)
