@@ -7,9 +7,10 @@ over the stream's jagged sequence (K, V = linear maps of the tokens) -> `[B, n_s
 `Y_b = sum_{i=1..k} Z_i^T X_b W_i`, `Z_i [n_seed, n_tok]`, `W_i [d_e, d]` -- `k (n_seed n_tok +
 d_e d)` parameters instead of the `n_seed d_e n_tok d` of a full map (`sumkron = off`).
 
-Seed attention is a knob (`seed_attention`): `gdpa` (default; the GDPA operator's seed-pooling mode
-with `seed_activation`, scale `1/maxlen`, fused or naive by the `gdpa` switch) or `softmax`
-(PMA-style masked softmax attention). A row with no events summarises to zeros before the norm.
+Seed attention is a knob (`seed_attention`): `softmax` (PMA-style masked softmax attention; Kunlun's
+default, since it starts as a mean over the events where GDPA pooling starts near zero) or `gdpa`
+(the GDPA operator's seed-pooling mode with `seed_activation`, scale `1/maxlen`, fused or naive by
+the `gdpa` switch). A row with no events summarises to zeros before the norm.
 
 `summary = pma` is InterFormer's PMA (`modules.PMA`, `n_tok` softmax seeds used directly as the
 summaries, projected `d_e -> d` when the widths differ). Both end in a LayerNorm over `d`.

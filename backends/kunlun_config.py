@@ -87,7 +87,9 @@ class KunlunConfig:
     sumkron: str = "on"  # on: SumKronLinear; off: one full linear map
     seed_factor: int = 4  # n_seed = seed_factor * n_tok
     sumkron_k: int = 4  # k: Kronecker terms
-    seed_attention: str = "gdpa"  # gdpa (GDPA seed pooling, seed_activation) | softmax (PMA-style)
+    # softmax (PMA-style, default) | gdpa (GDPA seed pooling with seed_activation): GDPA pooling starts
+    # near zero (act(q.k) ~ q.k/2 at init) where softmax starts as a mean, and trailed it by ~0.01 NE
+    seed_attention: str = "softmax"
     seed_activation: str = "silu"
     # 3.4 sliding-window self-attention
     attention: str = "window"  # window | full

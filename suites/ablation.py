@@ -5,6 +5,7 @@ Rows (Kunlun config keys of models.md section 3 / issue 5):
     gdpa naive                  gdpa=naive
     summary pma                 summary=pma          (PMA instead of HSP)
     sumkron off                 sumkron=off
+    seed attention gdpa         seed_attention=gdpa  (HSP seeds pool through GDPA, not softmax)
     attention full              attention=full       (no sliding window)
     compskip off                compskip=off
     event_personalization off   event_personalization=off
@@ -67,6 +68,7 @@ ROWS: tuple[Row, ...] = (
         paper_note="paper: fused GDPA up to 6x MFU on the PFFN module, ~3 MFU points end to end"),
     Row("summary pma", KUNLUN, {"summary": "pma"}, paper_dne=0.08, paper_note="paper: HSP +0.08% NE over PMA"),
     Row("sumkron off", KUNLUN, {"sumkron": "off"}),
+    Row("seed attention gdpa", KUNLUN, {"seed_attention": "gdpa"}),
     Row("attention full", KUNLUN, {"attention": "full"}, paper_dne=0.0, paper_dflops=_flip(-29.5),
         paper_dqps=_flip(31.1), paper_note="paper: window -29.5% FLOPs, +31.1% QPS, NE neutral"),
     Row("compskip off", KUNLUN, {"compskip": "off"}, paper_dne=0.0, paper_dflops=_flip(-43.1),

@@ -38,7 +38,7 @@ SWITCHES = [
     {"event_personalization": "off"},
     {"experts": 1},
     {"attention_act": "silu"},
-    {"seed_attention": "softmax"},
+    {"seed_attention": "gdpa"},
     {"gdpa_scale_position": "pre", "gdpa_activations": "identity,gelu_tanh"},
 ]
 IDS = [",".join(f"{k}={v}" for k, v in s.items()) or "default" for s in SWITCHES]
