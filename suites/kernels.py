@@ -157,9 +157,9 @@ def forward_flops(shape: dict[str, Any], lq: torch.Tensor, lk: torch.Tensor) -> 
 # ---- implementations ----------------------------------------------------------------------------
 def _pad(x: torch.Tensor, off: torch.Tensor, max_len: int) -> torch.Tensor:
     """[N, H, d] jagged -> [B, H, T, d] padded (setup for SDPA, outside the timed region)."""
-    from kunbench.kernels.gdpa_reference import jagged_to_padded
+    from kunbench.data.jagged import jagged_to_padded
 
-    return jagged_to_padded(x, off, max_len)[0].transpose(1, 2).contiguous()
+    return jagged_to_padded(x, off, pad_to=max_len)[0].transpose(1, 2).contiguous()
 
 
 def sdpa_callable(shape, q, k, v, kw) -> Callable[..., torch.Tensor]:

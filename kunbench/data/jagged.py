@@ -148,3 +148,56 @@ def to_padded(values: torch.Tensor, offsets: torch.Tensor, max_len: int | None =
         out[rows, pos] = values
         mask[rows, pos] = True
     return out, mask
+
+
+# ---- padded views (model side): left-aligned, the most recent events kept ----------------------
+def lengths_of(offsets: torch.Tensor) -> torch.Tensor:
+    return offsets[1:] - offsets[:-1]
+
+
+def padded_index(offsets: torch.Tensor, max_len: int | None = None, pad_to: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gather plan that keeps the most recent `max_len` entries of each row.
+
+    Returns `(index [B, T], mask [B, T], kept [B])`: `index` points into the jagged values (0 in
+    padding), `T = max(kept)` (at least `pad_to` when given).
+    """
+    lengths = lengths_of(offsets)
+    kept = lengths if max_len is None else lengths.clamp(max=max_len)
+    t = int(kept.max()) if kept.numel() else 0
+    if pad_to is not None:
+        t = max(t, int(pad_to))
+    pos = torch.arange(t, device=offsets.device)
+    mask = pos[None, :] < kept[:, None]
+    index = (offsets[1:] - kept)[:, None] + pos[None, :]
+    index = torch.where(mask, index, torch.zeros_like(index))
+    return index, mask, kept
+
+
+def gather_padded(values: torch.Tensor, index: torch.Tensor, mask: torch.Tensor, pad_value=0) -> torch.Tensor:
+    """`values[index]` with padding positions set to `pad_value`; works when `values` is empty."""
+    shape = tuple(index.shape) + tuple(values.shape[1:])
+    if values.shape[0] == 0:  # nothing to gather; the masked put keeps the autograd graph
+        out = values.new_full(shape, pad_value)
+        out[mask] = values
+        return out
+    out = values[index]
+    m = mask.reshape(tuple(mask.shape) + (1,) * (out.dim() - mask.dim()))
+    return torch.where(m, out, torch.full_like(out, pad_value))
+
+
+def jagged_to_padded(values: torch.Tensor, offsets: torch.Tensor, max_len: int | None = None,
+                     pad_value=0, pad_to: int | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Jagged `values [N, ...]` with `offsets [B+1]` -> `(padded [B, T, ...], kept [B], mask [B, T])`,
+    keeping the most recent `max_len` entries of each row (values are oldest first)."""
+    index, mask, kept = padded_index(offsets, max_len, pad_to)
+    return gather_padded(values, index, mask, pad_value), kept, mask
+
+
+def padded_to_jagged(padded: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of `jagged_to_padded` for left-aligned padding: `(values [N, ...], offsets [B+1])`."""
+    kept = mask.sum(1)
+    offsets = torch.zeros(mask.shape[0] + 1, dtype=torch.int64, device=mask.device)
+    offsets[1:] = torch.cumsum(kept, 0)
+    return padded[mask], offsets

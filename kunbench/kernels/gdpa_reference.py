@@ -11,6 +11,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from kunbench.data.jagged import jagged_to_padded, lengths_of, padded_to_jagged
+
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu", "identity")
 
 
@@ -35,25 +37,6 @@ def per_head_activations(activation: str | Sequence[str], heads: int) -> list[st
     for n in names:
         activation_fn(n)
     return names
-
-
-def lengths_of(offsets: torch.Tensor) -> torch.Tensor:
-    return offsets[1:] - offsets[:-1]
-
-
-def jagged_to_padded(values: torch.Tensor, offsets: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[N, ...] jagged -> ([B, T, ...] zero padded, mask [B, T]) with T = max_len."""
-    lengths = lengths_of(offsets)
-    b = lengths.numel()
-    pos = torch.arange(max_len, device=values.device)
-    mask = pos[None, :] < lengths[:, None]
-    out = values.new_zeros((b, max_len, *values.shape[1:]))
-    out[mask] = values
-    return out, mask
-
-
-def padded_to_jagged(padded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return padded[mask]
 
 
 def gdpa_reference(
@@ -85,13 +68,13 @@ def gdpa_reference(
             raise ValueError("jagged q needs q_offsets (or broadcast_q=True)")
         q_len = lengths_of(q_offsets)
         max_q = int(q_len.max()) if q_len.numel() else 0
-        q_pad, q_mask = jagged_to_padded(q, q_offsets, max_q)
+        q_pad, _, q_mask = jagged_to_padded(q, q_offsets, pad_to=max_q)
     heads = q.shape[-2]
     if jagged_kv:
         kv_len = lengths_of(kv_offsets)
         max_k = int(kv_len.max()) if kv_len.numel() else 0
-        k_pad, k_mask = jagged_to_padded(k, kv_offsets, max_k)
-        v_pad, _ = jagged_to_padded(v, kv_offsets, max_k)
+        k_pad, _, k_mask = jagged_to_padded(k, kv_offsets, pad_to=max_k)
+        v_pad, _, _ = jagged_to_padded(v, kv_offsets, pad_to=max_k)
     else:
         k_pad, v_pad = k, v
         k_mask = torch.ones(k.shape[:2], dtype=torch.bool, device=k.device)
@@ -114,7 +97,7 @@ def gdpa_reference(
         out = torch.einsum("bhqk,bkhd->bqhd", probs, v_pad)  # [B, Tq, H, d_h]
     if broadcast_q:
         return out
-    return padded_to_jagged(out, q_mask)
+    return padded_to_jagged(out, q_mask)[0]
 
 
 def _activate(scores: torch.Tensor, names: list[str], s: float, scale_position: str, head_dim: int) -> torch.Tensor:
