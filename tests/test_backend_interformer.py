@@ -173,6 +173,21 @@ def test_schema_without_sequences():
     assert torch.isfinite(flops_per_example(TINY, schema, batch)).all()
 
 
+def test_recency_embedding_reaches_the_logits_and_is_switchable():
+    # the embedding is live (perturbing it moves the logits); position_embedding=none drops it
+    schema = make_schema()
+    cfg = dataclasses.replace(TINY, pffn_scale="t_max")
+    model = build(cfg, schema).eval()
+    batch = make_batch(schema, 4, seed=5, max_len=20)
+    with torch.no_grad():
+        ref = model(batch)
+        model.recency.add_(torch.randn_like(model.recency))
+        assert not torch.allclose(model(batch), ref, atol=1e-4)
+    off = build(dataclasses.replace(cfg, position_embedding="none"), schema)
+    assert off.recency is None and sum(p.numel() for p in off.parameters()) < sum(
+        p.numel() for p in model.parameters())
+
+
 @pytest.mark.parametrize("sets, fragment", [
     ({"n_heads": 3}, "divisible by n_heads"),
     ({"d": 6, "n_heads": 2}, "must be even for RoPE"),
@@ -181,6 +196,7 @@ def test_schema_without_sequences():
     ({"seq_max_len": 0}, "seq_max_len must be"),
     ({"head_mlp": "a,b"}, "head_mlp"),
     ({"recent_k": -1}, "recent_k must be"),
+    ({"position_embedding": "absolute"}, "position_embedding must be"),
 ])
 def test_bad_config_is_one_line_error(sets, fragment):
     spec = get_backend("interformer")
