@@ -311,7 +311,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
             {"key": "ne", "header": "NE", "fmt": ".5f"},
             {"key": "dne", "header": "ΔNE %", "fmt": "+.2f", "pm": "dne_spread"},
             {"key": "gap_closed", "header": "gap closed", "fmt": ".3f"},
-            {"key": "expected_gap_closed", "header": "E[gap]", "fmt": ".3f"},
+            {"key": "expected_gap_closed", "header": "exp. gap", "fmt": ".3f"},
             {"key": "gflops", "header": "fwd GFLOPs/ex", "fmt": ".3g"},
             {"key": "dflops", "header": "ΔFLOPs %", "fmt": "+.1f"},
             {"key": "train_qps", "header": "train ex/s", "fmt": ",.0f"},
@@ -326,6 +326,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
         "notes": [world_note(ctx) + f"; throughput at batch {s['batch_size']} from the in-memory source, "
                   f"median of {s['windows']} windows",
                   f"MFU: 3 x forward FLOPs x train ex/s / peak ({peak.get('source')})",
+                  "exp. gap: gap closed with p_true as soft labels (no label-sampling noise)",
                   "paper columns: models.md section 5 (B200, Meta data), converted to this row's direction "
                   "(e.g. window -29.5% FLOPs => full attention +41.8%)"]
                  + [f"{r.name}: {r.paper_note}" for r in rows if r.paper_note and r.name in results],

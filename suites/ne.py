@@ -107,7 +107,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
             {"key": "auc", "header": "AUC", "fmt": ".4f"}, {"key": "calibration", "header": "calib.", "fmt": ".3f"},
             {"key": "oracle_ne", "header": "oracle NE", "fmt": ".5f"},
             {"key": "gap_closed", "header": "gap closed", "fmt": ".3f"},
-            {"key": "expected_gap_closed", "header": "E[gap]", "fmt": ".3f"},
+            {"key": "expected_gap_closed", "header": "exp. gap", "fmt": ".3f"},
             {"key": "flops", "header": "fwd FLOPs/ex", "fmt": ",.0f"}, {"key": "params", "header": "params", "fmt": ","},
             {"key": "train_qps", "header": "train ex/s (loader)", "fmt": ",.0f"},
             {"key": "steps", "header": "steps", "fmt": ","},
@@ -115,7 +115,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
         "label_columns": 2,
         "rows": rows,
         "notes": [world_note(ctx), "gap closed = (1 - NE) / (1 - oracle NE); oracle = the generator's p_true",
-                  "E[gap]: gap closed with p_true as soft labels (no label-sampling noise)",
+                  "exp. gap: gap closed with p_true as soft labels (no label-sampling noise)",
                   "vs noise: 'within noise' when |ΔNE| < 2 x its spread"],
     })
     out.dataset = ctx.dataset_info()
