@@ -221,7 +221,7 @@ PRESETS: dict[str, GeneratorConfig] = {
     "small": GeneratorConfig(
         # 80k train rows: one pass is what a CPU trains in minutes and what the baselines need to
         # close a clear share of the gap (at 45k they stopped near 0.27); 20k eval rows halve the NE
-        # noise of 5k (about +-0.01 NE there at a 3% CTR)
+        # noise of 5k (the bootstrap std of NE is about +-0.008 at 20k rows and a 3% CTR)
         preset="small", rows=100_000, eval_fraction=0.2, rows_per_shard=4096, row_group_rows=512,
         num_categorical=88, num_dense=6, num_multihot=2, cardinality_max=1_000_000,
         num_users=500_000, num_items=100_000, num_item_categories=500,
