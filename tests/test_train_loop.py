@@ -9,7 +9,7 @@ from kunbench.errors import KunbenchError
 from kunbench.train.config import TrainConfig
 from kunbench.train.evaluate import evaluate
 from kunbench.train.loop import TrainingDiverged, train
-from kunbench.train.optim import RowWiseAdagrad, split_parameters
+from kunbench.train.optim import Optimizers, RowWiseAdagrad, lr_scale, split_parameters
 from kunbench.train.toy import ToyConfig, ToyModel, toy_batches, toy_schema
 
 SCHEMA = toy_schema()
@@ -121,7 +121,35 @@ def test_sparse_adam_needs_sparse_gradients():
     assert res.ne < _untrained_ne()
 
 
+def test_lr_schedules_warm_up_then_decay_to_lr_final():
+    const = TrainConfig(warmup_steps=4)
+    assert [lr_scale(const, s, 10) for s in (1, 2, 4, 10)] == [0.25, 0.5, 1.0, 1.0]
+    lin = TrainConfig(warmup_steps=2, lr_schedule="linear", lr_final=0.1)
+    assert lr_scale(lin, 1, 12) == 0.5 and lr_scale(lin, 3, 12) == 1.0
+    assert lr_scale(lin, 12, 12) == pytest.approx(0.1)
+    assert lr_scale(lin, 8, 12) == pytest.approx(0.1 + 0.9 * (1 - 5 / 9))
+    cos = TrainConfig(lr_schedule="cosine")
+    assert lr_scale(cos, 1, 101) == 1.0 and lr_scale(cos, 51, 101) == pytest.approx(0.5)
+    assert lr_scale(cos, 101, 101) == pytest.approx(0.0, abs=1e-12)
+    assert lr_scale(cos, 50, None) == 1.0  # no known length: no decay
+
+
+def test_cosine_schedule_reaches_lr_final_in_the_optimizers():
+    torch.manual_seed(0)
+    model = ToyModel(ToyConfig(), SCHEMA)
+    cfg = TrainConfig(lr_schedule="cosine", lr_final=0.2, steps=5).validate()
+    opts = Optimizers(split_parameters(model), cfg, sparse_grads=False)
+    opts.set_step(5, 5)
+    assert [g["lr"] for o in opts.opts for g in o.param_groups] == pytest.approx([cfg.lr * 0.2, cfg.embedding_lr * 0.2])
+    _, stats, res = _run(0, cfg)  # the loop takes the length from cfg.steps
+    assert stats.steps == 5 and res.ne == res.ne
+
+
 def test_train_config_validation():
+    with pytest.raises(KunbenchError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step").validate()
+    with pytest.raises(KunbenchError, match="lr_final"):
+        TrainConfig(lr_final=1.5).validate()
     with pytest.raises(KunbenchError, match="embedding_optimizer"):
         TrainConfig(embedding_optimizer="sgd").validate()
     with pytest.raises(KunbenchError, match="dtype"):

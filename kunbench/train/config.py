@@ -9,6 +9,7 @@ from kunbench.errors import KunbenchError
 
 EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sparse_adam", "adamw")
 DTYPES = ("fp32", "bf16")
+LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class TrainConfig:
     embedding_eps: float = 1e-8
     clip_grad_norm: float | None = 1.0  # over dense parameters; None = off
     warmup_steps: int = 0  # linear warm-up of both learning rates
+    lr_schedule: str = "constant"  # after warm-up: constant | linear or cosine decay over the run's steps
+    lr_final: float = 0.0  # with a decay: the final learning rates as a fraction of lr / embedding_lr
     seed: int = 0
     deterministic: bool = True  # CPU: torch.use_deterministic_algorithms for the run (same seed -> same NE)
     dtype: str = "fp32"  # bf16 = autocast on CUDA
@@ -55,6 +58,9 @@ class TrainConfig:
         need(self.clip_grad_norm is None or self.clip_grad_norm > 0,
              f"clip_grad_norm must be > 0 (or none), got {self.clip_grad_norm}")
         need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        need(self.lr_schedule in LR_SCHEDULES,
+             f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        need(0.0 <= self.lr_final <= 1.0, f"lr_final must be in [0, 1], got {self.lr_final}")
         need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         need(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         need(self.divergence_loss > 0, f"divergence_loss must be > 0, got {self.divergence_loss}")

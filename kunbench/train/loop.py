@@ -87,15 +87,16 @@ def _sync(device: torch.device) -> None:
 
 
 def train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: DistContext | None = None,
-          *, progress: ProgressFn | None = None) -> TrainStats:
-    """Train `model` (already on ctx.device) in place on this rank's `batches`."""
+          *, progress: ProgressFn | None = None, total_steps: int | None = None) -> TrainStats:
+    """Train `model` (already on ctx.device) in place on this rank's `batches`. `total_steps` (the
+    run's length, default `cfg.steps`) is what a decaying learning-rate schedule decays over."""
     ctx = ctx or DistContext()
     with deterministic_cpu(cfg.deterministic, ctx.device):
-        return _train(model, batches, cfg, ctx, progress)
+        return _train(model, batches, cfg, ctx, progress, total_steps or cfg.steps)
 
 
 def _train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: DistContext,
-           progress: ProgressFn | None) -> TrainStats:
+           progress: ProgressFn | None, total_steps: int | None) -> TrainStats:
     device = ctx.device
     groups = split_parameters(model)
     opts = Optimizers(groups, cfg, sparse_grads=has_sparse_embeddings(model))
@@ -134,7 +135,7 @@ def _train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: Di
         step_loss = float(agreed[2] / agreed[3])
         step_examples = int(agreed[3])
 
-        opts.set_step(step)
+        opts.set_step(step, total_steps)
         loss.backward()
         if cfg.clip_grad_norm is not None and groups.dense:
             norm = float(torch.nn.utils.clip_grad_norm_(groups.dense, cfg.clip_grad_norm))

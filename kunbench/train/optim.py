@@ -18,6 +18,8 @@ the weights of every nn.Embedding / nn.EmbeddingBag module.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -109,6 +111,21 @@ def has_sparse_embeddings(model: nn.Module) -> bool:
     return any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse for m in inner.modules())
 
 
+def lr_scale(cfg: TrainConfig, step: int, total_steps: int | None) -> float:
+    """Linear warm-up over steps 1..warmup_steps, then `cfg.lr_schedule` from 1 down to `cfg.lr_final`
+    at the last step. A decay needs the run's length; without one the rate stays constant."""
+    w = cfg.warmup_steps
+    warm = 1.0 if w == 0 else min(1.0, step / w)
+    if cfg.lr_schedule == "constant" or not total_steps or total_steps <= w + 1:
+        return warm
+    frac = min(1.0, max(0.0, (step - w - 1) / (total_steps - w - 1)))
+    if cfg.lr_schedule == "linear":
+        decay = 1.0 - frac
+    else:
+        decay = 0.5 * (1.0 + math.cos(math.pi * frac))
+    return warm * (cfg.lr_final + (1.0 - cfg.lr_final) * decay)
+
+
 class Optimizers:
     """The dense and embedding optimizers stepped together, with linear warm-up."""
 
@@ -139,10 +156,9 @@ class Optimizers:
             self.opts.append(opt)
         self._base = [[g["lr"] for g in o.param_groups] for o in self.opts]
 
-    def set_step(self, step: int) -> None:
-        """Linear warm-up: step 1..warmup_steps scale both learning rates by step/warmup."""
-        w = self.cfg.warmup_steps
-        scale = 1.0 if w == 0 else min(1.0, step / w)
+    def set_step(self, step: int, total_steps: int | None = None) -> None:
+        """Scale both learning rates for 1-based `step` of `total_steps` (lr_scale)."""
+        scale = lr_scale(self.cfg, step, total_steps)
         for opt, base in zip(self.opts, self._base):
             for g, lr in zip(opt.param_groups, base):
                 g["lr"] = lr * scale

@@ -178,7 +178,7 @@ def run_training(backend: str, data: str | Path | None = None, *, preset: str | 
         with _progress_factory(show_progress and ctx.is_main, console) as (train_cb, eval_cb):
             batches = open_batches(data, "train", cfg.batch_size, ctx, num_workers=cfg.num_workers,
                                    max_lengths=max_lengths)
-            stats = train(model, batches, cfg, ctx, progress=train_cb(total_steps))
+            stats = train(model, batches, cfg, ctx, progress=train_cb(total_steps), total_steps=total_steps)
             eval_batches = open_batches(data, "eval", cfg.eval_batch_size, ctx, include_p_true=True,
                                         num_workers=cfg.num_workers, max_lengths=max_lengths)
             with deterministic_cpu(cfg.deterministic, ctx.device):
