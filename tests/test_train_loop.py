@@ -100,6 +100,20 @@ def test_rowwise_adagrad_moves_only_touched_rows(sparse):
     assert state[5].item() == pytest.approx(4.0) and state[0].item() == 0.0
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_rowwise_adagrad_initial_accumulator_damps_the_first_step(sparse):
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(8, 3, sparse=sparse)
+    before = emb.weight.detach().clone()
+    opt = RowWiseAdagrad([emb.weight], lr=0.1, initial_accumulator=12.0)
+    emb(torch.tensor([2, 2])).sum().backward()  # g = 2 on row 2: G = 12 + 4, step = 0.1 * 2 / 4
+    opt.step()
+    assert torch.allclose(emb.weight[2].detach(), before[2] - 0.05, atol=1e-6)
+    assert opt.state[emb.weight]["sum"][0].item() == 12.0
+    with pytest.raises(ValueError, match="initial_accumulator"):
+        RowWiseAdagrad([emb.weight], initial_accumulator=-1.0)
+
+
 def test_rowwise_adagrad_sparse_equals_dense():
     finals = []
     for sparse in (False, True):
@@ -146,6 +160,8 @@ def test_cosine_schedule_reaches_lr_final_in_the_optimizers():
 
 
 def test_train_config_validation():
+    with pytest.raises(KunbenchError, match="embedding_initial_accumulator"):
+        TrainConfig(embedding_initial_accumulator=-0.1).validate()
     with pytest.raises(KunbenchError, match="lr_schedule"):
         TrainConfig(lr_schedule="step").validate()
     with pytest.raises(KunbenchError, match="lr_final"):

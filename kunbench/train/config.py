@@ -25,6 +25,7 @@ class TrainConfig:
     embedding_optimizer: str = "rowwise_adagrad"
     embedding_lr: float = 0.1
     embedding_eps: float = 1e-8
+    embedding_initial_accumulator: float = 0.0  # (rowwise_)adagrad: starting value of the squared-gradient sum
     clip_grad_norm: float | None = 1.0  # over dense parameters; None = off
     warmup_steps: int = 0  # linear warm-up of both learning rates
     lr_schedule: str = "constant"  # after warm-up: constant | linear or cosine decay over the run's steps
@@ -49,6 +50,8 @@ class TrainConfig:
         need(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
         need(self.embedding_lr > 0 and math.isfinite(self.embedding_lr),
              f"embedding_lr must be > 0, got {self.embedding_lr}")
+        need(self.embedding_initial_accumulator >= 0,
+             f"embedding_initial_accumulator must be >= 0, got {self.embedding_initial_accumulator}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
              f"betas must be two numbers in [0, 1), got {self.betas}")

@@ -31,12 +31,16 @@ from kunbench.train.config import TrainConfig
 
 class RowWiseAdagrad(torch.optim.Optimizer):
     """Adagrad with one accumulator per row of a 2-D table: `G_r += mean_j g_rj^2`,
-    `w_r -= lr * g_r / (sqrt(G_r) + eps)`. Accepts sparse COO or dense gradients."""
+    `w_r -= lr * g_r / (sqrt(G_r) + eps)`. Accepts sparse COO or dense gradients. `G_r` starts at
+    `initial_accumulator`: with 0 a row's first update has size `lr` whatever its gradient, so a rare
+    ID's first, noisy gradient moves it as far as a frequent ID's."""
 
-    def __init__(self, params, lr: float = 0.01, eps: float = 1e-8):
+    def __init__(self, params, lr: float = 0.01, eps: float = 1e-8, initial_accumulator: float = 0.0):
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
-        super().__init__(params, dict(lr=lr, eps=eps))
+        if initial_accumulator < 0:
+            raise ValueError(f"initial_accumulator must be >= 0, got {initial_accumulator}")
+        super().__init__(params, dict(lr=lr, eps=eps, initial_accumulator=initial_accumulator))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -53,7 +57,8 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 table = p.view(p.shape[0], -1) if p.dim() != 2 else p
                 state = self.state[p]
                 if "sum" not in state:
-                    state["sum"] = torch.zeros(table.shape[0], dtype=torch.float32, device=p.device)
+                    state["sum"] = torch.full((table.shape[0],), float(group["initial_accumulator"]),
+                                              dtype=torch.float32, device=p.device)
                 acc = state["sum"]
                 if grad.is_sparse:
                     grad = grad.coalesce()
@@ -138,9 +143,11 @@ class Optimizers:
         if groups.embedding:
             kind = cfg.embedding_optimizer
             if kind == "rowwise_adagrad":
-                opt = RowWiseAdagrad(groups.embedding, lr=cfg.embedding_lr, eps=cfg.embedding_eps)
+                opt = RowWiseAdagrad(groups.embedding, lr=cfg.embedding_lr, eps=cfg.embedding_eps,
+                                     initial_accumulator=cfg.embedding_initial_accumulator)
             elif kind == "adagrad":
-                opt = torch.optim.Adagrad(groups.embedding, lr=cfg.embedding_lr, eps=cfg.embedding_eps)
+                opt = torch.optim.Adagrad(groups.embedding, lr=cfg.embedding_lr, eps=cfg.embedding_eps,
+                                          initial_accumulator_value=cfg.embedding_initial_accumulator)
             elif kind == "sparse_adam":
                 if not sparse_grads:
                     raise KunbenchError("embedding_optimizer=sparse_adam needs a backend with sparse "
