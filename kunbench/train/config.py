@@ -28,6 +28,9 @@ class TrainConfig:
     embedding_initial_accumulator: float = 0.0  # (rowwise_)adagrad: starting value of the squared-gradient sum
     clip_grad_norm: float | None = 1.0  # over dense parameters; None = off
     warmup_steps: int = 0  # linear warm-up of both learning rates
+    # dense parameters end the run as their exponential moving average over steps (0 = off): on the
+    # small preset the raw weights' calibration swings 0.6-1.4 from step to step at 3% CTR, the average's does not
+    weight_ema: float = 0.98
     lr_schedule: str = "constant"  # after warm-up: constant | linear or cosine decay over the run's steps
     lr_final: float = 0.0  # with a decay: the final learning rates as a fraction of lr / embedding_lr
     seed: int = 0
@@ -61,6 +64,7 @@ class TrainConfig:
         need(self.clip_grad_norm is None or self.clip_grad_norm > 0,
              f"clip_grad_norm must be > 0 (or none), got {self.clip_grad_norm}")
         need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        need(0.0 <= self.weight_ema < 1.0, f"weight_ema must be in [0, 1), got {self.weight_ema}")
         need(self.lr_schedule in LR_SCHEDULES,
              f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         need(0.0 <= self.lr_final <= 1.0, f"lr_final must be in [0, 1], got {self.lr_final}")

@@ -30,7 +30,7 @@ from kunbench.errors import KunbenchError
 from kunbench.train.config import TrainConfig
 from kunbench.train.distributed import DistContext
 from kunbench.train.evaluate import autocast_context
-from kunbench.train.optim import Optimizers, has_sparse_embeddings, split_parameters
+from kunbench.train.optim import Optimizers, WeightAverage, has_sparse_embeddings, split_parameters
 
 
 class TrainingDiverged(KunbenchError):
@@ -100,6 +100,7 @@ def _train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: Di
     device = ctx.device
     groups = split_parameters(model)
     opts = Optimizers(groups, cfg, sparse_grads=has_sparse_embeddings(model))
+    average = WeightAverage(groups.dense, cfg.weight_ema) if cfg.weight_ema > 0 and groups.dense else None
     net = wrap_ddp(model, ctx)
     net.train()
 
@@ -143,6 +144,8 @@ def _train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: Di
                 raise TrainingDiverged(f"training stopped at step {step}: gradient norm is not finite")
         opts.step()
         opts.zero_grad()
+        if average is not None:
+            average.update()
 
         examples += step_examples
         loss_total += step_loss * step_examples
@@ -168,5 +171,7 @@ def _train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: Di
         rate = examples / (t_end - t_start) if t_end > t_start else float("nan")
     if step == 0:
         raise KunbenchError("no training batches: the train split is empty for this rank")
+    if average is not None:
+        average.copy_to_params()
     return TrainStats(step, examples, t_end - t_start, rate, loss_total / max(examples, 1), ema,
                       stopped_early)

@@ -116,6 +116,35 @@ def has_sparse_embeddings(model: nn.Module) -> bool:
     return any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse for m in inner.modules())
 
 
+class WeightAverage:
+    """Exponential moving average of parameters, updated after every optimizer step.
+
+    The average starts at zero and is divided by `1 - decay**steps` (Adam's bias correction), so
+    it weighs only the weights the run visited, however short the run. Only dense parameters are
+    averaged: the embedding tables are too large to shadow every step, and row-wise Adagrad already
+    shrinks their late updates."""
+
+    def __init__(self, params: list[torch.Tensor], decay: float):
+        self.params = params
+        self.decay = decay
+        self.shadow = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        for s, p in zip(self.shadow, self.params):
+            s.lerp_(p.detach().float(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        if not self.updates:
+            return
+        correction = 1.0 - self.decay ** self.updates
+        for p, s in zip(self.params, self.shadow):
+            p.copy_((s / correction).to(p.dtype))
+
+
 def lr_scale(cfg: TrainConfig, step: int, total_steps: int | None) -> float:
     """Linear warm-up over steps 1..warmup_steps, then `cfg.lr_schedule` from 1 down to `cfg.lr_final`
     at the last step. A decay needs the run's length; without one the rate stays constant."""
