@@ -9,7 +9,7 @@ from kunbench.errors import KunbenchError
 from kunbench.train.config import TrainConfig
 from kunbench.train.evaluate import evaluate
 from kunbench.train.loop import TrainingDiverged, train
-from kunbench.train.optim import Optimizers, RowWiseAdagrad, lr_scale, split_parameters
+from kunbench.train.optim import Optimizers, RowWiseAdagrad, WeightAverage, lr_scale, split_parameters
 from kunbench.train.toy import ToyConfig, ToyModel, toy_batches, toy_schema
 
 SCHEMA = toy_schema()
@@ -159,7 +159,35 @@ def test_cosine_schedule_reaches_lr_final_in_the_optimizers():
     assert stats.steps == 5 and res.ne == res.ne
 
 
+def test_weight_average_is_the_bias_corrected_ema_of_the_visited_weights():
+    w = torch.nn.Parameter(torch.zeros(3))
+    avg = WeightAverage([w], decay=0.9)
+    visited = [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 0.0, -1.0]), torch.tensor([5.0, 1.0, 0.0])]
+    for v in visited:
+        with torch.no_grad():
+            w.copy_(v)
+        avg.update()
+    avg.copy_to_params()
+    weights = torch.tensor([0.9 ** 2, 0.9, 1.0]) * 0.1
+    want = (weights[:, None] * torch.stack(visited)).sum(0) / (1 - 0.9 ** 3)
+    assert torch.allclose(w.detach(), want, atol=1e-6)
+
+
+def test_training_ends_on_the_averaged_dense_weights_only():
+    raw, _, _ = _run(0, TrainConfig(steps=30, weight_ema=0.0))
+    avg, _, _ = _run(0, TrainConfig(steps=30, weight_ema=0.9))
+    emb = {id(p) for p in split_parameters(raw).embedding}
+    dense = {n for n, p in raw.named_parameters() if id(p) not in emb}
+    raw_sd, avg_sd = raw.state_dict(), avg.state_dict()
+    assert any(not torch.equal(raw_sd[n], avg_sd[n]) for n in dense)
+    for n in raw_sd:  # embeddings train the same either way (the average never feeds back)
+        if n not in dense:
+            assert torch.equal(raw_sd[n], avg_sd[n]), n
+
+
 def test_train_config_validation():
+    with pytest.raises(KunbenchError, match="weight_ema"):
+        TrainConfig(weight_ema=1.0).validate()
     with pytest.raises(KunbenchError, match="embedding_initial_accumulator"):
         TrainConfig(embedding_initial_accumulator=-0.1).validate()
     with pytest.raises(KunbenchError, match="lr_schedule"):
