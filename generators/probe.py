@@ -10,6 +10,8 @@ ceiling of that view for a model that learns the hidden world perfectly (item la
 - `context`: the exact context and cross terms, histories ignored;
 - `pooled_last_K`: plus, per event type, the similarity of the ad to the uniform mean of the last
   K events (and its product with the surface), which is what Wukong's pooled tokens carry;
+- `merged_mean_T`: plus the similarity of the ad to one uniform mean of the newest T events of all
+  streams merged by time (no event types, no recency): what pooling without a sequence model sees;
 - `merged_last_T`: plus the exact history statistics, but computed only on the events that survive
   merging all streams by time and keeping the newest T (InterFormer's input);
 - `categories_only`: the exact statistics, but with every item's latent replaced by its category
@@ -185,6 +187,14 @@ def views(pool_k: int, merge_t: int) -> dict[str, View]:
         stats = [_pooled_similarity(world, chunk, last_k(chunk.events[e], pool_k)) for e in world.config.events]
         return context(world, chunk, terms) + _with_surface(stats, chunk.surface, world.config.num_surfaces)
 
+    def merged_mean(world, chunk, terms):
+        kept = merged_last_t(chunk.events, merge_t)
+        n = chunk.n
+        total = sum(c.lengths for c in kept.values())
+        sums = sum(_pooled_similarity(world, chunk, c) * c.lengths for c in kept.values())
+        mean = np.divide(sums, total, out=np.zeros(n), where=total > 0)
+        return context(world, chunk, terms) + _with_surface([mean], chunk.surface, world.config.num_surfaces)
+
     def merged(world, chunk, terms):
         stats = _history_stats(world, chunk, merged_last_t(chunk.events, merge_t))
         return context(world, chunk, terms) + _with_surface(stats, chunk.surface, world.config.num_surfaces)
@@ -198,7 +208,8 @@ def views(pool_k: int, merge_t: int) -> dict[str, View]:
         stats = _history_stats(world, chunk, chunk.events)
         return context(world, chunk, terms) + _with_surface(stats, chunk.surface, world.config.num_surfaces)
 
-    return {"context": context, f"pooled_last_{pool_k}": pooled, f"merged_last_{merge_t}": merged,
+    return {"context": context, f"pooled_last_{pool_k}": pooled, f"merged_mean_{merge_t}": merged_mean,
+            f"merged_last_{merge_t}": merged,
             "categories_only": categories, "exact": exact}
 
 

@@ -80,11 +80,13 @@ def test_probe_recomputes_p_true_and_orders_the_views(tiny_dataset):
     r = probe(tiny_dataset)
     assert r.max_abs_p_error < 1e-9  # the floor is a function of the observed row, as data.md promises
     ceilings = {v.view: v.expected_gap_closed for v in r.views}
-    assert set(ceilings) == {"context", "pooled_last_64", "merged_last_256", "categories_only", "exact"}
+    assert set(ceilings) == {"context", "pooled_last_64", "merged_mean_256", "merged_last_256", "categories_only",
+                             "exact"}
     assert ceilings["exact"] > 0.97
     # tiny histories (at most 64 per type) fit whole in both views
     assert ceilings["merged_last_256"] == pytest.approx(ceilings["exact"], abs=1e-6)
     assert ceilings["context"] < ceilings["pooled_last_64"] < ceilings["exact"]
+    assert ceilings["context"] < ceilings["merged_mean_256"] < ceilings["merged_last_256"]
 
 
 def test_without_history_terms_the_context_view_reaches_the_floor(tmp_path):
