@@ -220,9 +220,9 @@ PRESETS: dict[str, GeneratorConfig] = {
         }),
     ),
     "small": GeneratorConfig(
-        # 80k train rows: one pass a CPU trains in minutes (at 45k, Wukong closed only 0.29 of the gap
-        # and InterFormer 0.25; at 80k Wukong closes 0.31); 20k eval rows halve the NE
-        # noise of 5k (the bootstrap std of NE is about +-0.008 at 20k rows and a 3% CTR)
+        # 80k train rows: one pass a CPU trains in minutes (at 45k, Wukong closed 0.29 of the gap and
+        # InterFormer 0.25, one seed; at 80k, seeds 0-2 with the weight average, 0.286 and 0.267);
+        # 20k eval rows halve the NE noise of 5k (bootstrap std of NE ~+-0.008 at 20k rows, 3% CTR)
         preset="small", rows=100_000, eval_fraction=0.2, rows_per_shard=4096, row_group_rows=512,
         num_categorical=88, num_dense=6, num_multihot=2, cardinality_max=1_000_000,
         num_users=500_000, num_items=100_000, num_item_categories=500,
