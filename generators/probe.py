@@ -37,7 +37,8 @@ from kunbench.errors import KunbenchError
 from kunbench.metrics import LogLossSums
 from kunbench.generators.chunk import Chunk, EventColumns
 from kunbench.generators.config import GeneratorConfig, config_from_dict
-from kunbench.generators.signal import (Calibration, combine, raw_terms, segment_sums, sigmoid)
+from kunbench.generators.signal import (Calibration, combine, history_statistics, raw_terms, segment_sums,
+                                        sigmoid)
 from kunbench.generators.world import World, build_world
 
 CONTEXT_TERMS = frozenset({"context", "cross"})
@@ -142,28 +143,10 @@ def _pooled_similarity(world: World, chunk: Chunk, cols: EventColumns) -> np.nda
 
 
 def _history_stats(world: World, chunk: Chunk, events: dict[str, EventColumns]) -> list[np.ndarray]:
-    """The per-stream statistics the history terms are built from: mean similarity,
-    recency-weighted similarity and (long-range stream) mean similarity of old events."""
-    cfg = world.config
-    u = world.latents(chunk.ad, chunk.ad_category)
-    n = chunk.n
-    stats = []
-    for name, ev in cfg.events.items():
-        cols = events[name]
-        if cols.item.size == 0:
-            stats += [np.zeros(n), np.zeros(n)] + ([np.zeros(n)] if name == cfg.long_range_stream else [])
-            continue
-        s = world.similarity(cols.item, cols.category, u, cols.row)
-        age = (chunk.request_ts[cols.row] - cols.ts).astype(np.float64)
-        w = np.exp(-age / (ev.recency_days * 86400.0))
-        old = (age > cfg.long_range_days * 86400.0).astype(np.float64)
-        vals = np.stack([s, w, w * s, old, old * s], axis=1)
-        sums = segment_sums(vals, cols.offsets, cols.lengths)
-        stats.append(np.divide(sums[:, 0], cols.lengths, out=np.zeros(n), where=cols.lengths > 0))
-        stats.append(np.divide(sums[:, 2], sums[:, 1], out=np.zeros(n), where=sums[:, 1] > 0))
-        if name == cfg.long_range_stream:
-            stats.append(np.divide(sums[:, 4], sums[:, 3], out=np.zeros(n), where=sums[:, 3] > 0))
-    return stats
+    """The generator's own history statistics (per stream mean and recency-weighted similarity, and
+    the long-range mean), on the events a view keeps."""
+    mean_s, rec_s, long_term = history_statistics(world, chunk, events, with_long=True)
+    return [*mean_s, *rec_s, long_term]
 
 
 def _with_surface(stats: list[np.ndarray], surface: np.ndarray, n_surfaces: int) -> list[np.ndarray]:

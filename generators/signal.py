@@ -76,8 +76,12 @@ def raw_terms(world: World, chunk: Chunk, active: set[str] | frozenset[str]) -> 
     return out
 
 
-def _history_terms(world: World, chunk: Chunk, active) -> dict[str, np.ndarray]:
-    """Terms 3-7 from per-event similarities s = <u_ad, latent(item)>, reduced per row."""
+def history_statistics(world: World, chunk: Chunk, events: dict, with_long: bool
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What terms 3-7 are built from, from per-event similarities s = <u_ad, latent(item)>: per stream
+    `[E, n]` the mean s and the recency-weighted mean s, and `[n]` the mean s of the long-range
+    stream's events older than `long_range_days` (zeros unless `with_long`). `events` is
+    `chunk.events` or a subset of it (the signal probe's views)."""
     cfg = world.config
     n = chunk.n
     u = world.latents(chunk.ad, chunk.ad_category)  # [n, d]
@@ -86,14 +90,14 @@ def _history_terms(world: World, chunk: Chunk, active) -> dict[str, np.ndarray]:
     mean_s, rec_s = [], []
     long_term = np.zeros(n)
     for name, ev in cfg.events.items():
-        cols = chunk.events[name]
+        cols = events[name]
         if cols.item.size == 0:
             mean_s.append(np.zeros(n))
             rec_s.append(np.zeros(n))
             continue
         s = world.similarity(cols.item, cols.category, u, cols.row)
         age = (chunk.request_ts[cols.row] - cols.ts).astype(np.float64)
-        want_long = name == long_name and "long_range" in active
+        want_long = name == long_name and with_long
         vals = np.empty((s.shape[0], 5 if want_long else 3))
         vals[:, 0] = s
         np.exp(age * (-1.0 / (ev.recency_days * 86400.0)), out=vals[:, 1])
@@ -107,8 +111,12 @@ def _history_terms(world: World, chunk: Chunk, active) -> dict[str, np.ndarray]:
         rec_s.append(np.divide(sums[:, 2], sums[:, 1], out=np.zeros(n), where=sums[:, 1] > 0))
         if want_long:
             long_term = np.divide(sums[:, 4], sums[:, 3], out=np.zeros(n), where=sums[:, 3] > 0)
-    mean_s = np.stack(mean_s)  # [E, n]
-    rec_s = np.stack(rec_s)
+    return np.stack(mean_s), np.stack(rec_s), long_term
+
+
+def _history_terms(world: World, chunk: Chunk, active) -> dict[str, np.ndarray]:
+    """Terms 3-7 from the history statistics."""
+    mean_s, rec_s, long_term = history_statistics(world, chunk, chunk.events, "long_range" in active)
     out = {}
     if "target_match" in active:
         out["target_match"] = mean_s.sum(0)
