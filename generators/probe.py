@@ -25,7 +25,6 @@ poor fit to the hidden world), not missing information.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -34,7 +33,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from kunbench.errors import KunbenchError
-from kunbench.metrics import LogLossSums
+from kunbench.data.manifest import Manifest, load_manifest
+from kunbench.metrics import LogLossSums, gap_closed
 from kunbench.generators.chunk import Chunk, EventColumns
 from kunbench.generators.config import GeneratorConfig, config_from_dict
 from kunbench.generators.signal import (Calibration, combine, history_statistics, raw_terms, segment_sums,
@@ -196,25 +196,25 @@ def views(pool_k: int, merge_t: int) -> dict[str, View]:
             "categories_only": categories, "exact": exact}
 
 
-def _tables(root: Path, split: str, manifest: dict, max_rows: int) -> Iterator:
+def _tables(manifest: Manifest, split: str, max_rows: int) -> Iterator:
     left = max_rows
-    for f in manifest["splits"][split]["files"]:
+    for path in manifest.files(split):
         if left <= 0:
             return
-        t = pq.read_table(root / f["path"])
+        t = pq.read_table(path)
         if t.num_rows > left:
             t = t.slice(0, left)
         left -= t.num_rows
         yield t
 
 
-def _features(root: Path, split: str, manifest: dict, world: World, calib: Calibration, vs: dict[str, View],
+def _features(manifest: Manifest, split: str, world: World, calib: Calibration, vs: dict[str, View],
               max_rows: int, progress: Callable[[int], None] | None) -> tuple[dict[str, np.ndarray], np.ndarray, float]:
     feats: dict[str, list[np.ndarray]] = {name: [] for name in vs}
     p_true, err = [], 0.0
     cfg = world.config
-    for t in _tables(root, split, manifest, max_rows):
-        chunk = _chunk_from_table(cfg, t, manifest["columns"])
+    for t in _tables(manifest, split, max_rows):
+        chunk = _chunk_from_table(cfg, t, manifest.data["columns"])
         terms = raw_terms(world, chunk, calib.active | CONTEXT_TERMS)
         p = t.column("p_true").to_numpy()
         logit = combine(calib, terms, chunk.n)
@@ -257,21 +257,16 @@ def expected_ne(p_true: np.ndarray, q: np.ndarray) -> float:
 def probe(root: str | Path, pool_k: int = 64, merge_t: int = 256, max_rows: int = 1 << 62,
           progress: Callable[[int], None] | None = None) -> ProbeResult:
     """`max_rows` caps the rows read per split; `progress(rows)` is called after each shard."""
-    root = Path(root)
-    try:
-        manifest = json.loads((root / "manifest.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise KunbenchError(f"{root}: cannot read manifest.json ({exc})") from None
-    if "world" not in manifest or "config" not in manifest:
-        raise KunbenchError(f"{root}: manifest has no world calibration; the probe needs a kunbench dataset")
     if pool_k < 1 or merge_t < 1 or max_rows < 1:
         raise KunbenchError(f"pool_k, merge_t and max_rows must be >= 1, got {pool_k}, {merge_t} and {max_rows}")
-    cfg = config_from_dict(manifest["config"])
-    world = build_world(cfg)
-    calib = Calibration.from_dict(manifest["world"])
+    manifest = load_manifest(root)
+    if "world" not in manifest.data or "config" not in manifest.data:
+        raise KunbenchError(f"{root}: manifest has no generator world; the probe needs a kunbench-generated dataset")
+    world = build_world(config_from_dict(manifest.data["config"]))
+    calib = Calibration.from_dict(manifest.data["world"])
     vs = views(pool_k, merge_t)
-    x_tr, p_tr, e1 = _features(root, "train", manifest, world, calib, vs, max_rows, progress)
-    x_ev, p_ev, e2 = _features(root, "eval", manifest, world, calib, vs, max_rows, progress)
+    x_tr, p_tr, e1 = _features(manifest, "train", world, calib, vs, max_rows, progress)
+    x_ev, p_ev, e2 = _features(manifest, "eval", world, calib, vs, max_rows, progress)
     if len(p_tr) == 0 or len(p_ev) == 0:
         raise KunbenchError(f"{root}: the probe needs rows in both the train and the eval split")
     oracle = expected_ne(p_ev, p_ev)
@@ -280,5 +275,5 @@ def probe(root: str | Path, pool_k: int = 64, merge_t: int = 256, max_rows: int 
         w = fit_logistic(x_tr[name], p_tr)
         q = sigmoid(x_ev[name] @ w[:-1] + w[-1])
         e_ne = expected_ne(p_ev, q)
-        results.append(ViewResult(name, x_tr[name].shape[1], e_ne, (1 - e_ne) / (1 - oracle)))
+        results.append(ViewResult(name, x_tr[name].shape[1], e_ne, gap_closed(e_ne, oracle)))
     return ProbeResult(oracle, max(e1, e2), len(p_tr), len(p_ev), results)
