@@ -220,10 +220,11 @@ PRESETS: dict[str, GeneratorConfig] = {
         }),
     ),
     "small": GeneratorConfig(
-        # 80k train rows: one pass a CPU trains in minutes (at 45k, Wukong closed 0.29 of the gap and
-        # InterFormer 0.25, one seed; at 80k, seeds 0-2 with the weight average, 0.286 and 0.267);
+        # 180k train rows: one pass closes a clear share of the gap and a CPU still trains it in
+        # minutes. The learning curve is steep here: with the weight average, seeds 0-2, Wukong
+        # closes 0.286 of the gap at 80k train rows and 0.415 at 180k, InterFormer 0.267 and 0.391.
         # 20k eval rows halve the NE noise of 5k (bootstrap std of NE ~+-0.008 at 20k rows, 3% CTR)
-        preset="small", rows=100_000, eval_fraction=0.2, rows_per_shard=4096, row_group_rows=512,
+        preset="small", rows=200_000, eval_fraction=0.1, rows_per_shard=4096, row_group_rows=512,
         num_categorical=88, num_dense=6, num_multihot=2, cardinality_max=1_000_000,
         num_users=500_000, num_items=100_000, num_item_categories=500,
         history_span_days=60.0,

@@ -5,7 +5,7 @@ device peak FLOP/s, bootstrap noise and the NE-vs-compute fit.
 Budgets. The default run (no `--full`) is the reduced configuration that finishes the ablation on a
 2-core CPU within minutes: a 32k-row `tiny`-preset dataset (25 % eval), the backends' `tiny`
 presets, one pass at batch 256 with dense lr 3e-3, and short throughput windows. `--full` switches to the `small`
-dataset preset (50k rows, generated once and cached), the backends' default presets, the default
+dataset preset (200k rows, generated once and cached), the backends' default presets, the default
 training loop and longer windows. Either way every knob is a `--set` away.
 
 `--set` routing (also for `[section]` tables of a `--config` TOML file):
