@@ -19,7 +19,6 @@ the weights of every nn.Embedding / nn.EmbeddingBag module.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import torch
@@ -161,7 +160,7 @@ def lr_scale(cfg: TrainConfig, step: int, total_steps: int | None) -> float:
 
 
 class Optimizers:
-    """The dense and embedding optimizers stepped together, with linear warm-up."""
+    """The dense and embedding optimizers stepped together, their learning rates scaled per step by `lr_scale`."""
 
     def __init__(self, groups: ParamGroups, cfg: TrainConfig, sparse_grads: bool):
         self.cfg = cfg
