@@ -21,7 +21,10 @@ SCHEMA_VERSION = 1
 
 # Bump whenever the same config and seed would produce different bytes (a new draw order, a new
 # term, a new column); it is part of the fingerprint, so caches and resumed runs notice.
-OUTPUT_VERSION = 2
+OUTPUT_VERSION = 3
+# Output versions: 2 = terms 1-7; 3 = world v2, terms 8-12 (repeat, target_peak, transition,
+# time_gap, fatigue). A manifest written before version 3 has no `output_version` field.
+LEGACY_OUTPUT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -37,19 +40,38 @@ class EventTypeConfig:
     value: float = 1.0  # event-type value (signal term 5): clicks/conversions above impressions
 
 
+# the terms world v2 added; a manifest from an older generator has none of them (strength 0)
+V2_TERMS = ("repeat", "target_peak", "transition", "time_gap", "fatigue")
+
+
 @dataclass(frozen=True)
 class SignalConfig:
-    """Strength of each of data.md's seven logit terms, in logit standard deviations; 0 = off."""
+    """Strength of each of the twelve logit terms, in logit standard deviations (0 = off), and
+    the shape of the five nonlinear history terms (docs/world.md gives each formula)."""
 
     context: float = 0.5
     cross: float = 0.5
-    target_match: float = 0.6
-    recency: float = 0.4
-    event_value: float = 0.4
-    surface: float = 0.4
-    long_range: float = 0.5
+    target_match: float = 0.4
+    recency: float = 0.35
+    event_value: float = 0.35
+    surface: float = 0.35
+    long_range: float = 0.4
+    repeat: float = 0.4
+    target_peak: float = 0.45
+    transition: float = 0.55
+    time_gap: float = 0.45
+    fatigue: float = 0.55
     weighted_field_fraction: float = 0.25  # share of context fields with first-order weights
     cross_pairs: int = 16  # number of weighted context field pairs
+    peak_temperature: float = 0.05  # target_peak: temperature of the log-sum-exp of similarities
+    transition_events: int = 4  # transition: the newest events per stream that count
+    transition_decay: float = 0.5  # transition: weight ratio of each older position to the next
+    cycle_min_days: float = 1.0  # time_gap: per-category return cycles, log-uniform in [min, max]
+    cycle_max_days: float = 14.0
+    cycle_width: float = 0.25  # time_gap: std of the bump in log age
+    fatigue_days: float = 2.0  # fatigue: decay time of unclicked impressions
+    fatigue_exposure: str = ""  # fatigue: exposure stream; "" = `impression`, else the first type
+    fatigue_engagement: str = ""  # fatigue: engagement stream; "" = `click`, else the second type
 
 
 @dataclass(frozen=True)
@@ -194,10 +216,37 @@ class GeneratorConfig:
         s = self.signal
         for f_ in dataclasses.fields(SignalConfig):
             v = getattr(s, f_.name)
+            if isinstance(v, str):
+                need(v == "" or v in self.events,
+                     f"signal.{f_.name} {v!r} is not an event type ({', '.join(self.events)})")
+                continue
             need(v >= 0 and math.isfinite(v), f"signal.{f_.name} must be >= 0, got {v}")
         need(s.weighted_field_fraction <= 1.0,
              f"signal.weighted_field_fraction must be <= 1, got {s.weighted_field_fraction}")
+        need(s.peak_temperature > 0, f"signal.peak_temperature must be > 0, got {s.peak_temperature}")
+        need(1 <= s.transition_events <= 64,
+             f"signal.transition_events must be in [1, 64], got {s.transition_events}")
+        need(s.transition_decay <= 1.0, f"signal.transition_decay must be <= 1, got {s.transition_decay}")
+        need(0 < s.cycle_min_days <= s.cycle_max_days,
+             f"need 0 < signal.cycle_min_days <= signal.cycle_max_days, got {s.cycle_min_days}, "
+             f"{s.cycle_max_days}")
+        need(s.cycle_width > 0, f"signal.cycle_width must be > 0, got {s.cycle_width}")
+        need(s.fatigue_days > 0, f"signal.fatigue_days must be > 0, got {s.fatigue_days}")
         return self
+
+    @property
+    def fatigue_streams(self) -> tuple[str, str] | None:
+        """(exposure, engagement) event types of the fatigue term; None with fewer than two types."""
+        names = list(self.events)
+        s = self.signal
+        exposure = s.fatigue_exposure or ("impression" if "impression" in names else names[0])
+        rest = [n for n in names if n != exposure]
+        if not rest:
+            return None
+        engagement = s.fatigue_engagement or ("click" if "click" in rest else rest[0])
+        if engagement == exposure:
+            return None
+        return exposure, engagement
 
 
 def _events(spec: dict[str, tuple]) -> dict[str, EventTypeConfig]:
@@ -291,8 +340,12 @@ def build_config(preset: str = "tiny", config_file: str | None = None, sets: dic
 
 
 def config_from_dict(data: dict[str, Any]) -> GeneratorConfig:
-    """Rebuild a config from a manifest's `config` block."""
+    """Rebuild a config from a manifest's `config` block. A block written before world v2 has no
+    strengths for terms 8-12: its labels never had them, so they are 0, not today's defaults."""
     data = dict(data)
     events = {n: EventTypeConfig(**e) for n, e in data.pop("events").items()}
-    signal = SignalConfig(**data.pop("signal"))
+    signal_data = dict(data.pop("signal"))
+    for term in V2_TERMS:
+        signal_data.setdefault(term, 0.0)
+    signal = SignalConfig(**signal_data)
     return GeneratorConfig(**data, events=events, signal=signal).validate()

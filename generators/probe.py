@@ -37,11 +37,15 @@ from kunbench.data.manifest import Manifest, load_manifest
 from kunbench.metrics import LogLossSums, gap_closed
 from kunbench.generators.chunk import Chunk, EventColumns
 from kunbench.generators.config import GeneratorConfig, config_from_dict
-from kunbench.generators.signal import (Calibration, combine, history_statistics, raw_terms, segment_sums,
+from kunbench.generators.config import V2_TERMS
+from kunbench.generators.signal import (Calibration, combine, history_features, raw_terms, segment_sums,
                                         sigmoid)
 from kunbench.generators.world import World, build_world
 
 CONTEXT_TERMS = frozenset({"context", "cross"})
+LINEAR_HISTORY = frozenset({"target_match", "recency", "event_value", "surface", "long_range"})
+# the view that adds one nonlinear term family to the pooled view: what that family alone is worth
+TERM_VIEWS = {t: f"pooled+{t}" for t in V2_TERMS}
 
 
 @dataclass(frozen=True)
@@ -142,13 +146,6 @@ def _pooled_similarity(world: World, chunk: Chunk, cols: EventColumns) -> np.nda
     return np.divide(sums, cols.lengths, out=np.zeros(n), where=cols.lengths > 0)
 
 
-def _history_stats(world: World, chunk: Chunk, events: dict[str, EventColumns]) -> list[np.ndarray]:
-    """The generator's own history statistics (per stream mean and recency-weighted similarity, and
-    the long-range mean), on the events a view keeps."""
-    mean_s, rec_s, long_term = history_statistics(world, chunk, events, with_long=True)
-    return [*mean_s, *rec_s, long_term]
-
-
 def _with_surface(stats: list[np.ndarray], surface: np.ndarray, n_surfaces: int) -> list[np.ndarray]:
     """Each statistic and its product with a one-hot surface: the label weights history terms by surface."""
     onehot = np.eye(n_surfaces)[surface]
@@ -159,41 +156,107 @@ def _with_surface(stats: list[np.ndarray], surface: np.ndarray, n_surfaces: int)
     return out
 
 
-View = Callable[[World, Chunk, dict[str, np.ndarray]], list[np.ndarray]]
+def _exact_features(world: World, chunk: Chunk, events: dict[str, EventColumns],
+                    active: frozenset[str]) -> list[np.ndarray]:
+    """The generator's own history statistics on the events a view keeps: per stream mean and
+    recency-weighted similarity (with their surface products), the long-range mean, and the raw
+    value of every active term among 8-12."""
+    f = history_features(world, chunk, events, active | LINEAR_HISTORY)
+    stats = _with_surface([*f["mean_s"], *f["rec_s"], f["long"]], chunk.surface, world.config.num_surfaces)
+    return stats + [f[t] for t in V2_TERMS if t in active]
 
 
-def views(pool_k: int, merge_t: int) -> dict[str, View]:
-    def context(world, chunk, terms):
+def _saturations(x: np.ndarray) -> list[np.ndarray]:
+    """A few saturating transforms of a weighted count: a linear readout of them approximates any
+    smooth saturation the label may use."""
+    return [x, -np.expm1(-0.3 * x), -np.expm1(-x), -np.expm1(-3.0 * x)]
+
+
+def _unordered_features(world: World, chunk: Chunk, active: frozenset[str]) -> list[np.ndarray]:
+    """What a model can compute when each stream is a set: items, categories and event types are
+    known; order and timestamps are not. Exact for set functions (means, target_peak); for the
+    terms that need order or time, the best set statistics: unweighted counts and means."""
+    cfg = world.config
+    n = chunk.n
+    f = history_features(world, chunk, chunk.events, frozenset({"target_match"} | ({"target_peak"} & active)))
+    feats = _with_surface(list(f["mean_s"]), chunk.surface, cfg.num_surfaces)
+    if "target_peak" in active:
+        feats.append(f["target_peak"])
+    per_stream: dict[str, list[np.ndarray]] = {t: [] for t in ("repeat", "transition", "time_gap")}
+    for k, name in enumerate(cfg.events):
+        cols = chunk.events[name]
+        row = cols.row
+        item_hit = (cols.item == chunk.ad[row]).astype(np.float64)
+        cat_hit = (cols.category == chunk.ad_category[row]).astype(np.float64)
+        per_stream["repeat"].append(world.repeat_weight[k] * np.bincount(row, item_hit, minlength=n))
+        per_stream["time_gap"].append(world.time_gap_weight[k] * np.bincount(row, cat_hit, minlength=n))
+        aff = world.transition_affinity(cols.category, chunk.ad_category[row]) if row.size else np.zeros(0)
+        sums = np.bincount(row, aff, minlength=n)
+        per_stream["transition"].append(world.transition_weight[k] * np.divide(
+            sums, cols.lengths, out=np.zeros(n), where=cols.lengths > 0))
+    for term in ("repeat", "time_gap"):
+        if term in active:
+            feats += per_stream[term] + _saturations(sum(per_stream[term]))
+    if "transition" in active:
+        feats += per_stream["transition"] + [sum(per_stream["transition"])]
+    if "fatigue" in active and cfg.fatigue_streams is not None:
+        exp_cols, eng_cols = (chunk.events[e] for e in cfg.fatigue_streams)
+        exp_cat = np.bincount(exp_cols.row, exp_cols.category == chunk.ad_category[exp_cols.row], minlength=n)
+        exp_item = np.bincount(exp_cols.row, exp_cols.item == chunk.ad[exp_cols.row], minlength=n)
+        eng_cat = np.bincount(eng_cols.row, eng_cols.category == chunk.ad_category[eng_cols.row], minlength=n)
+        feats += _saturations(exp_cat + 2.0 * exp_item) + [eng_cat, (eng_cat > 0).astype(np.float64),
+                                                           (exp_cat + 2.0 * exp_item) * (eng_cat == 0)]
+    return feats
+
+
+View = Callable[[World, Chunk, dict[str, np.ndarray], frozenset[str]], list[np.ndarray]]
+
+
+def views(pool_k: int, merge_t: int, active: frozenset[str] = frozenset(V2_TERMS)) -> dict[str, View]:
+    """The probe's views by name; `active` are the terms the dataset's label has (terms of 8-12
+    that are off get no per-family view)."""
+    def context(world, chunk, terms, act):
         return [terms["context"], terms["cross"]]
 
-    def pooled(world, chunk, terms):
+    def pooled(world, chunk, terms, act):
         stats = [_pooled_similarity(world, chunk, last_k(chunk.events[e], pool_k)) for e in world.config.events]
-        return context(world, chunk, terms) + _with_surface(stats, chunk.surface, world.config.num_surfaces)
+        return context(world, chunk, terms, act) + _with_surface(stats, chunk.surface, world.config.num_surfaces)
 
-    def merged_mean(world, chunk, terms):
+    def merged_mean(world, chunk, terms, act):
         kept = merged_last_t(chunk.events, merge_t)
         n = chunk.n
         total = sum(c.lengths for c in kept.values())
         sums = sum(_pooled_similarity(world, chunk, c) * c.lengths for c in kept.values())
         mean = np.divide(sums, total, out=np.zeros(n), where=total > 0)
-        return context(world, chunk, terms) + _with_surface([mean], chunk.surface, world.config.num_surfaces)
+        return context(world, chunk, terms, act) + _with_surface([mean], chunk.surface, world.config.num_surfaces)
 
-    def merged(world, chunk, terms):
-        stats = _history_stats(world, chunk, merged_last_t(chunk.events, merge_t))
-        return context(world, chunk, terms) + _with_surface(stats, chunk.surface, world.config.num_surfaces)
+    def merged(world, chunk, terms, act):
+        return context(world, chunk, terms, act) + _exact_features(
+            world, chunk, merged_last_t(chunk.events, merge_t), act)
 
-    def categories(world, chunk, terms):
+    def unordered(world, chunk, terms, act):
+        return context(world, chunk, terms, act) + _unordered_features(world, chunk, act)
+
+    def categories(world, chunk, terms, act):
         blurred = dataclasses.replace(world, noise=np.zeros_like(world.noise))
-        stats = _history_stats(blurred, chunk, chunk.events)
-        return context(world, chunk, terms) + _with_surface(stats, chunk.surface, world.config.num_surfaces)
+        # no item identity: an item is known only by its category
+        events = {e: dataclasses.replace(c, item=c.category) for e, c in chunk.events.items()}
+        blind = dataclasses.replace(chunk, ad=chunk.ad_category, events=events)
+        return context(world, chunk, terms, act) + _exact_features(blurred, blind, events, act)
 
-    def exact(world, chunk, terms):
-        stats = _history_stats(world, chunk, chunk.events)
-        return context(world, chunk, terms) + _with_surface(stats, chunk.surface, world.config.num_surfaces)
+    def exact(world, chunk, terms, act):
+        return context(world, chunk, terms, act) + _exact_features(world, chunk, chunk.events, act)
 
-    return {"context": context, f"pooled_last_{pool_k}": pooled, f"merged_mean_{merge_t}": merged_mean,
-            f"merged_last_{merge_t}": merged,
-            "categories_only": categories, "exact": exact}
+    def family(term):
+        def view(world, chunk, terms, act):
+            return pooled(world, chunk, terms, act) + [terms[term]]
+        return view
+
+    out = {"context": context, f"pooled_last_{pool_k}": pooled, f"merged_mean_{merge_t}": merged_mean,
+           f"merged_last_{merge_t}": merged, "unordered": unordered, "categories_only": categories}
+    out.update({TERM_VIEWS[t]: family(t) for t in V2_TERMS if t in active})
+    out["exact"] = exact
+    return out
 
 
 def _tables(manifest: Manifest, split: str, max_rows: int) -> Iterator:
@@ -216,32 +279,53 @@ def _features(manifest: Manifest, split: str, world: World, calib: Calibration, 
     for t in _tables(manifest, split, max_rows):
         chunk = _chunk_from_table(cfg, t, manifest.data["columns"])
         terms = raw_terms(world, chunk, calib.active | CONTEXT_TERMS)
+        active = calib.active & frozenset(V2_TERMS)
         p = t.column("p_true").to_numpy()
         logit = combine(calib, terms, chunk.n)
         err = max(err, float(np.max(np.abs(sigmoid(logit) - p))) if chunk.n else 0.0)
         for name, view in vs.items():
-            feats[name].append(np.stack(view(world, chunk, terms), axis=1))
+            feats[name].append(np.stack(view(world, chunk, terms, active), axis=1))
         p_true.append(p)
         if progress is not None:
             progress(chunk.n)
     return {k: np.concatenate(v) for k, v in feats.items()}, np.concatenate(p_true), err
 
 
-def fit_logistic(x: np.ndarray, p: np.ndarray, l2: float = 1e-8, iters: int = 50) -> np.ndarray:
+def _soft_log_loss(z: np.ndarray, p: np.ndarray) -> float:
+    """Mean cross-entropy of logits `z` against soft labels `p`, stable for large |z|."""
+    return float(np.mean(np.logaddexp(0.0, z) - p * z))
+
+
+def fit_logistic(x: np.ndarray, p: np.ndarray, l2: float = 1e-8, iters: int = 100) -> np.ndarray:
     """Newton's method for logistic regression on soft labels `p`; returns weights, bias last. The
-    tiny ridge only keeps the Hessian invertible (a statistic and its surface products are collinear)."""
+    tiny ridge only keeps the Hessian invertible (a statistic and its surface products are collinear);
+    the step is halved until the loss falls (plain Newton overshoots on rare, skewed features)."""
     mu, sd = x.mean(0), x.std(0)
     sd[sd == 0] = 1.0
     z = np.concatenate([(x - mu) / sd, np.ones((x.shape[0], 1))], axis=1)
     w = np.zeros(z.shape[1])
     w[-1] = np.log(p.mean() / (1 - p.mean()))
+
+    def objective(v: np.ndarray) -> float:
+        return _soft_log_loss(z @ v, p) + 0.5 * l2 * float(v @ v)
+
+    loss = objective(w)
     for _ in range(iters):
         q = sigmoid(z @ w)
         grad = z.T @ (q - p) / len(p) + l2 * w
         hess = (z * (q * (1 - q))[:, None]).T @ z / len(p) + l2 * np.eye(len(w))
         step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.max(np.abs(step)) < 1e-9:
+        t = 1.0
+        while t > 1e-6:
+            trial = w - t * step
+            trial_loss = objective(trial)
+            if trial_loss <= loss:
+                break
+            t *= 0.5
+        else:
+            break  # no descent along the Newton direction: converged to float precision
+        w, loss = trial, trial_loss
+        if np.max(np.abs(t * step)) < 1e-9:
             break
     scale = np.concatenate([1 / sd, [1.0]])
     return np.concatenate([w[:-1] * scale[:-1], [w[-1] - np.sum(w[:-1] * mu / sd)]])
@@ -264,7 +348,7 @@ def probe(root: str | Path, pool_k: int = 64, merge_t: int = 256, max_rows: int 
         raise KunbenchError(f"{root}: manifest has no generator world; the probe needs a kunbench-generated dataset")
     world = build_world(config_from_dict(manifest.data["config"]))
     calib = Calibration.from_dict(manifest.data["world"])
-    vs = views(pool_k, merge_t)
+    vs = views(pool_k, merge_t, calib.active & frozenset(V2_TERMS))
     x_tr, p_tr, e1 = _features(manifest, "train", world, calib, vs, max_rows, progress)
     x_ev, p_ev, e2 = _features(manifest, "eval", world, calib, vs, max_rows, progress)
     if len(p_tr) == 0 or len(p_ev) == 0:

@@ -1,4 +1,4 @@
-"""The label: seven logit terms (data.md), z-scored on a calibration sample, plus a bias.
+"""The label: twelve logit terms (docs/world.md), z-scored on a calibration sample, plus a bias.
 
 Every term is a deterministic function of the row's observed columns and the hidden world, so
 `p_true = sigmoid(logit)` is the Bayes-optimal prediction and its NE is the dataset's floor.
@@ -12,14 +12,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kunbench.generators.chunk import Chunk, build_chunk, calibration_times, chunk_rng
-from kunbench.generators.config import GeneratorConfig
+from kunbench.generators.chunk import Chunk, EventColumns, build_chunk, calibration_times, chunk_rng
+from kunbench.generators.config import V2_TERMS, GeneratorConfig
 from kunbench.generators.sampling import hash2, hashed_normal
 from kunbench.generators.world import CALIB_TAG, World
 
-TERMS = ("context", "cross", "target_match", "recency", "event_value", "surface", "long_range")
-HISTORY_TERMS = frozenset(TERMS[2:])
-CALIBRATION_ROWS = 4096
+TERMS = ("context", "cross", "target_match", "recency", "event_value", "surface", "long_range",
+         *V2_TERMS)
+CONTEXT_TERMS = TERMS[:2]
+HISTORY_TERMS = TERMS[2:]
+CALIBRATION_ROWS = 16384  # the bias's base-CTR error is ~2% here; 4096 rows left ~8% on tiny
 
 
 def strengths(config: GeneratorConfig) -> dict[str, float]:
@@ -71,9 +73,28 @@ def raw_terms(world: World, chunk: Chunk, active: set[str] | frozenset[str]) -> 
             t += hashed_normal(h)
         out["cross"] = t
 
-    if active & HISTORY_TERMS:
+    if active & set(HISTORY_TERMS):
         out.update(_history_terms(world, chunk, active))
     return out
+
+
+def segment_max(values: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Per-row max of `values` over contiguous rows; -inf for empty rows."""
+    n = lengths.shape[0]
+    out = np.full(n, -np.inf)
+    nonempty = np.flatnonzero(lengths > 0)
+    if nonempty.size:
+        out[nonempty] = np.maximum.reduceat(values, offsets[nonempty])
+    return out
+
+
+def _row_sum(row: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
+    return np.bincount(row, weights=weights, minlength=n) if row.size else np.zeros(n)
+
+
+def newest_rank(cols: EventColumns) -> np.ndarray:
+    """0 for the newest event of its row, 1 for the one before, ... (events are stored oldest first)."""
+    return cols.offsets[1:][cols.row] - 1 - np.arange(cols.row.shape[0])
 
 
 def history_statistics(world: World, chunk: Chunk, events: dict, with_long: bool
@@ -82,41 +103,130 @@ def history_statistics(world: World, chunk: Chunk, events: dict, with_long: bool
     `[E, n]` the mean s and the recency-weighted mean s, and `[n]` the mean s of the long-range
     stream's events older than `long_range_days` (zeros unless `with_long`). `events` is
     `chunk.events` or a subset of it (the signal probe's views)."""
+    want = {"target_match", "recency", "event_value", "surface"} | ({"long_range"} if with_long else set())
+    f = history_features(world, chunk, events, frozenset(want))
+    return f["mean_s"], f["rec_s"], f["long"]
+
+
+def history_features(world: World, chunk: Chunk, events: dict, active: frozenset[str]) -> dict[str, np.ndarray]:
+    """Every history statistic the active terms need, on `events` (all of `chunk.events` or a
+    view's subset): `mean_s`, `rec_s` [E, n] and `long` [n] for terms 3-7, and the raw value of
+    each active term among 8-12 under its own name."""
     cfg = world.config
+    sig = cfg.signal
     n = chunk.n
-    u = world.latents(chunk.ad, chunk.ad_category)  # [n, d]
+    n_ev = len(cfg.events)
+    need_s = bool(active & {"target_match", "recency", "event_value", "surface", "long_range", "target_peak"})
+    u = world.latents(chunk.ad, chunk.ad_category) if need_s else None
     long_name = cfg.long_range_stream
     long_s = cfg.long_range_days * 86400.0
-    mean_s, rec_s = [], []
+    mean_s, rec_s = np.zeros((n_ev, n)), np.zeros((n_ev, n))
     long_term = np.zeros(n)
-    for name, ev in cfg.events.items():
+    repeat = np.zeros(n)
+    transition = np.zeros(n)
+    time_gap = np.zeros(n)
+    peak_parts: list[tuple[np.ndarray, np.ndarray]] = []  # (row, s) per stream, for target_peak
+    peak_max = np.full(n, -np.inf)
+    for k, (name, ev) in enumerate(cfg.events.items()):
         cols = events[name]
         if cols.item.size == 0:
-            mean_s.append(np.zeros(n))
-            rec_s.append(np.zeros(n))
             continue
-        s = world.similarity(cols.item, cols.category, u, cols.row)
-        age = (chunk.request_ts[cols.row] - cols.ts).astype(np.float64)
-        want_long = name == long_name and with_long
-        vals = np.empty((s.shape[0], 5 if want_long else 3))
-        vals[:, 0] = s
-        np.exp(age * (-1.0 / (ev.recency_days * 86400.0)), out=vals[:, 1])
-        np.multiply(vals[:, 1], s, out=vals[:, 2])
-        if want_long:
-            np.greater(age, long_s, out=vals[:, 3])
-            np.multiply(vals[:, 3], s, out=vals[:, 4])
-        sums = segment_sums(vals, cols.offsets, cols.lengths)
-        counts = cols.lengths
-        mean_s.append(np.divide(sums[:, 0], counts, out=np.zeros(n), where=counts > 0))
-        rec_s.append(np.divide(sums[:, 2], sums[:, 1], out=np.zeros(n), where=sums[:, 1] > 0))
-        if want_long:
-            long_term = np.divide(sums[:, 4], sums[:, 3], out=np.zeros(n), where=sums[:, 3] > 0)
-    return np.stack(mean_s), np.stack(rec_s), long_term
+        row = cols.row
+        age = (chunk.request_ts[row] - cols.ts).astype(np.float64)
+        decay = None
+        if need_s:
+            s = world.similarity(cols.item, cols.category, u, row)
+            want_long = name == long_name and "long_range" in active
+            vals = np.empty((s.shape[0], 5 if want_long else 3))
+            vals[:, 0] = s
+            np.exp(age * (-1.0 / (ev.recency_days * 86400.0)), out=vals[:, 1])
+            decay = vals[:, 1]
+            np.multiply(vals[:, 1], s, out=vals[:, 2])
+            if want_long:
+                np.greater(age, long_s, out=vals[:, 3])
+                np.multiply(vals[:, 3], s, out=vals[:, 4])
+            sums = segment_sums(vals, cols.offsets, cols.lengths)
+            counts = cols.lengths
+            np.divide(sums[:, 0], counts, out=mean_s[k], where=counts > 0)
+            np.divide(sums[:, 2], sums[:, 1], out=rec_s[k], where=sums[:, 1] > 0)
+            if want_long:
+                long_term = np.divide(sums[:, 4], sums[:, 3], out=np.zeros(n), where=sums[:, 3] > 0)
+            if "target_peak" in active:
+                peak_parts.append((row, s))
+                np.maximum(peak_max, segment_max(s, cols.offsets, cols.lengths), out=peak_max)
+        if "repeat" in active:
+            hit = np.flatnonzero(cols.item == chunk.ad[row])
+            if hit.size:
+                w = (decay[hit] if decay is not None
+                     else np.exp(age[hit] * (-1.0 / (ev.recency_days * 86400.0))))
+                repeat += _row_sum(row[hit], world.repeat_weight[k] * w, n)
+        if "transition" in active:
+            rank = newest_rank(cols)
+            sel = np.flatnonzero(rank < sig.transition_events)
+            aff = world.transition_affinity(cols.category[sel], chunk.ad_category[row[sel]])
+            w = world.transition_weight[k] * np.power(sig.transition_decay, rank[sel].astype(np.float64))
+            transition += _row_sum(row[sel], w * aff, n)
+        if "time_gap" in active:
+            hit = np.flatnonzero(cols.category == chunk.ad_category[row])
+            if hit.size:
+                cycle = world.cycle_days[cols.category[hit]] * 86400.0
+                z = np.log(age[hit] / cycle) * (1.0 / sig.cycle_width)
+                time_gap += _row_sum(row[hit], world.time_gap_weight[k] * np.exp(-0.5 * z * z), n)
+    out: dict[str, np.ndarray] = {"mean_s": mean_s, "rec_s": rec_s, "long": long_term}
+    if "repeat" in active:
+        out["repeat"] = -np.expm1(-repeat)  # saturating in the (weighted) count
+    if "target_peak" in active:
+        out["target_peak"] = _log_sum_exp(peak_parts, peak_max, sig.peak_temperature, n)
+    if "transition" in active:
+        out["transition"] = transition
+    if "time_gap" in active:
+        out["time_gap"] = -np.expm1(-time_gap)
+    if "fatigue" in active:
+        out["fatigue"] = _fatigue(world, chunk, events)
+    return out
+
+
+def _log_sum_exp(parts: list[tuple[np.ndarray, np.ndarray]], peak_max: np.ndarray, temperature: float,
+                 n: int) -> np.ndarray:
+    """temperature * log sum_j exp(s_j / temperature) over all of a row's events (0 for none): near
+    the single best match, however long the history."""
+    has = np.isfinite(peak_max)
+    m = np.where(has, peak_max, 0.0)
+    total = np.zeros(n)
+    for row, s in parts:
+        total += _row_sum(row, np.exp((s - m[row]) * (1.0 / temperature)), n)
+    out = np.zeros(n)
+    out[has] = m[has] + temperature * np.log(total[has])
+    return out
+
+
+def _fatigue(world: World, chunk: Chunk, events: dict) -> np.ndarray:
+    """Minus the saturated, recency-weighted count of exposures of the ad's category shown after
+    the last engagement with that category (exposures of the ad's own item count triple)."""
+    n = chunk.n
+    streams = world.config.fatigue_streams
+    if streams is None:
+        return np.zeros(n)
+    exposure, engagement = events[streams[0]], events[streams[1]]
+    last = np.full(n, np.iinfo(np.int64).min)
+    hit = np.flatnonzero(engagement.category == chunk.ad_category[engagement.row])
+    if hit.size:
+        np.maximum.at(last, engagement.row[hit], engagement.ts[hit])
+    row = exposure.row
+    keep = np.flatnonzero((exposure.category == chunk.ad_category[row]) & (exposure.ts > last[row]))
+    if keep.size == 0:
+        return np.zeros(n)
+    r = row[keep]
+    age = (chunk.request_ts[r] - exposure.ts[keep]).astype(np.float64)
+    w = np.exp(age * (-1.0 / (world.config.signal.fatigue_days * 86400.0)))
+    w *= 1.0 + 2.0 * (exposure.item[keep] == chunk.ad[r])
+    return np.expm1(-_row_sum(r, w, n))  # -(1 - e^-x): lowers the logit
 
 
 def _history_terms(world: World, chunk: Chunk, active) -> dict[str, np.ndarray]:
-    """Terms 3-7 from the history statistics."""
-    mean_s, rec_s, long_term = history_statistics(world, chunk, chunk.events, "long_range" in active)
+    """Terms 3-12 from the history features."""
+    f = history_features(world, chunk, chunk.events, frozenset(active))
+    mean_s, rec_s = f["mean_s"], f["rec_s"]
     out = {}
     if "target_match" in active:
         out["target_match"] = mean_s.sum(0)
@@ -127,7 +237,10 @@ def _history_terms(world: World, chunk: Chunk, active) -> dict[str, np.ndarray]:
     if "surface" in active:
         out["surface"] = (world.surface_weight[chunk.surface] * rec_s.T).sum(1)
     if "long_range" in active:
-        out["long_range"] = long_term
+        out["long_range"] = f["long"]
+    for t in V2_TERMS:
+        if t in active:
+            out[t] = f[t]
     return out
 
 

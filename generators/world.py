@@ -16,6 +16,7 @@ from kunbench.generators.config import GeneratorConfig
 from kunbench.generators.sampling import coprime_multiplier, splitmix64
 
 WORLD_TAG = 0x574F524C  # "WORL": world parameters
+WORLD2_TAG = 0x574F5232  # "WOR2": world v2 parameters (their own stream: v1's draws are unchanged)
 CALIB_TAG = 0x43414C49  # "CALI": calibration sample
 NOISE_ROWS = 1 << 16
 NOISE_SHIFT = np.uint64(64 - 16)
@@ -65,6 +66,12 @@ class World:
     cross_salt: np.ndarray  # uint64 [P]
     surface_weight: np.ndarray  # [num_surfaces, n_events]
     event_value: np.ndarray  # [n_events], centred
+    # world v2 (terms 8-12)
+    repeat_weight: np.ndarray  # [n_events] > 0: how much a past occurrence of the ad's item counts
+    transition_matrix: np.ndarray  # [d, d]: affinity(from, to) = centroid_from W centroid_to
+    transition_weight: np.ndarray  # [n_events] > 0
+    cycle_days: np.ndarray  # [n_cat] return cycle of each category
+    time_gap_weight: np.ndarray  # [n_events] > 0
 
     @property
     def item_space(self) -> int:
@@ -93,6 +100,12 @@ class World:
         nn = np.einsum("ij,ij->i", lat, lat)
         np.maximum(nn, 1e-12, out=nn)
         return dot.astype(np.float64) / np.sqrt(nn)
+
+    def transition_affinity(self, from_cat: np.ndarray, to_cat: np.ndarray) -> np.ndarray:
+        """Hidden category -> category transition (term 10): low rank through the centroids, so a
+        model that learns category embeddings can learn it."""
+        a = np.take(self.centroids, from_cat, axis=0) @ self.transition_matrix
+        return np.einsum("ij,ij->i", a, np.take(self.centroids, to_cat, axis=0)).astype(np.float64)
 
     def interest_categories(self, users: np.ndarray) -> np.ndarray:
         """[n, user_interests] categories of each user, from a hash of (user, j): no user table."""
@@ -178,6 +191,14 @@ def build_world(config: GeneratorConfig) -> World:
     values = np.array([e.value for e in cfg.events.values()], dtype=np.float64)
     event_value = values - values.mean()
 
+    rng2 = np.random.Generator(np.random.PCG64(np.random.SeedSequence([cfg.seed, WORLD2_TAG])))
+    sig = cfg.signal
+    repeat_weight = np.exp(rng2.normal(0.0, 0.5, n_events))
+    transition_matrix = rng2.standard_normal((d, d)) / math.sqrt(d)
+    transition_weight = np.exp(rng2.normal(0.0, 0.5, n_events))
+    cycle_days = np.exp(rng2.uniform(math.log(sig.cycle_min_days), math.log(sig.cycle_max_days), n_cat))
+    time_gap_weight = np.exp(rng2.normal(0.0, 0.5, n_events))
+
     return World(
         config=cfg,
         cat_cardinality=card, cat_mult=cat_mult, cat_offset=cat_offset,
@@ -199,4 +220,6 @@ def build_world(config: GeneratorConfig) -> World:
         dense_weight=dense_weight, field_salt=field_salt,
         cross_pairs=cross_pairs, cross_salt=cross_salt,
         surface_weight=surface_weight, event_value=event_value,
+        repeat_weight=repeat_weight, transition_matrix=transition_matrix,
+        transition_weight=transition_weight, cycle_days=cycle_days, time_gap_weight=time_gap_weight,
     )

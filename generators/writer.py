@@ -25,7 +25,7 @@ import kunbench
 from kunbench.data.manifest import MANIFEST_NAME, sha256_file
 from kunbench.errors import KunbenchError
 from kunbench.generators.chunk import build_chunk, chunk_rng, request_times
-from kunbench.generators.config import SCHEMA_VERSION, GeneratorConfig
+from kunbench.generators.config import OUTPUT_VERSION, SCHEMA_VERSION, GeneratorConfig
 from kunbench.generators.schema import PARQUET_OPTIONS, arrow_schema, chunk_table, column_entries
 from kunbench.generators.signal import Calibration, combine, raw_terms, sigmoid
 from kunbench.generators.world import World
@@ -327,6 +327,7 @@ def build_manifest(world: World, calib: Calibration, fingerprint: str, specs: li
     return {
         "schema_version": SCHEMA_VERSION,
         "generator": GENERATOR_NAME,
+        "output_version": OUTPUT_VERSION,
         "kunbench_version": kunbench.__version__,
         "seed": cfg.seed,
         "fingerprint": fingerprint,

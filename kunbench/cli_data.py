@@ -82,7 +82,8 @@ def inspect_cmd(directory, verify):
 
     m = load_manifest(directory)
     d = m.data
-    console.print(f"[bold]{directory}[/]  schema v{d['schema_version']}  generator {d.get('generator')}  "
+    version = f" (output v{m.output_version})" if m.output_version is not None else ""
+    console.print(f"[bold]{directory}[/]  schema v{d['schema_version']}  generator {d.get('generator')}{version}  "
                   f"seed {d.get('seed')}  fingerprint {d.get('fingerprint')}  "
                   f"preset {d.get('config', {}).get('preset')}", highlight=False, soft_wrap=True)
 

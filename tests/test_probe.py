@@ -16,7 +16,9 @@ from kunbench.backends.jagged import merge_by_time
 from kunbench.cli import main
 from kunbench.data.batch import EventSequence
 from kunbench.generators.chunk import EventColumns
+from kunbench.generators.config import V2_TERMS
 from kunbench.generators.probe import fit_logistic, last_k, merged_last_t, probe
+from kunbench.generators.signal import HISTORY_TERMS
 
 
 def _columns(lengths: list[int], ts: list[int]) -> EventColumns:
@@ -81,19 +83,20 @@ def test_probe_recomputes_p_true_and_orders_the_views(tiny_dataset):
     assert r.max_abs_p_error < 1e-9  # the floor is a function of the observed row, as data.md promises
     ceilings = {v.view: v.expected_gap_closed for v in r.views}
     assert set(ceilings) == {"context", "pooled_last_64", "merged_mean_256", "merged_last_256", "categories_only",
-                             "exact"}
+                             "unordered", "exact", *(f"pooled+{t}" for t in V2_TERMS)}
     assert ceilings["exact"] > 0.97
     # tiny histories (at most 64 per type) fit whole in both views
     assert ceilings["merged_last_256"] == pytest.approx(ceilings["exact"], abs=1e-6)
     assert ceilings["context"] < ceilings["pooled_last_64"] < ceilings["exact"]
     assert ceilings["context"] < ceilings["merged_mean_256"] < ceilings["merged_last_256"]
+    assert ceilings["pooled_last_64"] < ceilings["unordered"] < ceilings["exact"]
 
 
 def test_without_history_terms_the_context_view_reaches_the_floor(tmp_path):
     from kunbench.generators.config import build_config
     from kunbench.generators.ctr import generate
 
-    off = {f"signal.{t}": 0.0 for t in ("target_match", "recency", "event_value", "surface", "long_range")}
+    off = {f"signal.{t}": 0.0 for t in HISTORY_TERMS}
     root = generate(build_config("tiny", rows=1200, sets=off), tmp_path / "ctx", progress=False)
     ceilings = {v.view: v.expected_gap_closed for v in probe(root).views}
     assert ceilings["context"] > 0.97

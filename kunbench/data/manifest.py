@@ -104,6 +104,14 @@ class Manifest:
     def split_rows(self, split: str) -> int:
         return int(self.splits[split]["rows"])
 
+    @property
+    def output_version(self) -> int | None:
+        """The generator's output version (which signal terms exist), None for data it did not make.
+        Manifests written before the field existed are version 2 (terms 1-7)."""
+        if self.data.get("generator") != "kunbench.generators.ctr":
+            return None
+        return int(self.data.get("output_version", 2))
+
 
 def load_manifest(root: str | Path) -> Manifest:
     root = Path(root)
