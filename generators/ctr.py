@@ -111,11 +111,12 @@ def _progress_bar(enabled: bool):
                     console=Console(stderr=True), transient=False)
 
 
-def _shared_map(items: list, local_fn, remote_fn, pool, n_children: int, poll) -> list:
+def _shared_map(items: list, local_fn, remote_fn, pool, n_children: int, poll, on_remote=None) -> list:
     """Results of fn(item) for all items, in order, shared between this process and the pool.
 
     Children are kept fed with one item each; this process works through the rest itself (so
-    it is busy while the children start up), calling `poll` between items.
+    it is busy while the children start up), calling `poll` between items and `on_remote(item)`
+    when a child's item is done.
     """
     results: dict[int, Any] = {}
     todo = list(enumerate(items))
@@ -131,7 +132,10 @@ def _shared_map(items: list, local_fn, remote_fn, pool, n_children: int, poll) -
             else:
                 wait(list(pending), timeout=0.1, return_when=FIRST_COMPLETED)
             for fut in [f for f in pending if f.done()]:
-                results[pending.pop(fut)] = fut.result()
+                i = pending.pop(fut)
+                results[i] = fut.result()
+                if on_remote is not None:
+                    on_remote(items[i])
             poll()
     except BaseException:
         for fut in pending:
@@ -194,7 +198,8 @@ class _Runner:
                                            q)) as pool:
             def calib_mapper(parts, advance):
                 return _shared_map(parts, lambda p: (calibration_chunk_terms(self.world, *p), advance(p[1]))[0],
-                                   _worker_calibration, pool, n_children, lambda: None)
+                                   _worker_calibration, pool, n_children, lambda: None,
+                                   on_remote=lambda p: advance(p[1]))
 
             self._calibrate(bar, calib_mapper)
             task = bar.add_task("generating", total=total_rows) if bar is not None else None

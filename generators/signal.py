@@ -92,9 +92,13 @@ def _row_sum(row: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(row, weights=weights, minlength=n) if row.size else np.zeros(n)
 
 
-def newest_rank(cols: EventColumns) -> np.ndarray:
-    """0 for the newest event of its row, 1 for the one before, ... (events are stored oldest first)."""
-    return cols.offsets[1:][cols.row] - 1 - np.arange(cols.row.shape[0])
+def newest_events(cols: EventColumns, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of each row's newest `k` events (events are stored oldest first) and their rank
+    from the newest (0 = newest); O(rows x k), not O(events)."""
+    ends = cols.offsets[1:]
+    idx = ends[:, None] - 1 - np.arange(k)[None, :]
+    valid = idx >= cols.offsets[:-1][:, None]
+    return idx[valid], np.broadcast_to(np.arange(k), idx.shape)[valid]
 
 
 def history_statistics(world: World, chunk: Chunk, events: dict, with_long: bool
@@ -127,6 +131,7 @@ def history_features(world: World, chunk: Chunk, events: dict, active: frozenset
     time_gap = np.zeros(n)
     peak_parts: list[tuple[np.ndarray, np.ndarray]] = []  # (row, s) per stream, for target_peak
     peak_max = np.full(n, -np.inf)
+    position_weight = np.power(sig.transition_decay, np.arange(sig.transition_events, dtype=np.float64))
     for k, (name, ev) in enumerate(cfg.events.items()):
         cols = events[name]
         if cols.item.size == 0:
@@ -161,11 +166,11 @@ def history_features(world: World, chunk: Chunk, events: dict, active: frozenset
                      else np.exp(age[hit] * (-1.0 / (ev.recency_days * 86400.0))))
                 repeat += _row_sum(row[hit], world.repeat_weight[k] * w, n)
         if "transition" in active:
-            rank = newest_rank(cols)
-            sel = np.flatnonzero(rank < sig.transition_events)
-            aff = world.transition_affinity(cols.category[sel], chunk.ad_category[row[sel]])
-            w = world.transition_weight[k] * np.power(sig.transition_decay, rank[sel].astype(np.float64))
-            transition += _row_sum(row[sel], w * aff, n)
+            sel, rank = newest_events(cols, sig.transition_events)
+            sel_row = row[sel]
+            aff = world.transition_affinity(cols.category[sel], chunk.ad_category[sel_row])
+            w = world.transition_weight[k] * position_weight[rank]
+            transition += _row_sum(sel_row, w * aff, n)
         if "time_gap" in active:
             hit = np.flatnonzero(cols.category == chunk.ad_category[row])
             if hit.size:
