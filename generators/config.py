@@ -269,11 +269,10 @@ PRESETS: dict[str, GeneratorConfig] = {
         }),
     ),
     "small": GeneratorConfig(
-        # 180k train rows: one pass closes a clear share of the gap and a CPU still trains it in
-        # minutes. The learning curve is steep here: with the weight average, seeds 0-2, Wukong
-        # closes 0.286 of the gap at 80k train rows and 0.415 at 180k, InterFormer 0.267 and 0.391.
-        # 20k eval rows halve the NE noise of 5k (bootstrap std of NE ~+-0.008 at 20k rows, 3% CTR)
-        preset="small", rows=200_000, eval_fraction=0.1, rows_per_shard=4096, row_group_rows=512,
+        # 270k train rows: with world v2 one pass over 180k rows left the best backend under 0.3 of
+        # the gap (Wukong 0.289, Kunlun 0.275, seed 0) and Wukong's curve was still steep (0.222
+        # at 90k rows), so small grew by half, eval included (30k rows)
+        preset="small", rows=300_000, eval_fraction=0.1, rows_per_shard=4096, row_group_rows=512,
         num_categorical=88, num_dense=6, num_multihot=2, cardinality_max=1_000_000,
         num_users=500_000, num_items=100_000, num_item_categories=500,
         history_span_days=60.0,
