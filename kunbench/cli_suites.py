@@ -143,8 +143,8 @@ def _names(value) -> list[str] | None:
               help="Backends to measure (default: every registered one the suite uses).")
 @click.option("--preset", "-p", default=None, help="Backend size preset (default: tiny, or the backend's with --full).")
 @click.option("--data", "-d", type=click.Path(file_okay=False), default=None,
-              help="Dataset directory (default: generated once into the cache: a 32k-row tiny dataset, "
-                   "or the small preset with --full).")
+              help="Dataset directory (default: generated once into the cache: a 72k-row tiny dataset, "
+                   "168k rows for scaling, or the small preset with --full).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the best present).")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default=None, help="bf16 = autocast on CUDA.")
 @click.option("--repeat", "-r", type=click.IntRange(min=1), default=None,

@@ -15,7 +15,7 @@ Options (claims.KEY=V):
     strength            the history term's strength (1.0)
     context_strength    context and cross strength (0.25; `preset` = the data preset's 0.5)
     base_ctr            0.2 in the reduced run, the preset's (3%) with --full; `preset` to keep it
-    data_rows           rows per dataset (reduced: 32768, 25% eval; --full: the small preset's)
+    data_rows           rows per dataset (reduced: 57344, 8192 of them eval; --full: the small preset's)
     probe_rows          rows per split the probe reads (default: all)
 data.KEY=V applies to every term's dataset, except the history strengths, which the suite owns.
 --data is ignored: the suite makes its own datasets (cached, so a rerun reuses them).
@@ -33,7 +33,7 @@ import numpy as np
 
 from kunbench.errors import KunbenchError
 from kunbench.results import measurement
-from kunbench.suites.common import (FULL_DATA_PRESET, QUICK_DATA_PRESET, QUICK_DATA_SETS, SuiteContext, mean,
+from kunbench.suites.common import (FULL_DATA_PRESET, QUICK_DATA_PRESET, SuiteContext, mean, quick_data_sets,
                                     resolve_backend, std, str_list, train_and_predict, world_note)
 from kunbench.suites.registry import SuiteOutput, SuiteSpec
 
@@ -46,6 +46,9 @@ DEFAULT_CONTEXT_STRENGTH = 0.25
 # reduced run only: at the presets' 3% CTR one pass over 24k rows (~700 clicks) learns almost
 # nothing of any term; 20% gives each row ~5x the information (p(1-p))
 QUICK_BASE_CTR = 0.2
+# reduced run: ten datasets x three backends must fit in 15 minutes on 2 CPU cores, so fewer train
+# rows than the ablation's 64k; the same 8k eval rows (expected NE has no label noise)
+QUICK_CLAIMS_DATA_SETS = quick_data_sets(49152, 8192)
 POOL_K = 64
 MERGE_T = 256
 N_BOOT = 200
@@ -132,7 +135,7 @@ def term_sets(ctx: SuiteContext, s: dict[str, Any], term: str, all_terms: list[s
         "context_strength": ({f"signal.{t}": s["context_strength"] for t in CONTEXT_TERMS}
                              if s["context_strength"] is not None else {}),
     }
-    sets: dict[str, Any] = {} if ctx.full else dict(QUICK_DATA_SETS)
+    sets: dict[str, Any] = {} if ctx.full else dict(QUICK_CLAIMS_DATA_SETS)
     for opt, kv in own.items():
         if opt not in s["given"]:
             sets.update(kv)

@@ -2,11 +2,18 @@
 windows), training through kunbench.train.runner, per-row eval predictions, throughput timing,
 device peak FLOP/s, bootstrap noise and the NE-vs-compute fit.
 
-Budgets. The default run (no `--full`) is the reduced configuration that finishes the ablation on a
-2-core CPU within minutes: a 32k-row `tiny`-preset dataset (25 % eval), the backends' `tiny`
-presets, one pass at batch 256 with dense lr 3e-3, and short throughput windows. `--full` switches to the `small`
-dataset preset (200k rows, generated once and cached), the backends' default presets, the default
-training loop and longer windows. Either way every knob is a `--set` away.
+Budgets. The default run (no `--full`) is the reduced configuration: the backends' `tiny` presets,
+one pass at batch 256 with dense lr 3e-3, short throughput windows, and a `tiny`-preset dataset
+generated once and cached: 64k train + 8k eval rows, 160k + 8k for scaling (QUICK_DATA_SETS and
+QUICK_DATA_SETS_BY_SUITE say why these sizes). The aim is the ablation within ~10 minutes and
+scaling within ~20 on a 2-core CPU. `--full` switches to the `small` dataset preset, the backends'
+default presets, the default training loop and longer windows. Either way every knob is a `--set`
+away (`data.rows=...`, `data.eval_fraction=...`).
+
+Quality is compared on expected NE (the generator's p_true as soft labels, see
+kunbench.train.evaluate): at a 3 % CTR the clicks drawn for a few thousand eval rows move NE more
+than the differences the ablation and scaling suites look for. Per-row predictions come back with
+p_true (`predict_eval`), so `bootstrap_expected_ne` can pair two models on the same rows.
 
 `--set` routing (also for `[section]` tables of a `--config` TOML file):
     train.KEY=V      the training loop (TrainConfig: steps, batch_size, lr, seed, ...)
@@ -34,13 +41,38 @@ from kunbench.results import measurement
 from kunbench.telemetry import Telemetry, merge_summaries
 
 QUICK_DATA_PRESET = "tiny"
-QUICK_DATA_SETS = {"rows": 32768, "eval_fraction": 0.25}
+
+
+def quick_data_sets(train_rows: int, eval_rows: int) -> dict[str, Any]:
+    """Generator overrides for a reduced dataset of exactly `train_rows` + `eval_rows` rows."""
+    rows = train_rows + eval_rows
+    return {"rows": rows, "eval_fraction": eval_rows / rows}
+
+
+# Reduced-run datasets (`tiny` generator preset), generated once per size and cached. Sized in
+# fresh rows, not passes: every model sees each row once, and a second pass is not new data.
+# 8,192 eval rows: expected NE has no label noise, so the eval-row bootstrap of a paired delta is
+# already small there (more eval rows would buy little and cost a forward pass per model).
+QUICK_EVAL_ROWS = 8192
+# ablation, ne, qps, mfu: 64k train rows. At the old 24k the tiny Kunlun closed ~0.03 of the
+# expected gap (one pass at lr 3e-3), so its ablation deltas compared near-untrained models; 64k
+# rows keep the 13 trained rows of the ablation within ~10 minutes on 2 CPU cores.
+QUICK_TRAIN_ROWS = 65536
+QUICK_DATA_SETS = quick_data_sets(QUICK_TRAIN_ROWS, QUICK_EVAL_ROWS)
+# scaling: 15 models (3 backends x 5 widths, 1/4x to 4x the tiny preset), one pass each; the rows
+# are what fits ~20 minutes. The widest sizes are still data-starved at this size: measured on the
+# tiny preset (one seed, expected NE), at 128k and 256k train rows the 4x width of every backend tied
+# or lost against 2x, which bends ln C -> NE; doubling 128k -> 256k lifted Wukong's R^2 from 0.75
+# to 0.87 and InterFormer's from 0.67 to 0.74, but 256k took ~25 minutes for InterFormer and Kunlun
+# alone on one busy core. More rows help the fit; this budget cannot buy enough of them.
+SCALING_TRAIN_ROWS = 163840
+QUICK_DATA_SETS_BY_SUITE = {"scaling": quick_data_sets(SCALING_TRAIN_ROWS, QUICK_EVAL_ROWS)}
 FULL_DATA_PRESET = "small"
 QUICK_BACKEND_PRESET = "tiny"
 QUICK_TRAIN = {"batch_size": 256, "eval_batch_size": 1024, "lr": 3e-3, "timing_warmup_steps": 3}
 DEFAULT_BACKEND_ORDER = ("interformer", "wukong", "kunlun")
 
-# dense peak TFLOP/s (no sparsity) by dtype: measurement.md's table, tf32/fp32 from the vendors' sheets
+# dense peak TFLOP/s (no sparsity) by dtype, from the vendors' data sheets
 GPU_PEAKS_TFLOPS: list[tuple[str, dict[str, float]]] = [
     ("H100 PCIe", {"bf16": 756.0, "tf32": 378.0, "fp32": 51.2}),
     ("H100", {"bf16": 989.0, "tf32": 494.7, "fp32": 66.9}),  # SXM (HBM3)
@@ -170,7 +202,7 @@ class SuiteContext:
         from kunbench.cache import default_dataset
 
         preset = FULL_DATA_PRESET if self.full else QUICK_DATA_PRESET
-        sets = ({} if self.full else dict(QUICK_DATA_SETS))
+        sets = {} if self.full else dict(QUICK_DATA_SETS_BY_SUITE.get(self.suite, QUICK_DATA_SETS))
         sets.update(self.data_sets)
         ctx = self.dist
         if ctx.is_main:
@@ -301,35 +333,64 @@ def ne_of(labels: np.ndarray, probs: np.ndarray) -> float:
 def bootstrap_ne(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray | None = None,
                  n_boot: int = 200, seed: int = 0) -> dict[str, float | None]:
     """Bootstrap over eval rows: std of NE(a), and (with b) std of the paired relative change
-    100 * (NE(a) - NE(b)) / NE(b), resampling the same rows for both models."""
+    100 * (NE(a) - NE(b)) / NE(b), resampling the same rows for both models. Also the point values
+    on all rows (`ne`, `rel_pct`). `labels` may be soft (see bootstrap_expected_ne)."""
     from kunbench.metrics import EPS
 
     y = np.asarray(labels, dtype=np.float64)
     n = y.size
     if n < 2:
-        return {"ne_std": None, "rel_pct_std": None}
+        return {"ne": None, "ne_std": None, "rel_pct": None, "rel_pct_std": None}
     rng = np.random.default_rng(seed)
 
     def losses(p):
         p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
         return -(y * np.log(p) + (1 - y) * np.log1p(-p))
 
+    def entropy(base: float) -> float:
+        return -(base * math.log(base) + (1 - base) * math.log1p(-base))
+
     la = losses(probs_a)
     lb = losses(probs_b) if probs_b is not None else None
+    base_all = y.mean()
+    point_a = point_rel = None
+    if 0 < base_all < 1:
+        point_a = float(la.mean() / entropy(base_all))
+        if lb is not None and lb.mean() > 0:
+            point_rel = float(100.0 * (la.mean() - lb.mean()) / lb.mean())
     ne_a, rel = [], []
     for _ in range(n_boot):
         idx = rng.integers(0, n, n)
-        pos = y[idx].sum()
-        base = pos / n
+        base = y[idx].sum() / n
         if base <= 0 or base >= 1:
             continue
-        h = -(base * math.log(base) + (1 - base) * math.log1p(-base))
+        h = entropy(base)
         a = la[idx].mean() / h
         ne_a.append(a)
         if lb is not None:
             b = lb[idx].mean() / h
             rel.append(100.0 * (a - b) / b)
-    return {"ne_std": std(ne_a), "rel_pct_std": std(rel) if lb is not None else None}
+    return {"ne": point_a, "ne_std": std(ne_a), "rel_pct": point_rel if lb is not None else None,
+            "rel_pct_std": std(rel) if lb is not None else None}
+
+
+def bootstrap_expected_ne(p_true: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray | None = None,
+                          n_boot: int = 200, seed: int = 0) -> dict[str, float | None]:
+    """bootstrap_ne on *expected* NE: p_true as soft labels, so no clicks are drawn and the spread
+    left is only which eval rows happened to be sampled. At a 3 % CTR the sampled-label noise
+    swamps the NE differences between ablation rows and between scaling sizes; the paired
+    expected-NE change between two models on the same rows is far tighter. Training-seed
+    variance is not in this spread (use --repeat for that)."""
+    return bootstrap_ne(p_true, probs_a, probs_b, n_boot=n_boot, seed=seed)
+
+
+def same_eval_rows(a: "TrainedRun", b: "TrainedRun") -> bool:
+    """Whether two runs' predictions are on the same eval rows in the same order (pairable)."""
+    if len(a.labels) != len(b.labels) or not np.array_equal(a.labels, b.labels):
+        return False
+    if (a.p_true is None) != (b.p_true is None):
+        return False
+    return a.p_true is None or np.array_equal(a.p_true, b.p_true)
 
 
 # t quantiles (two-sided 95 %) for small degrees of freedom; normal beyond the table
@@ -481,6 +542,11 @@ class TrainedRun:
     @property
     def ne(self) -> float:
         return ne_of(self.labels, self.probs)
+
+    @property
+    def expected_ne(self) -> float | None:
+        """NE against p_true as soft labels (None when the data has no p_true)."""
+        return ne_of(self.p_true, self.probs) if self.p_true is not None else None
 
     def metrics(self) -> dict[str, float | None]:
         from kunbench.metrics import LogLossSums, auc, gap_closed

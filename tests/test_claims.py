@@ -105,7 +105,7 @@ def test_term_sets_order():
     ctx = _ctx({"data.base_ctr": 0.1, f"data.signal.{other}": 0.7, "data.signal.context": 0.4})
     s = claims.settings(ctx)
     preset, sets = claims.term_sets(ctx, s, all_terms[0], all_terms)
-    assert preset == "tiny" and sets["rows"] == 32768
+    assert preset == "tiny" and sets["rows"] == claims.QUICK_CLAIMS_DATA_SETS["rows"] == 57344
     assert sets["base_ctr"] == 0.1 and sets["signal.context"] == 0.4  # data.* beats the suite's defaults
     assert sets[f"signal.{other}"] == 0.0  # ... but never turns a second history term on
     ctx = _ctx({"data.base_ctr": 0.1, "claims.base_ctr": 0.3, "claims.context_strength": "preset",

@@ -159,6 +159,44 @@ def test_bootstrap_paired():
     assert b2["rel_pct_std"] > 0
 
 
+def test_bootstrap_expected_ne():
+    rng = np.random.default_rng(2)
+    n = 8000
+    p_true = np.clip(np.exp(rng.normal(np.log(0.03), 0.8, n)), 1e-4, 0.9)
+    y = (rng.random(n) < p_true).astype(float)
+    # the oracle against itself: no change and no spread
+    same = common.bootstrap_expected_ne(p_true, p_true, p_true, n_boot=50)
+    assert same["rel_pct"] == pytest.approx(0.0, abs=1e-12)
+    assert same["rel_pct_std"] == pytest.approx(0.0, abs=1e-12)
+    assert same["ne"] == pytest.approx(common.ne_of(p_true, p_true)) and 0 < same["ne"] < 1
+    # identical models: zero paired change, whatever the model
+    q = np.clip(p_true * np.exp(rng.normal(0.0, 0.5, n)), 1e-4, 0.99)
+    ident = common.bootstrap_expected_ne(p_true, q, q.copy(), n_boot=50)
+    assert ident["rel_pct"] == pytest.approx(0.0, abs=1e-12) and ident["rel_pct_std"] == pytest.approx(0.0, abs=1e-12)
+    # a strictly better prediction (closer to p_true on every row) has a negative delta, well outside the spread
+    better = np.exp(0.5 * np.log(p_true) + 0.5 * np.log(q))
+    r = common.bootstrap_expected_ne(p_true, better, q, n_boot=100)
+    assert r["rel_pct"] < 0 and abs(r["rel_pct"]) > 5 * r["rel_pct_std"]
+    assert r["ne"] == pytest.approx(common.ne_of(p_true, better))
+    # the same pair on sampled labels is far noisier: that noise is what expected NE removes
+    sampled = common.bootstrap_ne(y, better, q, n_boot=100)
+    assert sampled["rel_pct_std"] > 2 * r["rel_pct_std"]
+
+
+def test_trained_run_expected_ne():
+    rng = np.random.default_rng(3)
+    pt = rng.uniform(0.01, 0.1, 500)
+    y = (rng.random(500) < pt).astype(float)
+    run = common.TrainedRun("x", "tiny", None, 0, None, y, pt * 1.1, pt, None, 0.0, 0, None, None)
+    m = run.metrics()
+    assert run.expected_ne == pytest.approx(m["expected_ne"]) and run.ne == pytest.approx(m["ne"])
+    other = common.TrainedRun("y", "tiny", None, 0, None, y.copy(), pt, pt.copy(), None, 0.0, 0, None, None)
+    assert common.same_eval_rows(run, other)
+    shuffled = common.TrainedRun("z", "tiny", None, 0, None, y[::-1].copy(), pt, pt[::-1].copy(), None, 0.0, 0,
+                                 None, None)
+    assert not common.same_eval_rows(run, shuffled)
+
+
 def test_gpu_peaks():
     assert common.gpu_peak_flops("NVIDIA H100 80GB HBM3", "bf16")["flops_per_s"] == 989e12
     assert common.gpu_peak_flops("NVIDIA H100 PCIe", "bf16")["flops_per_s"] == 756e12
@@ -249,7 +287,8 @@ def test_smoke_mfu_scaling_ablation(tiny_dataset, tmp_path):
                 "--set", "train.steps=2", "--set", "train.batch_size=64", "--set", "scaling.factors=[0.5,1,2]",
                 "--set", "mfu.batch_size=16", "--set", "mfu.window_s=0.02", "--set", "ablation.batch_size=16",
                 "--set", "ablation.window_s=0.02", "--set", "ablation.windows=2", "--out", out])
-    assert "mfu:" in res.output and "scaling: NE(C)" in res.output and "ablation: one switch per row" in res.output
+    assert "mfu:" in res.output and "scaling: expected NE(C)" in res.output
+    assert "ablation: one switch per row" in res.output
     (mfu,) = _docs(out, "mfu")
     m = {x["name"]: x for x in mfu["metrics"]}
     assert m["train_mfu_pct"]["value"] > 0 and "3 x forward" in m["train_mfu_pct"]["flops_convention"]
@@ -257,16 +296,48 @@ def test_smoke_mfu_scaling_ablation(tiny_dataset, tmp_path):
     (sc,) = _docs(out, "scaling")
     fit = sc["extra"]["scaling"]["wukong"]["fit"]
     assert fit["n"] == 3 and fit["eta"] is not None and fit["eta_ci"] is not None
+    assert fit["on"] == "expected_ne"  # the fit is on expected NE, not on the label draw
+    pts = sc["extra"]["scaling"]["wukong"]["points"]
+    assert all(p["expected_ne"] is not None and p["expected_ne_spread"] is not None for p in pts)
+    assert fit["ne0"] == pytest.approx(np.mean([p["expected_ne"] for p in pts]))
+    size_cols = [c["key"] for c in sc["tables"][0]["columns"]]
+    assert {"expected_ne", "ne", "expected_gap_closed"} <= set(size_cols)
+    assert {(m["name"]) for m in sc["metrics"]} >= {"ne", "expected_ne", "eta"}
     assert any(n.startswith("plot: ") for n in sc["notes"])
     (ab,) = _docs(out, "ablation")
     rows = [r["row"] for r in ab["tables"][0]["rows"]]
     assert rows == ["Wukong"]
     names = {x["name"] for x in ab["metrics"]}
-    assert {"ne", "gap_closed", "fwd_gflops_per_example", "train_qps", "infer_qps", "params",
+    assert {"ne", "expected_ne", "gap_closed", "fwd_gflops_per_example", "train_qps", "infer_qps", "params",
             "train_mfu_pct"} <= names
+    cols = [c["key"] for c in ab["tables"][0]["columns"]]
+    assert {"expected_ne", "dne", "ne", "dne_sampled"} <= set(cols)
     if "kunlun" not in __import__("kunbench.backends.registry", fromlist=["x"]).available_backends():
         assert any("Kunlun rows skipped" in n for n in ab["notes"])
     json.dumps(ab)  # plain JSON all the way down
+
+
+def test_ablation_deltas_on_expected_ne(tiny_dataset, tmp_path):
+    out = tmp_path / "res"
+    res = CliRunner().invoke(main, ["run", "--suite", "ablation", "--backend", "interformer,wukong", "--data",
+                                    str(tiny_dataset), "--device", "cpu", "--set", "train.steps=2",
+                                    "--set", "train.batch_size=64", "--set", "ablation.batch_size=16",
+                                    "--set", "ablation.window_s=0.02", "--set", "ablation.windows=1",
+                                    "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "ΔNE % (exp.)" in res.output and "ΔNE % (sampled)" in res.output
+    (ab,) = _docs(out, "ablation")
+    rows = {r["row"]: r for r in ab["tables"][0]["rows"]}
+    assert list(rows) == ["InterFormer", "Wukong"]  # no Kunlun rows here: deltas against InterFormer
+    w = rows["Wukong"]
+    assert w["dne"] == pytest.approx(100.0 * (w["expected_ne"] / rows["InterFormer"]["expected_ne"] - 1.0))
+    assert w["dne_sampled"] == pytest.approx(100.0 * (w["ne"] / rows["InterFormer"]["ne"] - 1.0))
+    assert w["dne_spread"] is not None and w["dne_sampled_spread"] is not None
+    m = {(x["backend"], x["name"]): x for x in ab["metrics"]}
+    assert m[("wukong", "delta_expected_ne_pct")]["value"] == pytest.approx(w["dne"])
+    assert m[("wukong", "delta_ne_pct")]["value"] == pytest.approx(w["dne_sampled"])
+    extra = {r["row"]: r for r in ab["extra"]["ablation_rows"]}
+    assert extra["Wukong"]["delta_expected_ne_pct"] == pytest.approx(w["dne"])
 
 
 def test_run_rejects_bad_options(tiny_dataset, tmp_path):

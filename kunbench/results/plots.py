@@ -38,13 +38,16 @@ def plot_scaling(doc: dict[str, Any], out_dir: Path) -> Path | None:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    # plot the NE the fit was made on (expected NE when the data has p_true), so line and points agree
+    ons = {(entry.get("fit") or {}).get("on") or "ne" for entry in data.values()}
     for backend, entry in data.items():
-        pts = [p for p in entry.get("points", []) if p.get("flops") and p.get("ne") is not None]
+        key = (entry.get("fit") or {}).get("on") or "ne"
+        pts = [p for p in entry.get("points", []) if p.get("flops") and p.get(key) is not None]
         if not pts:
             continue
         xs = [p["flops"] for p in pts]
-        ys = [p["ne"] for p in pts]
-        errs = [p.get("ne_spread") or 0.0 for p in pts]
+        ys = [p[key] for p in pts]
+        errs = [p.get(f"{key}_spread") or 0.0 for p in pts]
         line = ax.errorbar(xs, ys, yerr=errs, fmt="o", capsize=3, label=backend)
         fit = entry.get("fit") or {}
         if fit.get("eta") is not None:
@@ -57,7 +60,7 @@ def plot_scaling(doc: dict[str, Any], out_dir: Path) -> Path | None:
                                                                      else ""))
     ax.set_xscale("log")
     ax.set_xlabel("forward FLOPs / example")
-    ax.set_ylabel("eval NE (lower is better)")
+    ax.set_ylabel(("eval expected NE" if ons == {"expected_ne"} else "eval NE") + " (lower is better)")
     ax.set_title("NE vs compute: NE(C) = NE_0 - eta ln(C/C_0)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -74,16 +77,20 @@ def plot_ablation(doc: dict[str, Any], out_dir: Path) -> Path | None:
         return None
     plt = _plt()
     labels = [r["row"] for r in rows]
-    series = [("delta_ne_pct", "ΔNE %"), ("delta_flops_pct", "ΔFLOPs %"), ("delta_qps_train_pct", "Δ train QPS %")]
+    # expected NE (p_true as soft labels) when the rows carry it; older documents have sampled NE only
+    has_expected = any(r.get("delta_expected_ne_pct") is not None for r in rows)
+    ne_key = "delta_expected_ne_pct" if has_expected else "delta_ne_pct"
+    ne_title = "Δ expected NE %" if ne_key == "delta_expected_ne_pct" else "ΔNE %"
+    series = [(ne_key, ne_title), ("delta_flops_pct", "ΔFLOPs %"), ("delta_qps_train_pct", "Δ train QPS %")]
     fig, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 0.35 * len(labels) + 1.8), sharey=True)
     for ax, (key, title) in zip(axes, series):
         vals = [r.get(key) if r.get(key) is not None else 0.0 for r in rows]
         colors = ["#999999" if r.get(key) is None else ("#c0392b" if v > 0 else "#2e86c1") for r, v in zip(rows, vals)]
-        if key != "delta_ne_pct":  # more FLOPs is not "bad" by itself; keep one neutral colour
+        if key != ne_key:  # more FLOPs is not "bad" by itself; keep one neutral colour
             colors = ["#999999" if r.get(key) is None else "#5d6d7e" for r in rows]
         err = None
-        if key == "delta_ne_pct":
-            err = [r.get("delta_ne_pct_spread") or 0.0 for r in rows]
+        if key == ne_key:
+            err = [r.get(f"{ne_key}_spread") or 0.0 for r in rows]
         ax.barh(range(len(labels)), vals, color=colors, xerr=err, capsize=2 if err else 0)
         ax.axvline(0, color="black", lw=0.8)
         ax.set_title(title)
