@@ -55,8 +55,9 @@ def quick_data_sets(train_rows: int, eval_rows: int) -> dict[str, Any]:
 # already small there (more eval rows would buy little and cost a forward pass per model).
 QUICK_EVAL_ROWS = 8192
 # ablation, ne, qps, mfu: 64k train rows. At the old 24k the tiny Kunlun closed ~0.03 of the
-# expected gap (one pass at lr 3e-3), so its ablation deltas compared near-untrained models; 64k
-# rows keep the 13 trained rows of the ablation within ~10 minutes on 2 CPU cores.
+# expected gap (one pass at lr 3e-3), so its ablation deltas compared near-untrained models; at 64k
+# it closes ~0.15 and the whole ablation (13 trained rows + throughput) took 7 minutes on one core
+# of a busy 2-core host.
 QUICK_TRAIN_ROWS = 65536
 QUICK_DATA_SETS = quick_data_sets(QUICK_TRAIN_ROWS, QUICK_EVAL_ROWS)
 # scaling: 15 models (3 backends x 5 widths, 1/4x to 4x the tiny preset), one pass each; the rows
@@ -64,7 +65,8 @@ QUICK_DATA_SETS = quick_data_sets(QUICK_TRAIN_ROWS, QUICK_EVAL_ROWS)
 # tiny preset (one seed, expected NE), at 128k and 256k train rows the 4x width of every backend tied
 # or lost against 2x, which bends ln C -> NE; doubling 128k -> 256k lifted Wukong's R^2 from 0.75
 # to 0.87 and InterFormer's from 0.67 to 0.74, but 256k took ~25 minutes for InterFormer and Kunlun
-# alone on one busy core. More rows help the fit; this budget cannot buy enough of them.
+# alone on one busy core. At this size the whole suite took 16.5 minutes there (R^2: Wukong 0.91,
+# InterFormer 0.77, Kunlun 0.54). More rows help the fit; this budget cannot buy enough of them.
 SCALING_TRAIN_ROWS = 163840
 QUICK_DATA_SETS_BY_SUITE = {"scaling": quick_data_sets(SCALING_TRAIN_ROWS, QUICK_EVAL_ROWS)}
 FULL_DATA_PRESET = "small"
