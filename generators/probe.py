@@ -332,7 +332,7 @@ def fit_logistic(x: np.ndarray, p: np.ndarray, l2: float = 1e-8, iters: int = 10
 
 
 def expected_ne(p_true: np.ndarray, q: np.ndarray) -> float:
-    """NE with `p_true` as soft labels, as the evaluator computes it (measurement.md)."""
+    """NE with `p_true` as soft labels, as the evaluator computes it."""
     sums = LogLossSums()
     sums.add(p_true, q)
     return sums.ne

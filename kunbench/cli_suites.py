@@ -138,7 +138,7 @@ def _names(value) -> list[str] | None:
 
 @click.command("run")
 @click.option("--suite", "-s", "suite", default=None, metavar="NAME[,NAME]",
-              help="Suites to run: ne, qps, mfu, scaling, ablation, kernels (or a plugin's).")
+              help="Suites to run: ne, qps, mfu, scaling, ablation, claims, kernels (or a plugin's).")
 @click.option("--backend", "-b", "backends", default=None, metavar="A[,B]",
               help="Backends to measure (default: every registered one the suite uses).")
 @click.option("--preset", "-p", default=None, help="Backend size preset (default: tiny, or the backend's with --full).")
