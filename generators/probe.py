@@ -38,12 +38,12 @@ from kunbench.metrics import LogLossSums, gap_closed
 from kunbench.generators.chunk import Chunk, EventColumns
 from kunbench.generators.config import GeneratorConfig, config_from_dict
 from kunbench.generators.config import V2_TERMS
-from kunbench.generators.signal import (Calibration, combine, history_features, raw_terms, segment_sums,
-                                        sigmoid)
+from kunbench.generators.signal import (HISTORY_TERMS, Calibration, combine, history_features, raw_terms,
+                                        segment_sums, sigmoid)
 from kunbench.generators.world import World, build_world
 
 CONTEXT_TERMS = frozenset({"context", "cross"})
-LINEAR_HISTORY = frozenset({"target_match", "recency", "event_value", "surface", "long_range"})
+LINEAR_HISTORY = frozenset(HISTORY_TERMS) - frozenset(V2_TERMS)  # terms 3-7: pooled statistics
 # the view that adds one nonlinear term family to the pooled view: what that family alone is worth
 TERM_VIEWS = {t: f"pooled+{t}" for t in V2_TERMS}
 
@@ -186,14 +186,17 @@ def _unordered_features(world: World, chunk: Chunk, active: frozenset[str]) -> l
     for k, name in enumerate(cfg.events):
         cols = chunk.events[name]
         row = cols.row
-        item_hit = (cols.item == chunk.ad[row]).astype(np.float64)
-        cat_hit = (cols.category == chunk.ad_category[row]).astype(np.float64)
-        per_stream["repeat"].append(world.repeat_weight[k] * np.bincount(row, item_hit, minlength=n))
-        per_stream["time_gap"].append(world.time_gap_weight[k] * np.bincount(row, cat_hit, minlength=n))
-        aff = world.transition_affinity(cols.category, chunk.ad_category[row]) if row.size else np.zeros(0)
-        sums = np.bincount(row, aff, minlength=n)
-        per_stream["transition"].append(world.transition_weight[k] * np.divide(
-            sums, cols.lengths, out=np.zeros(n), where=cols.lengths > 0))
+        if "repeat" in active:
+            hits = np.bincount(row, cols.item == chunk.ad[row], minlength=n)
+            per_stream["repeat"].append(world.repeat_weight[k] * hits)
+        if "time_gap" in active:
+            hits = np.bincount(row, cols.category == chunk.ad_category[row], minlength=n)
+            per_stream["time_gap"].append(world.time_gap_weight[k] * hits)
+        if "transition" in active:
+            aff = world.transition_affinity(cols.category, chunk.ad_category[row]) if row.size else np.zeros(0)
+            sums = np.bincount(row, aff, minlength=n)
+            per_stream["transition"].append(world.transition_weight[k] * np.divide(
+                sums, cols.lengths, out=np.zeros(n), where=cols.lengths > 0))
     for term in ("repeat", "time_gap"):
         if term in active:
             feats += per_stream[term] + _saturations(sum(per_stream[term]))

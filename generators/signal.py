@@ -101,17 +101,6 @@ def newest_events(cols: EventColumns, k: int) -> tuple[np.ndarray, np.ndarray]:
     return idx[valid], np.broadcast_to(np.arange(k), idx.shape)[valid]
 
 
-def history_statistics(world: World, chunk: Chunk, events: dict, with_long: bool
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """What terms 3-7 are built from, from per-event similarities s = <u_ad, latent(item)>: per stream
-    `[E, n]` the mean s and the recency-weighted mean s, and `[n]` the mean s of the long-range
-    stream's events older than `long_range_days` (zeros unless `with_long`). `events` is
-    `chunk.events` or a subset of it (the signal probe's views)."""
-    want = {"target_match", "recency", "event_value", "surface"} | ({"long_range"} if with_long else set())
-    f = history_features(world, chunk, events, frozenset(want))
-    return f["mean_s"], f["rec_s"], f["long"]
-
-
 def history_features(world: World, chunk: Chunk, events: dict, active: frozenset[str]) -> dict[str, np.ndarray]:
     """Every history statistic the active terms need, on `events` (all of `chunk.events` or a
     view's subset): `mean_s`, `rec_s` [E, n] and `long` [n] for terms 3-7, and the raw value of
