@@ -220,7 +220,7 @@ class GeneratorConfig:
                 need(v == "" or v in self.events,
                      f"signal.{f_.name} {v!r} is not an event type ({', '.join(self.events)})")
                 continue
-            need(v >= 0 and math.isfinite(v), f"signal.{f_.name} must be >= 0, got {v}")
+            need(v >= 0 and math.isfinite(v), f"signal.{f_.name} must be a finite number >= 0, got {v}")
         need(s.weighted_field_fraction <= 1.0,
              f"signal.weighted_field_fraction must be <= 1, got {s.weighted_field_fraction}")
         need(s.peak_temperature > 0, f"signal.peak_temperature must be > 0, got {s.peak_temperature}")
