@@ -19,7 +19,6 @@ from kunbench.generators.world import CALIB_TAG, World
 
 TERMS = ("context", "cross", "target_match", "recency", "event_value", "surface", "long_range",
          *V2_TERMS)
-CONTEXT_TERMS = TERMS[:2]
 HISTORY_TERMS = TERMS[2:]
 CALIBRATION_ROWS = 16384  # the bias's base-CTR error is ~2% here; 4096 rows left ~8% on tiny
 
