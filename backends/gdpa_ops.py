@@ -1,43 +1,102 @@
-"""GDPA (models.md 3.2) in its three modes over left-aligned padded sequences, two ways.
+"""GDPA (models.md 3.2) in its three modes over left-aligned padded sequences, behind one dispatcher.
 
 `GDPA_h(Q, K, V) = act_h(Q K_h^T) * s @ V_h` per head: no softmax, no normaliser; `act_h` per head;
 `s` after the activation (`post`) or before it (`pre`).
 
-- `impl="fused"` packs the real rows into the jagged layout and calls `kunbench.kernels.gdpa`, which
-  dispatches to the fused Triton kernels for CUDA tensors and to its PyTorch reference elsewhere
-  (so on CPU `fused` computes the same thing by the reference path).
-- `impl="naive"` runs the same math as plain batched matmuls over the padded tensors with masks
-  (the InterFormer PFFN reading); FlopCounterMode sees exactly `gdpa_flops` on equal lengths.
+Kernels (`GDPAKernel`), chosen per call by `resolve_gdpa(choice, device, dtype)`:
+- `TRITON`: the fused Triton kernels of `kunbench.kernels` on the padded tensors themselves
+  (`kunbench::gdpa_padded_fwd`, lengths in place of offsets): CUDA, or the Triton interpreter
+  under TRITON_INTERPRET=1 in tests;
+- `TORCH`: the same math as batched matmuls over the padded tensors with masks (the reference,
+  and the CPU path; FlopCounterMode sees exactly `gdpa_flops` on equal lengths).
+A config names `auto`, `triton` or `torch` (`fused` and `naive`, the names of older configs, mean
+`auto` and `torch`). `auto` is TRITON for CUDA tensors when triton is installed, TORCH otherwise;
+the environment variable KUNBENCH_KERNELS=triton|torch changes only what `auto` picks.
 
-Modes: `pffn` (jagged Q, per-example dense K/V `[B, F, H, d_h]`), `seed_pool` (one Q set shared by
-the batch, K = V = the sequence), `self_attention` (Q = K = V rows of one sequence, optional
-symmetric window). All take `[B, T, H, d_h]` padded tensors with `mask [B, T]`; outputs at padded
-query positions are zero.
+Neither path reads a length or a mask on the host: `s` may be a 0-d tensor (a batch maximum kept
+on the device), applied by a multiply outside the kernel.
+
+Modes: `pffn` (per-example dense K/V `[B, F, H, d_h]`), `seed_pool` (one Q set shared by the batch,
+K = V = the sequence), `self_attention` (Q = K = V rows of one sequence, optional symmetric
+window). All take `[B, T, H, d_h]` padded tensors with `mask [B, T]`; outputs at padded query
+positions are zero.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Sequence
 
 import torch
 
 from kunbench.backends.banded import band_gather, band_mask
-from kunbench.kernels import gdpa as kernel_gdpa
+from kunbench.errors import KunbenchError
+from kunbench.kernels import ACTIVATION_IDS, select_implementation
 from kunbench.kernels.gdpa_reference import activation_fn
 
-IMPLS = ("fused", "naive")
+
+class GDPAKernel(str, enum.Enum):
+    TRITON = "triton"
+    TORCH = "torch"
 
 
-def offsets_of(mask: torch.Tensor) -> torch.Tensor:
-    off = torch.zeros(mask.shape[0] + 1, dtype=torch.int64, device=mask.device)
-    off[1:] = torch.cumsum(mask.sum(1), 0)
-    return off
+GDPA_CHOICES = ("auto", "triton", "torch")
+LEGACY_NAMES = {"fused": "auto", "naive": "torch"}
 
 
-def scatter_rows(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Jagged `[N, ...]` -> padded `[B, T, ...]` (zeros in padding)."""
-    out = values.new_zeros((*mask.shape, *values.shape[1:]))
-    out[mask] = values
+def normalize_choice(choice: str) -> str:
+    """A config's `gdpa` value in canonical form (legacy names mapped), or a one-line error."""
+    low = str(choice).strip().lower()
+    low = LEGACY_NAMES.get(low, low)
+    if low not in GDPA_CHOICES:
+        raise KunbenchError(f"gdpa must be {' | '.join(GDPA_CHOICES)}, got {choice!r}")
+    return low
+
+
+def resolve_gdpa(choice: str, device: torch.device | str, dtype: torch.dtype | None = None) -> GDPAKernel:
+    """The kernel a GDPA call with config value `choice` runs for tensors on `device`."""
+    return GDPAKernel(_kernel_name(str(choice), torch.device(device).type, None if dtype is None else str(dtype)))
+
+
+@torch.compiler.assume_constant_result
+def _kernel_name(choice: str, device_type: str, dtype: str | None) -> str:
+    # evaluated once while torch.compile traces (a constant of the graph), not traced into it
+    choice = normalize_choice(choice)
+    dt = None if dtype is None else getattr(torch, dtype.removeprefix("torch."))
+    try:
+        return select_implementation(device_type, None if choice == "auto" else choice, dt)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise KunbenchError(f"gdpa={choice}: {e}") from None
+
+
+def _uses_triton(choice: str, t: torch.Tensor) -> bool:
+    return _kernel_name(str(choice), t.device.type, str(_compute_dtype(t))) == "triton"
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    dev = t.device.type
+    if dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return t.dtype
+
+
+def _split_scale(scale) -> tuple[float, torch.Tensor | None]:
+    """(float for the kernel, tensor applied outside it or None)."""
+    if isinstance(scale, torch.Tensor):
+        return 1.0, scale
+    return float(scale), None
+
+
+def _triton(q, k, v, q_lengths, kv_lengths, activations, scale, position, window, broadcast_q):
+    q, k, v = same_dtype(q, k, v)
+    s, s_tensor = _split_scale(scale)
+    if s_tensor is not None and position == "pre":
+        q = q * s_tensor.to(q.dtype)  # act((s q) k^T) == act(s q k^T)
+    out = torch.ops.kunbench.gdpa_padded_fwd(q.contiguous(), k.contiguous(), v.contiguous(), q_lengths, kv_lengths,
+                                              [ACTIVATION_IDS[n] for n in activations], s, position == "pre",
+                                              -1 if window is None else int(window), broadcast_q)
+    if s_tensor is not None and position == "post":
+        out = out * s_tensor.to(out.dtype)
     return out
 
 
@@ -72,13 +131,10 @@ def same_dtype(*tensors: torch.Tensor) -> list[torch.Tensor]:
 
 
 def gdpa_pffn(q: torch.Tensor, mask: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, activations: Sequence[str],
-              scale: float, position: str = "post", impl: str = "fused") -> torch.Tensor:
+              scale, position: str = "post", impl: str = "auto") -> torch.Tensor:
     """PFFN mode: `q [B, T, H, d_h]`, `k, v [B, F, H, d_h]` -> `[B, T, H, d_h]`."""
-    if impl == "fused":
-        q, k, v = same_dtype(q, k, v)
-        out = kernel_gdpa(q[mask], k, v, q_offsets=offsets_of(mask), activation=list(activations),
-                          scale=scale, scale_position=position)
-        return scatter_rows(out, mask)
+    if _uses_triton(impl, q):
+        return _triton(q, k, v, mask.sum(1), None, list(activations), scale, position, None, False)
     qh = q.transpose(1, 2)  # [B, H, T, dh]
     a = torch.matmul(qh, k.permute(0, 2, 3, 1))  # [B, H, T, F]
     w = _scores_to_weights(a, activations, scale, position, head_dim=1)
@@ -87,14 +143,12 @@ def gdpa_pffn(q: torch.Tensor, mask: torch.Tensor, k: torch.Tensor, v: torch.Ten
 
 
 def gdpa_seed_pool(seeds: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, *,
-                   activations: Sequence[str], scale: float, position: str = "post",
-                   impl: str = "fused") -> torch.Tensor:
+                   activations: Sequence[str], scale, position: str = "post",
+                   impl: str = "auto") -> torch.Tensor:
     """Seed-pooling mode: `seeds [n, H, d_h]` shared by the batch attend over `k, v [B, T, H, d_h]`
     (real rows where `mask`) -> `[B, n, H, d_h]`; a row without events pools to zero."""
-    if impl == "fused":
-        seeds, k, v = same_dtype(seeds, k, v)
-        return kernel_gdpa(seeds, k[mask], v[mask], kv_offsets=offsets_of(mask), activation=list(activations),
-                           scale=scale, scale_position=position, broadcast_q=True)
+    if _uses_triton(impl, k):
+        return _triton(seeds, k, v, None, mask.sum(1), list(activations), scale, position, None, True)
     qh = seeds.transpose(0, 1)[None]  # [1, H, n, dh]
     a = torch.matmul(qh, k.permute(0, 2, 3, 1))  # [B, H, n, T]
     w = _scores_to_weights(a, activations, scale, position, head_dim=1)
@@ -104,15 +158,12 @@ def gdpa_seed_pool(seeds: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
 
 
 def gdpa_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, *,
-                        activations: Sequence[str], scale: float, position: str = "post",
-                        window: int | None = None, impl: str = "fused") -> torch.Tensor:
+                        activations: Sequence[str], scale, position: str = "post",
+                        window: int | None = None, impl: str = "auto") -> torch.Tensor:
     """Self-attention mode over one sequence (`[B, T, H, d_h]` each), keys `|i - j| <= window`."""
-    if impl == "fused":
-        q, k, v = same_dtype(q, k, v)
-        off = offsets_of(mask)
-        out = kernel_gdpa(q[mask], k[mask], v[mask], q_offsets=off, kv_offsets=off, activation=list(activations),
-                          scale=scale, scale_position=position, window=window)
-        return scatter_rows(out, mask)
+    if _uses_triton(impl, q):
+        lengths = mask.sum(1)
+        return _triton(q, k, v, lengths, lengths, list(activations), scale, position, window, False)
     t = q.shape[1]
     vs = _v_scaled(v, scale, position)
     if window is not None and 2 * window + 1 < t:
@@ -132,5 +183,5 @@ def gdpa_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
     return out * mask[:, :, None, None]
 
 
-__all__ = ["IMPLS", "activate", "gdpa_pffn", "gdpa_seed_pool", "gdpa_self_attention",
-           "offsets_of", "scatter_rows"]
+__all__ = ["GDPAKernel", "GDPA_CHOICES", "activate", "gdpa_pffn", "gdpa_seed_pool", "gdpa_self_attention",
+           "normalize_choice", "resolve_gdpa"]

@@ -19,7 +19,7 @@ from kunbench.backends.modules import MLP
 
 class GDPAPFFNBlock(nn.Module):
     def __init__(self, n_in: int, d: int, heads: int, dff: int, hidden: int, activations: Sequence[str],
-                 scale_position: str = "post", impl: str = "fused"):
+                 scale_position: str = "post", impl: str = "auto"):
         super().__init__()
         self.d, self.h, self.dff = d, heads, dff
         self.activations = list(activations)

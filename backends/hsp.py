@@ -81,7 +81,7 @@ def nonempty_key_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class HSP(nn.Module):
     def __init__(self, d_e: int, d: int, heads: int, n_tok: int, seed_factor: int = 4, k: int = 4,
                  sumkron: bool = True, seed_attention: str = "gdpa", seed_activation: str = "silu",
-                 scale_position: str = "post", gdpa_impl: str = "fused", attention_kernel: str = "sdpa"):
+                 scale_position: str = "post", gdpa_impl: str = "auto", attention_kernel: str = "sdpa"):
         super().__init__()
         self.d_e, self.h, self.n_tok, self.n_seed = d_e, heads, n_tok, seed_factor * n_tok
         self.seed_attention, self.seed_activation = seed_attention, seed_activation

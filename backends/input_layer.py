@@ -98,6 +98,7 @@ class SeqTokens:
     lengths: torch.Tensor  # [B] kept lengths
     ts: torch.Tensor  # [B, T] int64 (0 in padding)
     event_type: torch.Tensor | None  # [B, T] int64 for merged streams
+    longest: int | None = None  # the longest kept row, a host int (None for a merge: not known on the host)
 
 
 @dataclass
@@ -108,7 +109,7 @@ class InputTokens:
 
 class InputLayer(nn.Module):
     def __init__(self, schema: DatasetSchema, d: int, max_rows_per_field: int, n_dense_tokens: int = 1,
-                 sparse: bool = False, seq_max_len: int | None = None, merge: str = "none",
+                 sparse: bool = False, seq_max_len: int | dict[str, int] | None = None, merge: str = "none",
                  event_type_embedding: bool = True, init_std: float | None = None):
         super().__init__()
         if merge not in ("none", "time"):
@@ -143,6 +144,8 @@ class InputLayer(nn.Module):
         # test hooks: extra padded positions and garbage in every padded token (must change nothing)
         self.debug_extra_pad = 0
         self.debug_pad_garbage = False
+        # pad sequences to power-of-two widths (set for torch.compile: bounded recompilations)
+        self.bucket_widths = False
 
     @property
     def n_context_tokens(self) -> int:
@@ -183,26 +186,20 @@ class InputLayer(nn.Module):
             mh_rows.append(self.rows_for(seg, jag.values))
         pieces += mh_rows
 
-        # sequence gather plans (on IDs, before the lookup, so only kept events are embedded)
+        # sequence gather plans (on IDs, before the lookup, so only kept events are embedded); padded
+        # widths come from the batch's host-side maxima, so nothing here reads the device
         seq_plans = []
         if self.n_sequences:
-            streams = [batch.sequences[et] for et in self.schema.event_types]
             item_seg, cat_seg = self.segments["item"], self.segments["category"]
+            padded = [self._padded_stream(batch, et) for et in self.schema.event_types]
             if self.merge == "time":
-                m = jagged.merge_by_time(streams, self.seq_max_len)
-                groups = [(m.item, m.category, m.ts, m.event_type, m.offsets)]
-            else:
-                groups = [(s.item, s.category, s.ts, None, s.offsets) for s in streams]
-            for item, category, ts, et, offsets in groups:
-                pad_to = None
-                if self.debug_extra_pad:
-                    kept_max = int(jagged.lengths_of(offsets).clamp(max=self.seq_max_len or 2**62).max())
-                    pad_to = kept_max + self.debug_extra_pad
-                index, mask, kept = jagged.padded_index(offsets, self.seq_max_len, pad_to=pad_to)
-                it = self.rows_for(item_seg, jagged.gather_padded(item, index, mask))
-                ct = self.rows_for(cat_seg, jagged.gather_padded(category, index, mask))
-                seq_plans.append((it, ct, jagged.gather_padded(ts, index, mask),
-                                  None if et is None else jagged.gather_padded(et, index, mask), mask, kept))
+                cap = self.seq_max_len
+                longest = sum(batch.max_length(et) for et in self.schema.event_types)
+                width = jagged.padded_width(longest, cap, self.bucket_widths) + self.debug_extra_pad
+                padded = [jagged.merge_padded(padded, cap, width)]
+            for p in padded:
+                it, ct = self.rows_for(item_seg, p.item), self.rows_for(cat_seg, p.category)
+                seq_plans.append((it, ct, p.ts, p.event_type, p.mask, p.kept, p.longest))
                 pieces += [it.reshape(-1), ct.reshape(-1)]
 
         emb = F.embedding(torch.cat(pieces), self.table.weight, sparse=self.sparse)
@@ -211,7 +208,9 @@ class InputLayer(nn.Module):
         ctx = [parts.pop(0).view(b, -1, d)]
         for col in self.schema.multihot:
             jag = batch.multihot[col.name]
-            row = torch.repeat_interleave(torch.arange(b, device=cat.device), jag.lengths)
+            # each value's row, from the offsets on the device (no host read of the lengths)
+            row = torch.searchsorted(jag.offsets, torch.arange(jag.values.shape[0], device=cat.device),
+                                     right=True) - 1
             pooled = torch.zeros(b, d, dtype=emb.dtype, device=emb.device)
             ctx.append(pooled.index_add(0, row, parts.pop(0))[:, None])
         if self.n_dense_tokens:
@@ -219,7 +218,7 @@ class InputLayer(nn.Module):
         context = torch.cat(ctx, dim=1)
 
         seqs = []
-        for it, ct, ts, et, mask, kept in seq_plans:
+        for it, ct, ts, et, mask, kept, longest in seq_plans:
             shape = (b, it.shape[1], d)
             tok = parts.pop(0).view(shape) + parts.pop(0).view(shape)
             if self.use_et and et is not None:
@@ -227,8 +226,25 @@ class InputLayer(nn.Module):
             if self.debug_pad_garbage:
                 garbage = torch.randn(shape, dtype=tok.dtype, device=tok.device) * 100.0
                 tok = torch.where(mask[..., None], tok, garbage)
-            seqs.append(SeqTokens(tok, mask, kept, ts, et))
+            seqs.append(SeqTokens(tok, mask, kept, ts, et, longest))
         return InputTokens(context, seqs)
+
+    def max_len_for(self, event_type: str) -> int | None:
+        if isinstance(self.seq_max_len, dict):
+            return self.seq_max_len.get(event_type)
+        return self.seq_max_len
+
+    def _padded_stream(self, batch: Batch, event_type: str) -> jagged.PaddedStreams:
+        """One stream cut to its most recent events, as padded ID columns `[B, width]`."""
+        seq = batch.sequences[event_type]
+        cap = self.max_len_for(event_type)
+        longest = batch.max_length(event_type)
+        kept_longest = longest if cap is None else min(longest, cap)
+        extra = self.debug_extra_pad if self.merge != "time" else 0
+        width = jagged.padded_width(longest, cap, self.bucket_widths) + extra
+        index, mask, kept = jagged.padded_index(seq.offsets, cap, width=width)
+        g = lambda v: jagged.gather_padded(v, index, mask)  # noqa: E731
+        return jagged.PaddedStreams(g(seq.item), g(seq.category), g(seq.ts), None, mask, kept, kept_longest)
 
     def flops_per_example(self) -> int:
         """Matmul FLOPs of the input layer: the grouped dense projection (as executed, padded group)."""

@@ -218,7 +218,8 @@ class InterFormerModel(RankingModel):
             kept = torch.zeros(b, dtype=torch.int64, device=x.device)
         s = torch.cat([cls, tokens.to(cls.dtype)], dim=1)
         mask = torch.cat([torch.ones(b, n_cls, dtype=torch.bool, device=x.device), seq_mask], dim=1)
-        scale = pffn_scale(cfg, int(kept.max()) if b else 0)
+        # batch_maxlen: the longest merged row stays a device scalar (its length is not known on the host)
+        scale = pffn_scale(cfg, kept.max() if b else 0)
         for cross, inter, seq_arch in zip(self.cross, self.interaction, self.sequence):
             x_sum, s_sum = cross(x, s, mask, kept)
             x, s = inter(x, s_sum), seq_arch(x_sum, s, mask, scale)
@@ -226,7 +227,7 @@ class InterFormerModel(RankingModel):
         return self.head(torch.cat([x_sum.flatten(1), s_sum.flatten(1)], dim=1)).squeeze(-1).float()
 
 
-def pffn_scale(config: InterFormerConfig, batch_max_events: int) -> float:
+def pffn_scale(config: InterFormerConfig, batch_max_events: int | torch.Tensor) -> float | torch.Tensor:
     """The PFFN's `s`. The sum in `act(S K^T) V` runs over the F generated rows, not over the
     sequence, so `1/maxlen` shrinks the context-conditioned path by ~1/T at every length."""
     if config.pffn_scale == "batch_maxlen":

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import torch
 
 from kunbench.data.batch import EventSequence
-from kunbench.data.jagged import gather_padded, jagged_to_padded, lengths_of, padded_index, padded_to_jagged
+from kunbench.data.jagged import (gather_padded, jagged_to_padded, lengths_of, padded_index, padded_to_jagged,
+                                  padded_width)
 
-__all__ = ["MergedSequence", "gather_padded", "jagged_to_padded", "lengths_of", "merge_by_time", "padded_index",
-           "padded_to_jagged", "recent_index", "truncate_recent"]
+__all__ = ["MergedSequence", "PaddedStreams", "gather_padded", "jagged_to_padded", "lengths_of", "merge_by_time",
+           "merge_padded", "padded_index", "padded_to_jagged", "padded_width", "recent_index", "truncate_recent"]
 
 
 @dataclass
@@ -71,6 +72,40 @@ def merge_by_time(seqs: list[EventSequence], max_len: int | None = None) -> Merg
         event_type=torch.cat(etypes)[order],
         offsets=offsets,
     )
+
+
+@dataclass
+class PaddedStreams:
+    """Left-aligned padded columns of one sequence (a stream, or several merged by time)."""
+
+    item: torch.Tensor  # [B, T]
+    category: torch.Tensor  # [B, T]
+    ts: torch.Tensor  # [B, T]
+    event_type: torch.Tensor | None  # [B, T] for merged streams
+    mask: torch.Tensor  # [B, T] bool
+    kept: torch.Tensor  # [B]
+    longest: int | None = None  # the longest kept row when known on the host
+
+
+def merge_padded(streams: list[PaddedStreams], max_len: int | None, width: int) -> PaddedStreams:
+    """Merge padded streams per row by timestamp (oldest first) and keep the most recent `max_len`
+    events in a `[B, width]` result (`width`: a host int at least the longest kept merge). Ties keep
+    stream order, then the order within the stream (a stable sort of the concatenation), as
+    `merge_by_time` does; no length is read on the host."""
+    cat = lambda name: torch.cat([getattr(s, name) for s in streams], dim=1)  # noqa: E731
+    mask = cat("mask")
+    ts = cat("ts")
+    big = torch.iinfo(ts.dtype).max
+    order = torch.sort(torch.where(mask, ts, torch.full_like(ts, big)), dim=1, stable=True).indices
+    total = sum(s.kept for s in streams)
+    kept = total if max_len is None else total.clamp(max=max_len)
+    pos = torch.arange(width, device=mask.device)
+    out_mask = pos[None, :] < kept[:, None]
+    src = ((total - kept)[:, None] + pos[None, :]).clamp(max=max(mask.shape[1] - 1, 0))
+    take = torch.gather(order, 1, torch.where(out_mask, src, torch.zeros_like(src)))
+    et = torch.cat([torch.full_like(s.item, e) for e, s in enumerate(streams)], dim=1)
+    pick = lambda x: torch.where(out_mask, torch.gather(x, 1, take), torch.zeros_like(take))  # noqa: E731
+    return PaddedStreams(pick(cat("item")), pick(cat("category")), pick(ts), pick(et), out_mask, kept)
 
 
 def recent_index(kept: torch.Tensor, k: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,6 @@ import dataclasses
 import torch
 from torch import nn
 
-from kunbench.backends import jagged
 from kunbench.backends.common import RankingModel
 from kunbench.backends.gdpa_pffn import GDPAPFFNBlock
 from kunbench.backends.hsp import HSP, PMASummary
@@ -115,10 +114,13 @@ class KunlunModel(RankingModel):
         super().__init__()
         self.config = config
         d = config.d
-        self.input_layer = InputLayer(schema, d, config.max_rows_per_field, config.n_dense_tokens,
-                                      sparse=config.sparse_embeddings, seq_max_len=None, merge="none")
         self.event_types = tuple(schema.event_types)
         self.stream_cfgs = [config.stream_for(et) for et in self.event_types]
+        self.input_layer = InputLayer(schema, d, config.max_rows_per_field, config.n_dense_tokens,
+                                      sparse=config.sparse_embeddings,
+                                      seq_max_len={et: sc.max_len for et, sc in zip(schema.event_types,
+                                                                                      self.stream_cfgs)},
+                                      merge="none")
         self.n_summary_tokens = sum(sc.n_tok for sc in self.stream_cfgs)
         n_x = self.input_layer.n_context_tokens
         n_w = config.n_F + config.n_L
@@ -136,14 +138,6 @@ class KunlunModel(RankingModel):
         self.head = MLP([(n_w + self.n_summary_tokens) * d, *config.head_mlp, 1], act=config.act)
 
     # ---- inputs ------------------------------------------------------------------------------
-    def _truncated(self, batch: Batch) -> Batch:
-        seqs = dict(batch.sequences)
-        for et, sc in zip(self.event_types, self.stream_cfgs):
-            seq = seqs[et]
-            if seq.offsets.numel() > 1 and int(seq.lengths.max()) > sc.max_len:
-                seqs[et] = jagged.truncate_recent(seq, sc.max_len)
-        return dataclasses.replace(batch, sequences=seqs)
-
     def _stream_state(self, seq: SeqTokens, module: StreamModel, sc: StreamConfig, request_ts: torch.Tensor,
                       ) -> StreamState:
         cfg = self.config
@@ -155,7 +149,7 @@ class KunlunModel(RankingModel):
             ts = torch.zeros(b, 1, dtype=seq.ts.dtype, device=tokens.device)
         s = tokens if module.proj is None else module.proj(tokens)
         s = s * mask[..., None]  # padded rows start at zero (their values never matter)
-        maxlen = int(seq.lengths.max()) if seq.lengths.numel() else 0
+        maxlen = seq.longest  # a host int from the batch: no device read
         scale_len = maxlen if cfg.gdpa_scale == "batch_maxlen" else sc.max_len
         rot = None
         if module.attn:  # tables built once per stream, shared by Q and K of all its layers
@@ -168,7 +162,6 @@ class KunlunModel(RankingModel):
     # ---- forward -----------------------------------------------------------------------------
     def forward(self, batch: Batch) -> torch.Tensor:
         cfg = self.config
-        batch = self._truncated(batch)
         inp = self.input_layer(batch)
         x = inp.context
         states = [self._stream_state(seq, module, sc, batch.request_ts)

@@ -1,7 +1,7 @@
 """Kunlun's config (models.md section 3): a frozen dataclass, its validation and size presets.
 
 Every one of the seven components has a switch, named as in models.md (values in brackets):
-`rote` [rote | rope | none], `gdpa` [fused | naive], `summary` [hsp | pma], `sumkron` [on | off],
+`rote` [rote | rope | none], `gdpa` [auto | triton | torch], `summary` [hsp | pma], `sumkron` [on | off],
 `attention` [window | full], `compskip` [on | off], `event_personalization` [on | off] and
 `experts` [M >= 1]. The switches are plain strings so `--set compskip=off` parses as written
 (`true`/`false` are accepted too and normalised to `on`/`off` by `validate`).
@@ -21,6 +21,7 @@ from typing import Any
 
 from kunbench import overrides
 from kunbench.backends.common import check_dims, check_positive, need
+from kunbench.backends.gdpa_ops import GDPA_CHOICES, normalize_choice
 from kunbench.data.manifest import DatasetSchema
 from kunbench.errors import KunbenchError
 from kunbench.kernels.gdpa_reference import ACTIVATIONS as GDPA_ACTIVATIONS
@@ -74,7 +75,9 @@ class KunlunConfig:
     rope_base: float = 10_000.0  # frequency base of the position bands
     rote_time_base: float = 10.0  # frequency base of the time bands (phi is O(1..10))
     # 3.2 GDPA PFFN
-    gdpa: str = "fused"  # fused (kunbench.kernels.gdpa) | naive (batched matmuls)
+    # GDPA kernel (backends.gdpa_ops): auto | triton (fused kernels) | torch (batched matmuls); auto is
+    # triton on CUDA, torch elsewhere. Older configs' fused / naive read as auto / torch.
+    gdpa: str = "auto"
     dff: int = 32  # F: generated K/V rows per head
     kv_hidden: int = 128  # hidden width of the K/V weight-generation MLP
     gdpa_activations: tuple[str, ...] = ("gelu", "silu")  # per head, cycled over the heads
@@ -165,6 +168,7 @@ class KunlunConfig:
                 cfg = dataclasses.replace(cfg, **{key: "off"})
             else:
                 raise KunbenchError(f"{key} must be on or off, got {v!r}")
+        cfg = dataclasses.replace(cfg, gdpa=normalize_choice(cfg.gdpa))
         if isinstance(cfg.attention_act, str) and cfg.attention_act.strip().lower() in ("none", "softmax", ""):
             cfg = dataclasses.replace(cfg, attention_act=None)
         cfg._check()
@@ -176,7 +180,7 @@ class KunlunConfig:
         check_positive(self, "n_dense_tokens", minimum=0)
         check_dims("fmb_mlp", self.fmb_mlp)
         check_dims("head_mlp", self.head_mlp)
-        choices = {"rote": ("rote", "rope", "none"), "gdpa": ("fused", "naive"), "summary": ("hsp", "pma"),
+        choices = {"rote": ("rote", "rope", "none"), "gdpa": GDPA_CHOICES, "summary": ("hsp", "pma"),
                    "attention": ("window", "full"), "attention_kernel": ("sdpa", "naive"),
                    "seed_attention": ("gdpa", "softmax"), "gdpa_scale": ("batch_maxlen", "t_max"),
                    "pffn_scale": ("same", "n_kv"),

@@ -79,7 +79,7 @@ def softmax_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
 class WindowSelfAttention(nn.Module):
     def __init__(self, d: int, heads: int, window: int | None, attention_act: str | None = None,
-                 kernel: str = "sdpa", gdpa_impl: str = "fused", scale_position: str = "post"):
+                 kernel: str = "sdpa", gdpa_impl: str = "auto", scale_position: str = "post"):
         super().__init__()
         self.d, self.h, self.window = d, heads, window
         self.attention_act, self.kernel = attention_act, kernel

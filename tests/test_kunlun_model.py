@@ -352,7 +352,7 @@ def test_set_values_parse():
 @pytest.mark.parametrize("sets, fragment", [
     ({"compskip": "maybe"}, "compskip must be on or off"),
     ({"rote": "alibi"}, "rote must be"),
-    ({"gdpa": "triton"}, "gdpa must be"),
+    ({"gdpa": "cuda_graph"}, "gdpa must be"),
     ({"summary": "mean"}, "summary must be"),
     ({"attention": "local"}, "attention must be"),
     ({"experts": 0}, "experts must be"),

@@ -1,6 +1,9 @@
 """The batch every backend consumes, from files (loader) or from the on-device synthetic source.
 
 Jagged tensors are values + offsets `[B+1]` (int64), oldest event first, most recent last.
+Each batch also carries, as host integers, the longest history of every event type
+(`max_lengths`): the padded width a model needs is then known without reading the device, so a
+forward pass has no host-device sync and compiles as one graph.
 """
 
 from __future__ import annotations
@@ -62,10 +65,19 @@ class Batch:
     labels: torch.Tensor  # [B] float32
     p_true: torch.Tensor | None = None  # [B] float64, oracle only, present when asked for
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    max_lengths: dict[str, int] = field(default_factory=dict)  # per event type: longest row (host int)
 
     @property
     def batch_size(self) -> int:
         return int(self.labels.shape[0])
+
+    def max_length(self, event_type: str) -> int:
+        """The longest history of `event_type` in this batch; read from the offsets (one device
+        sync) only for a batch built without `max_lengths`."""
+        got = self.max_lengths.get(event_type)
+        if got is None:
+            got = longest_row(self.sequences[event_type].offsets)
+        return got
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         mv = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
@@ -94,3 +106,15 @@ class Batch:
             p_true=pin(self.p_true),
             extras={k: pin(v) for k, v in self.extras.items()},
         )
+
+
+def longest_row(offsets: torch.Tensor) -> int:
+    if offsets.numel() < 2:
+        return 0
+    return int((offsets[1:] - offsets[:-1]).max())
+
+
+def with_max_lengths(batch: Batch) -> Batch:
+    """`batch` with `max_lengths` filled in for every event type (reads the offsets once, on the
+    host side of a loader or source, never inside a model)."""
+    return replace(batch, max_lengths={et: longest_row(s.offsets) for et, s in batch.sequences.items()})

@@ -155,16 +155,32 @@ def lengths_of(offsets: torch.Tensor) -> torch.Tensor:
     return offsets[1:] - offsets[:-1]
 
 
-def padded_index(offsets: torch.Tensor, max_len: int | None = None, pad_to: int | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def padded_width(longest: int, max_len: int | None = None, bucket: bool = False) -> int:
+    """Padded width for a batch whose longest row is `longest` (a host int), keeping at most
+    `max_len`. With `bucket`, the next power of two (at least 8), capped at `max_len`: padding
+    changes no model output, and few distinct shapes keep torch.compile's recompilations to a
+    handful (eager runs use the exact width, so no padding FLOPs are spent)."""
+    t = int(longest) if max_len is None else min(int(longest), int(max_len))
+    if t <= 0 or not bucket:
+        return max(t, 0)
+    width = max(8, 1 << (t - 1).bit_length())
+    return width if max_len is None else min(width, int(max_len))
+
+
+def padded_index(offsets: torch.Tensor, max_len: int | None = None, pad_to: int | None = None,
+                 width: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gather plan that keeps the most recent `max_len` entries of each row.
 
     Returns `(index [B, T], mask [B, T], kept [B])`: `index` points into the jagged values (0 in
-    padding), `T = max(kept)` (at least `pad_to` when given).
+    padding). `T` is `width` when given (a host int at least the longest kept row: no device
+    read), else `max(kept)` read from the device; at least `pad_to` either way.
     """
     lengths = lengths_of(offsets)
     kept = lengths if max_len is None else lengths.clamp(max=max_len)
-    t = int(kept.max()) if kept.numel() else 0
+    if width is not None:
+        t = int(width)
+    else:
+        t = int(kept.max()) if kept.numel() else 0
     if pad_to is not None:
         t = max(t, int(pad_to))
     pos = torch.arange(t, device=offsets.device)

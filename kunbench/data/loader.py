@@ -163,8 +163,9 @@ def _assemble(pieces: list[tuple[_Chunk, int, int]], include_p_true: bool, event
         t_off.numpy()[:] = off
         _fill_jagged(cols, t_val.numpy())
         multihot[name] = Jagged(t_val, t_off)
-    sequences = {}
+    sequences, max_lengths = {}, {}
     for et, parts, off in zip(event_types, seq_cols, seq_off):
+        max_lengths[et] = int(np.diff(off).max(initial=0))
         t_off = next(tensors)
         t_off.numpy()[:] = off
         vals = [next(tensors) for _ in range(3)]
@@ -172,7 +173,7 @@ def _assemble(pieces: list[tuple[_Chunk, int, int]], include_p_true: bool, event
             _fill_jagged(part, t.numpy())
         sequences[et] = EventSequence(vals[0], vals[1], vals[2], t_off)
     return Batch(context_categorical=t_cat, context_dense=t_dense, multihot=multihot, sequences=sequences,
-                 request_ts=t_request_ts, labels=t_labels, p_true=t_p_true)
+                 request_ts=t_request_ts, labels=t_labels, p_true=t_p_true, max_lengths=max_lengths)
 
 
 # ---- the dataset ---------------------------------------------------------------------------

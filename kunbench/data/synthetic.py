@@ -276,10 +276,11 @@ class SyntheticBatches:
             multihot[name] = Jagged(self._randint(card, int(offsets[-1])), offsets)
         request_ts = self.start_ts + torch.randint(0, self.request_span_s, (B,), generator=g, device=dev,
                                                    dtype=torch.int64)
-        sequences = {}
+        sequences, max_lengths = {}, {}
         span = self.history_span_s
         for e in self.event_types:
             lens = self.length_laws[e].sample(B, g, dev)
+            max_lengths[e] = int(lens.max()) if B else 0  # read once here, never by the model
             offsets = lengths_to_offsets(lens)
             n = int(offsets[-1])
             item_card, cat_card = self._seq_card[e]
@@ -299,7 +300,8 @@ class SyntheticBatches:
             p_true = torch.full((B,), self.base_ctr, dtype=torch.float64, device=dev)
         labels = (torch.rand(B, generator=g, device=dev, dtype=torch.float64) < p_true).to(torch.float32)
         return Batch(context_categorical=cat, context_dense=dense, multihot=multihot, sequences=sequences,
-                     request_ts=request_ts, labels=labels, p_true=p_true if self.include_p_true else None)
+                     request_ts=request_ts, labels=labels, p_true=p_true if self.include_p_true else None,
+                     max_lengths=max_lengths)
 
     # ---- iteration ---------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Batch]:

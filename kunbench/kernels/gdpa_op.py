@@ -4,6 +4,8 @@ FlopCounterMode.
   kunbench::gdpa_fwd(q, k, v, q_offsets, kv_offsets, activations, scale, scale_pre, window,
                      broadcast_q) -> out
   kunbench::gdpa_bwd(grad_out, q, k, v, ...same...) -> (dq, dk, dv)
+  kunbench::gdpa_padded_fwd / gdpa_padded_bwd: the same kernels on padded [B, T, H, d] tensors with
+      [B] lengths in place of offsets (what the models call: no host read of any length)
 
 `activations` are per-head ids (`gdpa_triton_kernels.ACT_IDS`), `window` < 0 means none and
 `scale` None means 1 / max q length (computed inside the op, so no data-dependent host value
@@ -93,6 +95,73 @@ def _backward(ctx, grad_out):
 gdpa_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+# ---- padded layout: q [B, Tq, H, d] (or a broadcast [Lq, H, d] set), k/v [B, Tk, H, d] -------------
+@torch.library.custom_op("kunbench::gdpa_padded_fwd", mutates_args=())
+def gdpa_padded_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_lengths: Optional[torch.Tensor],
+    kv_lengths: Optional[torch.Tensor],
+    activations: list[int],
+    scale: float,
+    scale_pre: bool,
+    window: int,
+    broadcast_q: bool,
+) -> torch.Tensor:
+    """Lengths `[B]` stand in for offsets (None: every row of a dense k/v, or a broadcast q); rows
+    past a sample's length read as absent and come out zero. Shapes alone size the launch, so no
+    length is read on the host."""
+    from kunbench.kernels.gdpa_triton import gdpa_triton_forward
+
+    _require_runnable(q)
+    return gdpa_triton_forward(q, k, v, q_lengths, kv_lengths, activations, scale, scale_pre,
+                               None if window < 0 else window, broadcast_q, padded=True)
+
+
+@gdpa_padded_fwd.register_fake
+def _gdpa_padded_fwd_fake(q, k, v, q_lengths, kv_lengths, activations, scale, scale_pre, window, broadcast_q):
+    if broadcast_q:
+        return q.new_empty((k.shape[0], q.shape[0], q.shape[1], q.shape[2]))
+    return torch.empty_like(q)
+
+
+@torch.library.custom_op("kunbench::gdpa_padded_bwd", mutates_args=())
+def gdpa_padded_bwd(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_lengths: Optional[torch.Tensor],
+    kv_lengths: Optional[torch.Tensor],
+    activations: list[int],
+    scale: float,
+    scale_pre: bool,
+    window: int,
+    broadcast_q: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from kunbench.kernels.gdpa_triton import gdpa_triton_backward
+
+    _require_runnable(q)
+    return gdpa_triton_backward(grad_out, q, k, v, q_lengths, kv_lengths, activations, scale, scale_pre,
+                                None if window < 0 else window, broadcast_q, padded=True)
+
+
+@gdpa_padded_bwd.register_fake
+def _gdpa_padded_bwd_fake(grad_out, q, k, v, q_lengths, kv_lengths, activations, scale, scale_pre, window,
+                          broadcast_q):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _padded_backward(ctx, grad_out):
+    q, k, v, q_lengths, kv_lengths = ctx.saved_tensors
+    dq, dk, dv = torch.ops.kunbench.gdpa_padded_bwd(grad_out, q, k, v, q_lengths, kv_lengths, *ctx.params)
+    return dq, dk, dv, None, None, None, None, None, None, None
+
+
+gdpa_padded_fwd.register_autograd(_padded_backward, setup_context=_setup_context)
+
+
 def _require_runnable(q: torch.Tensor) -> None:
     from kunbench.kernels.gdpa_triton import interpreting, triton_available
 
@@ -131,7 +200,37 @@ def forward_flops(q, k, v, q_offsets, kv_offsets, window, broadcast_q) -> float:
         return 4.0 * dh * heads * n_q * per_q
 
 
+def padded_forward_flops(q, k, q_lengths, kv_lengths, window, broadcast_q) -> float:
+    """Forward FLOPs of one gdpa_padded_fwd call on true lengths (padded shapes when tracing)."""
+    heads, dh, batch = q.shape[-2], q.shape[-1], k.shape[0]
+    if batch == 0:
+        return 0.0
+    w = None if window is None or window < 0 else window
+    try:
+        lq = (torch.full((batch,), q.shape[0]) if broadcast_q else
+              q_lengths.to("cpu") if q_lengths is not None else torch.full((batch,), q.shape[1]))
+        lk = kv_lengths.to("cpu") if kv_lengths is not None else torch.full((batch,), k.shape[1])
+        return float(gdpa_flops(lq, lk, heads, dh, window=w).sum())
+    except Exception:  # fake lengths (tracing): the padded shapes
+        tq = q.shape[0] if broadcast_q else q.shape[1]
+        tk = k.shape[1] if w is None else min(k.shape[1], 2 * w + 1)
+        return 4.0 * dh * heads * batch * tq * tk
+
+
 def _register_flops() -> None:
+    pfwd, pbwd = torch.ops.kunbench.gdpa_padded_fwd, torch.ops.kunbench.gdpa_padded_bwd
+    if pfwd not in flop_registry:
+        @register_flop_formula(pfwd, get_raw=True)
+        def _pfwd_flops(q, k, v, q_lengths, kv_lengths, activations, scale, scale_pre, window, broadcast_q,
+                        *args, out_val=None, **kwargs) -> int:
+            return int(padded_forward_flops(q, k, q_lengths, kv_lengths, window, broadcast_q))
+
+    if pbwd not in flop_registry:
+        @register_flop_formula(pbwd, get_raw=True)
+        def _pbwd_flops(grad_out, q, k, v, q_lengths, kv_lengths, activations, scale, scale_pre, window,
+                        broadcast_q, *args, out_val=None, **kwargs) -> int:
+            return int(2.5 * padded_forward_flops(q, k, q_lengths, kv_lengths, window, broadcast_q))
+
     fwd, bwd = torch.ops.kunbench.gdpa_fwd, torch.ops.kunbench.gdpa_bwd
     if fwd not in flop_registry:
         @register_flop_formula(fwd, get_raw=True)

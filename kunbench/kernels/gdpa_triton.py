@@ -33,12 +33,17 @@ INTERPRET_BLOCKS = dict(BLOCK_M=16, BLOCK_N=16)
 UNTUNED_GPU_BLOCKS = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
 
 
+_TRITON_FOUND: dict[str, bool] = {}  # the import is tried once (a failed import searches the disk)
+
+
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:  # pragma: no cover - platforms without triton
-        return False
-    return True
+    if "found" not in _TRITON_FOUND:
+        try:
+            import triton  # noqa: F401
+            _TRITON_FOUND["found"] = True
+        except Exception:  # pragma: no cover - platforms without triton
+            _TRITON_FOUND["found"] = False
+    return _TRITON_FOUND["found"]
 
 
 def interpreting() -> bool:
@@ -142,20 +147,29 @@ def triton_cdiv(a: int, b: int) -> int:
 class Problem:
     """Shapes and per-sample ranges of one GDPA call, shared by forward and backward launches."""
 
-    def __init__(self, q, k, v, q_offsets, kv_offsets, activations, scale, scale_pre, window, broadcast_q):
+    def __init__(self, q, k, v, q_offsets, kv_offsets, activations, scale, scale_pre, window, broadcast_q,
+                 padded: bool = False):
         if q.dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"triton gdpa supports float16, bfloat16 and float32, got {q.dtype}")
         self.broadcast_q = bool(broadcast_q)
         self.jagged_kv = kv_offsets is not None
+        self.padded = bool(padded)
         self.heads = q.shape[-2]
         self.d = q.shape[-1]
-        self.batch = (kv_offsets.numel() - 1) if self.jagged_kv else k.shape[0]
-        self.nq = q.shape[0] if self.broadcast_q else 0
-        self.nk = 0 if self.jagged_kv else k.shape[1]
         dev = q.device
         empty = torch.zeros(1, dtype=torch.int64, device=dev)
         self.q_off = q_offsets.to(device=dev, dtype=torch.int64).contiguous() if not self.broadcast_q else empty
         self.kv_off = kv_offsets.to(device=dev, dtype=torch.int64).contiguous() if self.jagged_kv else empty
+        if self.padded:  # q [B, Tq, H, d] (or broadcast [Lq, H, d]), k/v [B, Tk, H, d]; offsets are lengths
+            self.batch = k.shape[0]
+            self.nq = q.shape[0] if self.broadcast_q else q.shape[1]
+            self.nk = k.shape[1]
+            self.max_q, self.max_k = self.nq, self.nk  # static shapes: no device read
+            self._finish(scale, scale_pre, window, activations, dev)
+            return
+        self.batch = (kv_offsets.numel() - 1) if self.jagged_kv else k.shape[0]
+        self.nq = q.shape[0] if self.broadcast_q else 0
+        self.nk = 0 if self.jagged_kv else k.shape[1]
         maxima = []
         if not self.broadcast_q:
             maxima.append((self.q_off[1:] - self.q_off[:-1]).max() if self.batch else empty[0])
@@ -164,6 +178,9 @@ class Problem:
         got = torch.stack(maxima).tolist() if maxima else []  # one host sync for both maxima
         self.max_q = self.nq if self.broadcast_q else int(got.pop(0))
         self.max_k = int(got.pop(0)) if self.jagged_kv else self.nk
+        self._finish(scale, scale_pre, window, activations, dev)
+
+    def _finish(self, scale, scale_pre, window, activations, dev) -> None:
         s = (1.0 / max(self.max_q, 1)) if scale is None else float(scale)
         self.scale = s
         self.scale_in, self.scale_out = (s, 1.0) if scale_pre else (1.0, s)
@@ -173,7 +190,7 @@ class Problem:
 
     def consts(self, act: int) -> dict:
         return dict(ACT=act, BROADCAST_Q=self.broadcast_q, JAGGED_KV=self.jagged_kv, HAS_WINDOW=self.window >= 0,
-                    BLOCK_D=self.block_d)
+                    PADDED=self.padded, BLOCK_D=self.block_d)
 
     def common(self, nh: int) -> tuple:
         return (nh, self.nq, self.nk, self.d, self.scale_in, self.scale_out, max(self.window, 0),
@@ -206,11 +223,14 @@ def _strides(t: torch.Tensor) -> tuple[int, int]:
     return t.stride(0), t.stride(1)
 
 
-def gdpa_triton_forward(q, k, v, q_offsets, kv_offsets, activations, scale, scale_pre, window, broadcast_q):
+def gdpa_triton_forward(q, k, v, q_offsets, kv_offsets, activations, scale, scale_pre, window, broadcast_q,
+                        padded: bool = False):
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    pb = Problem(q, k, v, q_offsets, kv_offsets, activations, scale, scale_pre, window, broadcast_q)
+    pb = Problem(q, k, v, q_offsets, kv_offsets, activations, scale, scale_pre, window, broadcast_q, padded)
     if pb.broadcast_q:
         out = q.new_empty((pb.batch, pb.nq, pb.heads, pb.d))
+    elif padded:  # rows past a sample's length are never stored: they stay zero
+        out = torch.zeros_like(q)
     else:
         out = torch.empty_like(q)
     qr, kr, vr, orow = _rows(q), _rows(k), _rows(v), _rows(out)
@@ -223,15 +243,16 @@ def gdpa_triton_forward(q, k, v, q_offsets, kv_offsets, activations, scale, scal
 
 
 def gdpa_triton_backward(grad_out, q, k, v, q_offsets, kv_offsets, activations, scale, scale_pre, window,
-                         broadcast_q):
+                         broadcast_q, padded: bool = False):
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     grad_out = grad_out.contiguous().to(q.dtype)
-    pb = Problem(q, k, v, q_offsets, kv_offsets, activations, scale, scale_pre, window, broadcast_q)
-    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    pb = Problem(q, k, v, q_offsets, kv_offsets, activations, scale, scale_pre, window, broadcast_q, padded)
+    alloc = torch.zeros_like if padded else torch.empty_like  # padded rows are never stored
+    dk, dv = alloc(k), alloc(v)
     if pb.broadcast_q:  # per-sample partial dQ, summed over the batch below
         dq_buf = torch.empty((pb.batch, pb.nq, pb.heads, pb.d), dtype=torch.float32, device=q.device)
     else:
-        dq_buf = torch.empty_like(q)
+        dq_buf = alloc(q)
     qr, kr, vr, dor = _rows(q), _rows(k), _rows(v), _rows(grad_out)
     dqr, dkr, dvr = _rows(dq_buf), _rows(dk), _rows(dv)
     for act, heads in pb.groups:

@@ -14,6 +14,9 @@ One kernel serves the three modes through constexpr flags:
                otherwise q is jagged by QOFF and the output shares q's rows.
   JAGGED_KV    k/v jagged by KOFF; otherwise dense per sample, rows b * NK + j.
   HAS_WINDOW   keep |i - j| <= window (positions inside the sample).
+  PADDED       q (unless broadcast) and jagged k/v sit in padded [B, T, H, d] tensors: sample b
+               starts at row b * NQ (b * NK) and QOFF / KOFF hold the [B] lengths instead of
+               offsets, so the host never reads a length (no device sync).
 Rows beyond a sequence load as zeros; every activation maps 0 to 0 and zero q/k/v/dO rows add
 nothing to any product, so only the window needs an explicit mask on the score tile.
 Activations: 0 identity, 1 relu, 2 gelu (erf), 3 gelu_tanh, 4 silu (a constexpr per launch; mixed
@@ -70,18 +73,26 @@ def _act_and_grad(x, ACT: tl.constexpr):
 
 
 @triton.jit
-def _sample_ranges(b, QOFF, KOFF, NQ, NK, BROADCAST_Q: tl.constexpr, JAGGED_KV: tl.constexpr):
+def _sample_ranges(b, QOFF, KOFF, NQ, NK, BROADCAST_Q: tl.constexpr, JAGGED_KV: tl.constexpr,
+                   PADDED: tl.constexpr):
     """(q row start, q length, output/dO row start, k row start, k length) of sample b."""
     b64 = b.to(tl.int64)
     if BROADCAST_Q:
         q_start = b64 * 0
         q_len = b * 0 + NQ
         o_start = b64 * NQ
+    elif PADDED:
+        q_start = b64 * NQ
+        q_len = tl.load(QOFF + b).to(tl.int32)
+        o_start = q_start
     else:
         q_start = tl.load(QOFF + b).to(tl.int64)
         q_len = (tl.load(QOFF + b + 1) - q_start).to(tl.int32)
         o_start = q_start
-    if JAGGED_KV:
+    if JAGGED_KV and PADDED:
+        k_start = b64 * NK
+        k_len = tl.load(KOFF + b).to(tl.int32)
+    elif JAGGED_KV:
         k_start = tl.load(KOFF + b).to(tl.int64)
         k_len = (tl.load(KOFF + b + 1) - k_start).to(tl.int32)
     else:
@@ -97,13 +108,13 @@ def gdpa_fwd_kernel(
     NH, NQ, NK, D, scale_in, scale_out, window,
     LQ_BUCKET, LK_BUCKET,  # autotune keys only
     ACT: tl.constexpr, BROADCAST_Q: tl.constexpr, JAGGED_KV: tl.constexpr, HAS_WINDOW: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    PADDED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // NH
     h = tl.load(HEADS + pid_bh % NH).to(tl.int64)
-    q_start, q_len, o_start, k_start, k_len = _sample_ranges(b, QOFF, KOFF, NQ, NK, BROADCAST_Q, JAGGED_KV)
+    q_start, q_len, o_start, k_start, k_len = _sample_ranges(b, QOFF, KOFF, NQ, NK, BROADCAST_Q, JAGGED_KV, PADDED)
 
     m_start = pid_m * BLOCK_M
     offs_m = m_start + tl.arange(0, BLOCK_M)
@@ -147,7 +158,7 @@ def gdpa_bwd_dq_kernel(
     NH, NQ, NK, D, scale_in, scale_out, window,
     LQ_BUCKET, LK_BUCKET,
     ACT: tl.constexpr, BROADCAST_Q: tl.constexpr, JAGGED_KV: tl.constexpr, HAS_WINDOW: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    PADDED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """dQ for one (q block, sample, head). With BROADCAST_Q, DQ is a [B * NQ] partial buffer
     (row b * NQ + i) that the host sums over the batch."""
@@ -155,7 +166,7 @@ def gdpa_bwd_dq_kernel(
     pid_bh = tl.program_id(1)
     b = pid_bh // NH
     h = tl.load(HEADS + pid_bh % NH).to(tl.int64)
-    q_start, q_len, o_start, k_start, k_len = _sample_ranges(b, QOFF, KOFF, NQ, NK, BROADCAST_Q, JAGGED_KV)
+    q_start, q_len, o_start, k_start, k_len = _sample_ranges(b, QOFF, KOFF, NQ, NK, BROADCAST_Q, JAGGED_KV, PADDED)
 
     m_start = pid_m * BLOCK_M
     offs_m = m_start + tl.arange(0, BLOCK_M)
@@ -209,7 +220,7 @@ def gdpa_bwd_dkdv_kernel(
     NH, NQ, NK, D, scale_in, scale_out, window,
     LQ_BUCKET, LK_BUCKET,
     ACT: tl.constexpr, BROADCAST_Q: tl.constexpr, JAGGED_KV: tl.constexpr, HAS_WINDOW: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    PADDED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """dK, dV for one (k block, sample, head), accumulated over that sample's q rows; one program
     owns its tile (dense PFFN K/V included), so no atomics."""
@@ -217,7 +228,7 @@ def gdpa_bwd_dkdv_kernel(
     pid_bh = tl.program_id(1)
     b = pid_bh // NH
     h = tl.load(HEADS + pid_bh % NH).to(tl.int64)
-    q_start, q_len, o_start, k_start, k_len = _sample_ranges(b, QOFF, KOFF, NQ, NK, BROADCAST_Q, JAGGED_KV)
+    q_start, q_len, o_start, k_start, k_len = _sample_ranges(b, QOFF, KOFF, NQ, NK, BROADCAST_Q, JAGGED_KV, PADDED)
 
     n_start = pid_n * BLOCK_N
     offs_k = n_start + tl.arange(0, BLOCK_N)

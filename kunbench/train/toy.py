@@ -153,5 +153,6 @@ def toy_batches(schema: DatasetSchema, n_batches: int = 40, batch_size: int = 64
         y = (rng.random(B) < p).astype(np.float32)
         out.append(Batch(context_categorical=torch.from_numpy(cat), context_dense=torch.from_numpy(dense),
                          multihot={}, sequences=seqs, request_ts=torch.full((B,), 20_000, dtype=torch.int64),
-                         labels=torch.from_numpy(y), p_true=torch.from_numpy(p)))
+                         labels=torch.from_numpy(y), p_true=torch.from_numpy(p),
+                         max_lengths={e: int(np.diff(s.offsets.numpy()).max(initial=0)) for e, s in seqs.items()}))
     return out
