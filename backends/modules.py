@@ -49,7 +49,9 @@ class TokenLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_out, 1)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.matmul(self.weight, x)  # [n_out, n_in] @ [B, n_in, d]
+        # einsum, not a broadcast `matmul(W, x)`: AOT autograd (torch.compile) decomposes the latter's
+        # backward into a view that fails on the non-contiguous gradients a torch.cat hands back
+        y = torch.einsum("oi,bid->bod", self.weight, x)
         return y if self.bias is None else y + self.bias
 
     @staticmethod

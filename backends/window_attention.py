@@ -68,12 +68,12 @@ def softmax_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         plan[key] = n, tp, _additive(keep.reshape(b * n, 1, c, kw), q.dtype)
     n, tp, attn_mask = plan[key]
     # 4-D [B n, H, rows, dh] blocks: SDPA's CPU kernels take 4-D inputs (5-D falls back to math)
-    qc = F.pad(q, (0, 0, 0, 0, 0, tp - t)).view(b, n, c, h, dh).transpose(2, 3).reshape(b * n, h, c, dh)
+    qc = F.pad(q, (0, 0, 0, 0, 0, tp - t)).reshape(b, n, c, h, dh).transpose(2, 3).reshape(b * n, h, c, dh)
     pad = (0, 0, 0, 0, window, tp - t + window)
     kc = F.pad(k, pad).unfold(1, kw, c).transpose(-1, -2).reshape(b * n, h, kw, dh)  # [B n, H, kw, dh]
     vc = F.pad(v, pad).unfold(1, kw, c).transpose(-1, -2).reshape(b * n, h, kw, dh)
     out = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=attn_mask)  # [B n, H, c, dh]
-    out = out.view(b, n, h, c, dh).transpose(2, 3).reshape(b, tp, h, dh)[:, :t]
+    out = out.reshape(b, n, h, c, dh).transpose(2, 3).reshape(b, tp, h, dh)[:, :t]
     return out * mask[:, :, None, None]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kunbench.data.batch import Batch, EventSequence, Jagged
+from kunbench.data.batch import Batch, EventSequence, Jagged, with_max_lengths
 from kunbench.data.manifest import Column, DatasetSchema
 
 EVENT_TYPES = ("impression", "click", "conversion")
@@ -71,7 +71,7 @@ def make_batch(schema: DatasetSchema, batch_size: int = 8, seed: int = 0, length
             ts[off[r]:off[r + 1]] = request_ts[r] - torch.flip(torch.cumsum(gaps, 0), [0])
         seqs[et] = EventSequence(item, category, ts, off)
     labels = torch.randint(0, 2, (b,), generator=g).float()
-    return Batch(cat, dense, multihot, seqs, request_ts, labels)
+    return with_max_lengths(Batch(cat, dense, multihot, seqs, request_ts, labels))
 
 
 def take_rows(batch: Batch, rows: list[int]) -> Batch:

@@ -259,9 +259,10 @@ def test_kernels_use_only_builtin_triton_language_calls():
 
 
 @pytest.mark.parametrize("kernel, consts", [
-    ("gdpa_fwd_kernel", dict(ACT=2, BROADCAST_Q=False, JAGGED_KV=False, HAS_WINDOW=False)),
-    ("gdpa_bwd_dq_kernel", dict(ACT=3, BROADCAST_Q=True, JAGGED_KV=True, HAS_WINDOW=False)),
-    ("gdpa_bwd_dkdv_kernel", dict(ACT=4, BROADCAST_Q=False, JAGGED_KV=True, HAS_WINDOW=True)),
+    ("gdpa_fwd_kernel", dict(ACT=2, BROADCAST_Q=False, JAGGED_KV=False, HAS_WINDOW=False, PADDED=False)),
+    ("gdpa_fwd_kernel", dict(ACT=4, BROADCAST_Q=False, JAGGED_KV=True, HAS_WINDOW=True, PADDED=True)),
+    ("gdpa_bwd_dq_kernel", dict(ACT=3, BROADCAST_Q=True, JAGGED_KV=True, HAS_WINDOW=False, PADDED=True)),
+    ("gdpa_bwd_dkdv_kernel", dict(ACT=4, BROADCAST_Q=False, JAGGED_KV=True, HAS_WINDOW=True, PADDED=False)),
 ])
 @pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION")
 def test_kernels_compile_for_sm90_without_a_gpu(monkeypatch, kernel, consts):
