@@ -29,6 +29,19 @@ class RankingModel(nn.Module):
         emb = {id(p) for p in self.embedding_parameters()}
         return [p for p in self.parameters() if id(p) not in emb]
 
+    def kernels(self, device: torch.device | str, dtype: torch.dtype | None = None) -> dict[str, str]:
+        """The implementation each switchable op runs on `device` (recorded in every result)."""
+        return {}
+
+
+def kernels_of(model: nn.Module, device, dtype: torch.dtype | None = None) -> dict[str, str]:
+    """`model.kernels(...)` for any model (DDP / compiled wrappers unwrapped; {} for a plug-in
+    model without the method)."""
+    inner = getattr(model, "_orig_mod", model)
+    inner = getattr(inner, "module", inner)
+    fn = getattr(inner, "kernels", None)
+    return dict(fn(device, dtype)) if callable(fn) else {}
+
     def output_layer(self) -> nn.Linear:
         """The final `Linear(..., 1)` producing the logit."""
         return self.head.net[-1]

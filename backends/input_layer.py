@@ -45,6 +45,13 @@ def hash_ids(x: torch.Tensor) -> torch.Tensor:
     return (h * _HASH_A2 + hi).remainder(HASH_PRIME)
 
 
+@torch.compiler.disable
+def sparse_lookup(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Embedding lookup with a sparse gradient, kept out of torch.compile graphs (inductor cannot
+    produce sparse gradients); everything around it still compiles."""
+    return F.embedding(ids, weight, sparse=True)
+
+
 @dataclass(frozen=True)
 class Segment:
     key: str
@@ -144,8 +151,6 @@ class InputLayer(nn.Module):
         # test hooks: extra padded positions and garbage in every padded token (must change nothing)
         self.debug_extra_pad = 0
         self.debug_pad_garbage = False
-        # pad sequences to power-of-two widths (set for torch.compile: bounded recompilations)
-        self.bucket_widths = False
 
     @property
     def n_context_tokens(self) -> int:
@@ -195,14 +200,15 @@ class InputLayer(nn.Module):
             if self.merge == "time":
                 cap = self.seq_max_len
                 longest = sum(batch.max_length(et) for et in self.schema.event_types)
-                width = jagged.padded_width(longest, cap, self.bucket_widths) + self.debug_extra_pad
+                width = jagged.padded_width(longest, cap) + self.debug_extra_pad
                 padded = [jagged.merge_padded(padded, cap, width)]
             for p in padded:
                 it, ct = self.rows_for(item_seg, p.item), self.rows_for(cat_seg, p.category)
                 seq_plans.append((it, ct, p.ts, p.event_type, p.mask, p.kept, p.longest))
                 pieces += [it.reshape(-1), ct.reshape(-1)]
 
-        emb = F.embedding(torch.cat(pieces), self.table.weight, sparse=self.sparse)
+        ids = torch.cat(pieces)
+        emb = sparse_lookup(ids, self.table.weight) if self.sparse else F.embedding(ids, self.table.weight)
         sizes = [p.numel() for p in pieces]
         parts = list(torch.split(emb, sizes))
         ctx = [parts.pop(0).view(b, -1, d)]
@@ -241,7 +247,7 @@ class InputLayer(nn.Module):
         longest = batch.max_length(event_type)
         kept_longest = longest if cap is None else min(longest, cap)
         extra = self.debug_extra_pad if self.merge != "time" else 0
-        width = jagged.padded_width(longest, cap, self.bucket_widths) + extra
+        width = jagged.padded_width(longest, cap) + extra
         index, mask, kept = jagged.padded_index(seq.offsets, cap, width=width)
         g = lambda v: jagged.gather_padded(v, index, mask)  # noqa: E731
         return jagged.PaddedStreams(g(seq.item), g(seq.category), g(seq.ts), None, mask, kept, kept_longest)

@@ -199,6 +199,9 @@ class InterFormerModel(RankingModel):
         self.final_cross = CrossArch(config, dm)
         self.head = MLP([(config.n_sum + dm.n_ssum) * config.d, *config.head_mlp, 1], act=config.act)
 
+    def kernels(self, device, dtype=None) -> dict[str, str]:
+        return {"attention": self.config.attention}
+
     def forward(self, batch: Batch) -> torch.Tensor:
         cfg, n_cls = self.config, self.dims.n_cls
         inp = self.input_layer(batch)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from kunbench.backends.common import RankingModel
+from kunbench.backends.gdpa_ops import resolve_gdpa
 from kunbench.backends.gdpa_pffn import GDPAPFFNBlock
 from kunbench.backends.hsp import HSP, PMASummary
 from kunbench.backends.input_layer import InputLayer, SeqTokens, input_layer_flops
@@ -101,9 +102,9 @@ class StreamState:
     s: torch.Tensor  # [B, T, d_e]
     mask: torch.Tensor  # [B, T]
     rot: tuple[torch.Tensor, torch.Tensor] | None
-    maxlen: int  # the longest true length in the batch
-    scale: float  # GDPA s for seed pooling (and the PFFN unless pffn_scale says otherwise)
-    pffn_scale: float
+    maxlen: torch.Tensor  # 0-d: the longest true length in the batch
+    scale: float | torch.Tensor  # GDPA s for seed pooling (and the PFFN unless pffn_scale says otherwise)
+    pffn_scale: float | torch.Tensor
     summary: torch.Tensor | None = None
     stale: bool = False
     plan: dict = dataclasses.field(default_factory=dict)  # attention masks shared by the layers
@@ -137,6 +138,11 @@ class KunlunModel(RankingModel):
         self.streams = nn.ModuleList([StreamModel(config, sc) for sc in self.stream_cfgs])
         self.head = MLP([(n_w + self.n_summary_tokens) * d, *config.head_mlp, 1], act=config.act)
 
+    def kernels(self, device, dtype=None) -> dict[str, str]:
+        attention = ("gdpa:" + resolve_gdpa(self.config.gdpa, device, dtype).value if self.config.attention_act
+                     else self.config.attention_kernel)
+        return {"gdpa": resolve_gdpa(self.config.gdpa, device, dtype).value, "window_attention": attention}
+
     # ---- inputs ------------------------------------------------------------------------------
     def _stream_state(self, seq: SeqTokens, module: StreamModel, sc: StreamConfig, request_ts: torch.Tensor,
                       ) -> StreamState:
@@ -149,14 +155,16 @@ class KunlunModel(RankingModel):
             ts = torch.zeros(b, 1, dtype=seq.ts.dtype, device=tokens.device)
         s = tokens if module.proj is None else module.proj(tokens)
         s = s * mask[..., None]  # padded rows start at zero (their values never matter)
-        maxlen = seq.longest  # a host int from the batch: no device read
-        scale_len = maxlen if cfg.gdpa_scale == "batch_maxlen" else sc.max_len
+        # the batch's longest kept row stays on the device (a 0-d tensor): no host read, and no
+        # per-batch constant for torch.compile to specialize on
+        maxlen = mask.sum(1).max()
+        scale_len = maxlen.clamp(min=1).to(torch.float32) if cfg.gdpa_scale == "batch_maxlen" else max(sc.max_len, 1)
         rot = None
         if module.attn:  # tables built once per stream, shared by Q and K of all its layers
             rot = rotary_tables(cfg.rote, ts, request_ts, sc.d // sc.heads, t_scale=cfg.t_scale,
                                 rope_base=cfg.rope_base, time_base=cfg.rote_time_base, dtype=s.dtype)
             rot = None if rot is None else full_tables(*rot, sc.heads)
-        scale = 1.0 / max(scale_len, 1)
+        scale = 1.0 / scale_len
         return StreamState(s, mask, rot, maxlen, scale, 1.0 / cfg.dff if cfg.pffn_scale == "n_kv" else scale)
 
     # ---- forward -----------------------------------------------------------------------------

@@ -89,7 +89,7 @@ class WindowSelfAttention(nn.Module):
         self.out = nn.Linear(d, d)
 
     def forward(self, s: torch.Tensor, mask: torch.Tensor, rot: tuple[torch.Tensor, torch.Tensor] | None,
-                maxlen: int, plan: dict | None = None) -> torch.Tensor:
+                maxlen: int | torch.Tensor, plan: dict | None = None) -> torch.Tensor:
         """`rot`: `rote.full_tables` `(cos, sin)` `[B|1, T, H, d_h]` or None; `plan`: mask cache."""
         b, t, d = s.shape
         h, dh = self.h, d // self.h
@@ -99,8 +99,10 @@ class WindowSelfAttention(nn.Module):
         if self.attention_act is None:
             o = softmax_window_attention(q, k, v, mask, self.window, self.kernel, plan)
         else:
-            span = maxlen if self.window is None else min(maxlen, 2 * self.window + 1)
-            o = gdpa_self_attention(q, k, v, mask, activations=[self.attention_act] * h, scale=1.0 / max(span, 1),
+            span = torch.as_tensor(maxlen) if self.window is None else torch.as_tensor(maxlen).clamp(
+                max=2 * self.window + 1)
+            o = gdpa_self_attention(q, k, v, mask, activations=[self.attention_act] * h,
+                                    scale=1.0 / span.clamp(min=1).to(torch.float32),
                                     position=self.scale_position, window=self.window, impl=self.gdpa_impl)
         return s + self.out(o.reshape(b, t, d))
 

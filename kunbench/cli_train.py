@@ -45,6 +45,8 @@ def summary_table(doc: dict) -> Table:
         ("train examples/s", _fmt(m.get("train_examples_per_s"), ",.0f")),
         ("eval examples/s", _fmt(m.get("eval_examples_per_s"), ",.0f")),
         ("train steps / examples", f"{m['train']['steps']:,} / {m['train']['examples']:,}"),
+        *([("compile (steps that compiled)", f"{m['train']['compile_s']:.1f} s ({m['train']['compile_steps']})")]
+          if doc.get("train_config", {}).get("compile") else []),
         ("eval examples", f"{m['examples']:,}"),
         ("device / dtype / world", f"{doc['environment']['device']} / {doc['environment']['dtype']} / "
                                    f"{doc['environment']['world_size']}"),
@@ -76,9 +78,11 @@ def summary_table(doc: dict) -> Table:
               help="torch intra-op CPU threads (default: torch's choice).")
 @click.option("--out", "out_dir", type=click.Path(), default=None, help="Result directory (default ./results).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the training step (compile time is reported apart from examples/s).")
 @friendly_errors
 def train_cmd(backend, data, preset, sets, device, dtype, steps, batch_size, lr, embedding_lr, seed, workers,
-              threads, out_dir, no_progress):
+              threads, out_dir, no_progress, compile_):
     """Train a backend for one pass over the train split and evaluate it on the eval split.
 
     Under torchrun (WORLD_SIZE > 1) every rank reads its own share of the data; rank 0 prints
@@ -94,7 +98,7 @@ def train_cmd(backend, data, preset, sets, device, dtype, steps, batch_size, lr,
     spec.make_config(preset, backend_sets)  # bad preset / key -> one line
     resolve_device(device)
     cfg = make_train_config(trainer_sets, steps=steps, batch_size=batch_size, lr=lr, embedding_lr=embedding_lr,
-                            seed=seed, dtype=dtype, num_workers=workers)
+                            seed=seed, dtype=dtype, num_workers=workers, compile=True if compile_ else None)
     if data is not None and not Path(data).is_dir():
         raise KunbenchError(f"--data {data}: no such dataset directory")
     if threads is not None:

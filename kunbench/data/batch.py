@@ -65,7 +65,8 @@ class Batch:
     labels: torch.Tensor  # [B] float32
     p_true: torch.Tensor | None = None  # [B] float64, oracle only, present when asked for
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
-    max_lengths: dict[str, int] = field(default_factory=dict)  # per event type: longest row (host int)
+    # per event type: the longest row, or an upper bound of it (host ints; a larger bound only pads more)
+    max_lengths: dict[str, int] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:

@@ -155,16 +155,17 @@ def lengths_of(offsets: torch.Tensor) -> torch.Tensor:
     return offsets[1:] - offsets[:-1]
 
 
-def padded_width(longest: int, max_len: int | None = None, bucket: bool = False) -> int:
-    """Padded width for a batch whose longest row is `longest` (a host int), keeping at most
-    `max_len`. With `bucket`, the next power of two (at least 8), capped at `max_len`: padding
-    changes no model output, and few distinct shapes keep torch.compile's recompilations to a
-    handful (eager runs use the exact width, so no padding FLOPs are spent)."""
+def padded_width(longest: int, max_len: int | None = None) -> int:
+    """Padded width for a batch whose longest row is (at most) `longest`, a host int, keeping at
+    most `max_len` events."""
     t = int(longest) if max_len is None else min(int(longest), int(max_len))
-    if t <= 0 or not bucket:
-        return max(t, 0)
-    width = max(8, 1 << (t - 1).bit_length())
-    return width if max_len is None else min(width, int(max_len))
+    return max(t, 0)
+
+
+def bucket_length(n: int) -> int:
+    """`n` rounded up to a power of two (at least 8; 0 stays 0): an upper bound with few distinct
+    values, so a compiled model sees a handful of padded widths, not one per batch."""
+    return 0 if n <= 0 else max(8, 1 << (int(n) - 1).bit_length())
 
 
 def padded_index(offsets: torch.Tensor, max_len: int | None = None, pad_to: int | None = None,

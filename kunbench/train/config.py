@@ -41,6 +41,7 @@ class TrainConfig:
     num_workers: int = 0  # loader worker processes per rank
     log_every: int = 10
     timing_warmup_steps: int = 5  # steps excluded from the train examples/s figure
+    compile: bool = False  # torch.compile the training step (inductor); compile time is reported apart
 
     def validate(self) -> "TrainConfig":
         def need(ok: bool, msg: str) -> None:

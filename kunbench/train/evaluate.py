@@ -69,6 +69,11 @@ def autocast_context(device: torch.device, dtype: str):
     return contextlib.nullcontext()
 
 
+def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
+    """The dtype ops compute in under `autocast_context(device, dtype)`."""
+    return torch.bfloat16 if dtype == "bf16" and device.type == "cuda" else torch.float32
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

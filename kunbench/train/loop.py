@@ -27,6 +27,7 @@ from torch import nn
 
 from kunbench.data.batch import Batch
 from kunbench.errors import KunbenchError
+from kunbench.train.compiled import CompileClock
 from kunbench.train.config import TrainConfig
 from kunbench.train.distributed import DistContext
 from kunbench.train.evaluate import autocast_context
@@ -46,6 +47,8 @@ class TrainStats:
     mean_loss: float  # mean train loss over all examples seen
     final_loss_ema: float
     stopped_early: bool  # a rank ran out of batches before --steps
+    compile_s: float = 0.0  # --compile: wall time of the steps that compiled (not in examples_per_s)
+    compile_steps: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
@@ -102,6 +105,11 @@ def _train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: Di
     opts = Optimizers(groups, cfg, sparse_grads=has_sparse_embeddings(model))
     average = WeightAverage(groups.dense, cfg.weight_ema) if cfg.weight_ema > 0 and groups.dense else None
     net = wrap_ddp(model, ctx)
+    if cfg.compile:
+        from kunbench.train.compiled import compile_model
+
+        net = compile_model(net)
+    clock = CompileClock()
     net.train()
 
     step = examples = 0
@@ -112,6 +120,8 @@ def _train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: Di
     t_timed, ex_timed = None, 0
     it = iter(batches)
     while cfg.steps is None or step < cfg.steps:
+        t_step = time.perf_counter()
+        clock.start()
         batch = next(it, None)
         loss = None
         n = 0
@@ -153,11 +163,15 @@ def _train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: Di
         if step > 10 and ema > cfg.divergence_loss:
             raise TrainingDiverged(f"training diverged at step {step}: train loss EMA {ema:.4f} is above "
                                    f"divergence_loss={cfg.divergence_loss} (try a lower --lr)")
+        compiled = cfg.compile and clock.stop(time.perf_counter() - t_step)
         if step == cfg.timing_warmup_steps:
             _sync(device)
             t_timed, ex_timed = time.perf_counter(), 0
         elif t_timed is not None:
-            ex_timed += step_examples
+            if compiled:  # a recompilation: its time is compile time, not throughput
+                t_timed += time.perf_counter() - t_step
+            else:
+                ex_timed += step_examples
         if progress is not None:
             now = time.perf_counter()
             rate = ex_timed / (now - t_timed) if t_timed is not None and now > t_timed and ex_timed else \
@@ -174,4 +188,4 @@ def _train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: Di
     if average is not None:
         average.copy_to_params()
     return TrainStats(step, examples, t_end - t_start, rate, loss_total / max(examples, 1), ema,
-                      stopped_early)
+                      stopped_early, clock.seconds, clock.steps)

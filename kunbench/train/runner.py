@@ -20,10 +20,11 @@ import torch
 
 from kunbench import overrides
 from kunbench.data.manifest import Manifest, load_manifest
+from kunbench.backends.common import kernels_of
 from kunbench.errors import KunbenchError
 from kunbench.train.config import TrainConfig
 from kunbench.train.distributed import DistContext, init_distributed
-from kunbench.train.evaluate import EvalResult, evaluate
+from kunbench.train.evaluate import EvalResult, autocast_dtype, evaluate
 from kunbench.train.loop import TrainStats, deterministic_cpu, train
 from kunbench.train.optim import split_parameters
 from kunbench.train.results import RESULT_SCHEMA_VERSION, manifest_fingerprint, write_result
@@ -220,6 +221,7 @@ def run_training(backend: str, data: str | Path | None = None, *, preset: str | 
                 "eval_oracle_ne": manifest_oracle,
             },
             "metrics": metrics,
+            "kernels": kernels_of(model, ctx.device, autocast_dtype(ctx.device, cfg.dtype)),
             "environment": env,
             "timing": {"build_s": build_s, "train_s": stats.seconds, "eval_s": result.seconds,
                        "total_s": time.perf_counter() - t_total},
