@@ -34,14 +34,6 @@ class RankingModel(nn.Module):
         return {}
 
 
-def kernels_of(model: nn.Module, device, dtype: torch.dtype | None = None) -> dict[str, str]:
-    """`model.kernels(...)` for any model (DDP / compiled wrappers unwrapped; {} for a plug-in
-    model without the method)."""
-    inner = getattr(model, "_orig_mod", model)
-    inner = getattr(inner, "module", inner)
-    fn = getattr(inner, "kernels", None)
-    return dict(fn(device, dtype)) if callable(fn) else {}
-
     def output_layer(self) -> nn.Linear:
         """The final `Linear(..., 1)` producing the logit."""
         return self.head.net[-1]
@@ -56,6 +48,15 @@ def kernels_of(model: nn.Module, device, dtype: torch.dtype | None = None) -> di
     def named_dense_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         emb = {id(p) for p in self.embedding_parameters()}
         return ((n, p) for n, p in self.named_parameters() if id(p) not in emb)
+
+
+def kernels_of(model: nn.Module, device, dtype: torch.dtype | None = None) -> dict[str, str]:
+    """`model.kernels(...)` for any model (DDP / compiled wrappers unwrapped; {} for a plug-in
+    model without the method)."""
+    inner = getattr(model, "_orig_mod", model)
+    inner = getattr(inner, "module", inner)
+    fn = getattr(inner, "kernels", None)
+    return dict(fn(device, dtype)) if callable(fn) else {}
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

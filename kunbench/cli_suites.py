@@ -160,9 +160,11 @@ def _names(value) -> list[str] | None:
               help="torch CPU threads (default: torch's choice, usually one per core).")
 @click.option("--no-write", is_flag=True, help="Print the tables but write no result file.")
 @click.option("--progress", is_flag=True, help="Show training progress bars.")
+@click.option("--compile", "compile_", is_flag=True, default=None,
+              help="torch.compile the trained and measured steps (compile time is reported apart).")
 @friendly_errors
 def run_cmd(suite, backends, preset, data, device, dtype, repeat, config_file, sets, out_dir, full, threads,
-            no_write, progress):
+            no_write, progress, compile_):
     """Run benchmark suites; print their tables and write one result JSON per suite.
 
     With no options, `kunbench run --suite ablation` runs the reduced default (a small dataset
@@ -199,6 +201,7 @@ def run_cmd(suite, backends, preset, data, device, dtype, repeat, config_file, s
         full=bool(full if full is not None else file_opts.get("full", False)),
         write=not no_write,
         show_progress=progress,
+        compile=bool(compile_ if compile_ is not None else file_opts.get("compile", False)),
     )
     check_options(opts)
     threads = threads or file_opts.get("threads")

@@ -2,7 +2,7 @@
 
 Rows (Kunlun config keys):
     full                        Kunlun as configured (preset + --set)
-    gdpa naive                  gdpa=naive
+    gdpa torch                  gdpa=torch (batched matmuls; on a CPU auto already is torch: not trained twice)
     summary pma                 summary=pma          (PMA instead of HSP)
     sumkron off                 sumkron=off
     seed attention gdpa         seed_attention=gdpa  (HSP seeds pool through GDPA, not softmax)
@@ -44,7 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from kunbench.errors import KunbenchError
+from kunbench.backends.gdpa_ops import resolve_gdpa
 from kunbench.results import measurement
+from kunbench.train.evaluate import autocast_dtype
 from kunbench.suites.common import (SuiteContext, ThroughputProbe, bootstrap_expected_ne, bootstrap_ne, build_model,
                                     device_peak, mean, resolve_backend, same_eval_rows, std, str_list,
                                     train_and_predict, world_note)
@@ -72,7 +74,7 @@ def _flip(pct_on: float) -> float:
 
 ROWS: tuple[Row, ...] = (
     Row("full", KUNLUN, {}, paper_note="paper: MFU 37% (B200, Meta data)"),
-    Row("gdpa naive", KUNLUN, {"gdpa": "naive"},
+    Row("gdpa torch", KUNLUN, {"gdpa": "torch"},
         paper_note="paper: fused GDPA up to 6x MFU on the PFFN module, ~3 MFU points end to end"),
     Row("summary pma", KUNLUN, {"summary": "pma"}, paper_dne=0.08, paper_note="paper: HSP +0.08% NE over PMA"),
     Row("sumkron off", KUNLUN, {"sumkron": "off"}),
@@ -113,7 +115,7 @@ def paper_text(row: Row) -> str:
     if row.paper_dqps is not None:
         parts.append(f"ΔQPS {row.paper_dqps:+.1f}%")
     if not parts:
-        short = {"full": "MFU 37%", "gdpa naive": "≈ -3 MFU pts", "InterFormer": "MFU 17%, eta 1/2 of Kunlun's"}
+        short = {"full": "MFU 37%", "gdpa torch": "≈ -3 MFU pts", "InterFormer": "MFU 17%, eta 1/2 of Kunlun's"}
         return short.get(row.name, "-")
     return ", ".join(parts)
 
@@ -203,6 +205,8 @@ def run(ctx: SuiteContext) -> SuiteOutput:
             continue
         cfg = dataclasses.asdict(built.config)
         out.config["rows"][row.name] = {"backend": row.backend, "preset": built.preset, "sets": row.sets, "config": cfg}
+        if row.backend == KUNLUN:  # compare configs by the kernels they run here, not by their names
+            cfg = {**cfg, "gdpa": resolve_gdpa(cfg["gdpa"], ctx.device, autocast_dtype(ctx.device, ctx.dtype)).value}
         if row.backend == KUNLUN and row.name == "full":
             full_cfg = cfg
         elif row.backend == KUNLUN and full_cfg is not None and cfg == full_cfg:
@@ -245,7 +249,9 @@ def run(ctx: SuiteContext) -> SuiteOutput:
         res = results[row.name]
         tps = res["tp"]
         res.update({"train_qps": tps["train"].qps, "train_qps_std": std(tps["train"].window_qps),
-                    "infer_qps": tps["infer"].qps, "infer_qps_std": std(tps["infer"].window_qps)})
+                    "infer_qps": tps["infer"].qps, "infer_qps_std": std(tps["infer"].window_qps),
+                    "ops": tps["train"].ops.get("cuda_launches", tps["train"].ops.get("aten_ops")),
+                    "kernels": ", ".join(f"{k}={v}" for k, v in tps["train"].kernels.items()) or "-"})
         if peak.get("flops_per_s") and res["flops"]:
             total_peak = peak["flops_per_s"] * ctx.world_size  # examples/s are global over ranks
             res["mfu"] = 100.0 * 3.0 * res["flops"] * res["train_qps"] / total_peak
@@ -271,7 +277,8 @@ def run(ctx: SuiteContext) -> SuiteOutput:
                              "gap_closed": res["gap_closed"], "expected_gap_closed": res["expected_gap_closed"],
                              "gflops": res["flops"] / 1e9 if res["flops"] is not None else None,
                              "train_qps": res["train_qps"], "infer_qps": res["infer_qps"],
-                             "mfu": res.get("mfu"), "params": res["params"],
+                             "mfu": res.get("mfu"), "params": res["params"], "ops": res.get("ops"),
+                             "kernels": res.get("kernels"),
                              "paper_dne": row.paper_dne, "paper_dflops": row.paper_dflops,
                              "paper_dqps": row.paper_dqps, "paper_note": row.paper_note, "paper": paper_text(row)}
         if res.get("same_as_full"):
@@ -322,6 +329,9 @@ def run(ctx: SuiteContext) -> SuiteOutput:
                         samples=res["tp"]["infer"].window_qps, telemetry=res["tp"]["infer"].telemetry,
                         batch_size=s["batch_size"]),
             measurement(NAME, row.backend, variant, "params", res["params"], better="none"),
+            measurement(NAME, row.backend, variant, "ops_per_train_step", res.get("ops"), unit="ops", better="lower",
+                        kernels=res.get("kernels"),
+                        spread_kind="CUDA launches" if ctx.device.type == "cuda" else "aten ops"),
         ]
         if res.get("mfu") is not None:
             ms.append(measurement(NAME, row.backend, variant, "train_mfu_pct", res["mfu"], unit="%", better="higher",
@@ -356,6 +366,9 @@ def run(ctx: SuiteContext) -> SuiteOutput:
             {"key": "dqps_train", "header": "Δ train QPS %", "fmt": "+.1f", "pm": "dqps_train_spread"},
             {"key": "dqps_infer", "header": "Δ infer QPS %", "fmt": "+.1f"},
             {"key": "mfu", "header": "MFU %", "fmt": ".2f"},
+            {"key": "ops", "header": ("CUDA launches" if ctx.device.type == "cuda" else "aten ops") + "/train step",
+             "fmt": ",.0f"},
+            {"key": "kernels", "header": "kernels"},
             {"key": "params", "header": "params", "fmt": ","},
             {"key": "paper", "header": "paper"},
         ],

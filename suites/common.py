@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from kunbench.backends.common import kernels_of
 from kunbench.errors import KunbenchError
 from kunbench.results import measurement
 from kunbench.telemetry import Telemetry, merge_summaries
@@ -102,6 +103,7 @@ class RunOptions:
     write: bool = True
     show_progress: bool = False
     notes: list[str] = field(default_factory=list)  # run-level notes every result document carries
+    compile: bool = False  # torch.compile the measured / trained steps
 
 
 @dataclass
@@ -188,6 +190,8 @@ class SuiteContext:
         base.update(self.train_sets)
         if self.opts.dtype:
             base["dtype"] = self.opts.dtype
+        if self.opts.compile:
+            base["compile"] = True
         base.update({k: v for k, v in explicit.items() if v is not None})
         return make_train_config(base)
 
@@ -651,6 +655,9 @@ class Throughput:
     telemetry: dict[str, Any] | None
     flops_per_example: float | None
     iters_per_window: int
+    compile_s: float = 0.0  # --compile: warm-up steps that compiled (not in any window)
+    ops: dict[str, int] = field(default_factory=dict)  # per step: aten_ops (+ cuda_launches on a GPU)
+    kernels: dict[str, str] = field(default_factory=dict)  # the implementation each switchable op ran
 
     @property
     def qps(self) -> float:
@@ -730,11 +737,28 @@ class ThroughputProbe:
                 opts.step()
                 opts.zero_grad()
                 return loss
+        if ctx.opts.compile:
+            from kunbench.train.compiled import compile_model
+
+            net = compile_model(net)
         self._step = step
         self._set_mode()
-        for i in range(warmup):
+        from kunbench.train.compiled import CompileClock
+
+        clock = CompileClock()
+        for i in range(max(warmup, 2 if ctx.opts.compile else 0)):
+            clock.start()
+            t_w = time.perf_counter()
             step(self.pool[i % len(self.pool)])
+            sync(device)
+            clock.stop(time.perf_counter() - t_w)
+        self.compile_s = clock.seconds
         sync(device)
+        from kunbench.op_count import count_ops
+        from kunbench.train.evaluate import autocast_dtype
+
+        self.ops = count_ops(lambda: step(self.pool[0]), device)
+        self.kernels = kernels_of(model, device, autocast_dtype(device, dtype))
         self.iters: int | None = None
         if ctx.world_size > 1:
             t_probe = time.perf_counter()
@@ -787,7 +811,8 @@ class ThroughputProbe:
         if self.mode == "train":
             self.model.zero_grad(set_to_none=True)
         return Throughput(self.mode, self.batch_size, list(self.window_qps), list(self.lat_ms),
-                          merge_summaries(self.summaries), self.flops, self.iters or 0)
+                          merge_summaries(self.summaries), self.flops, self.iters or 0, self.compile_s,
+                          dict(self.ops), dict(self.kernels))
 
 
 def measure_throughput(ctx: SuiteContext, built: Built, model: torch.nn.Module, mode: str, batch_size: int, *,
@@ -814,6 +839,13 @@ def throughput_measurements(suite: str, backend: str, variant: str, tp: Throughp
             ms.append(measurement(suite, backend, variant, f"latency_p{q}", percentile(tp.latencies_ms, q),
                                   unit="ms", better="lower", batch_size=tp.batch_size,
                                   spread_kind=f"over {len(tp.latencies_ms)} iterations", **extra))
+    for key, n in tp.ops.items():
+        ms.append(measurement(suite, backend, variant, f"{tp.mode}_{key}_per_step", float(n), unit="ops",
+                              better="lower", batch_size=tp.batch_size, kernels=tp.kernels,
+                              spread_kind="one profiled step", **extra))
+    if tp.compile_s:
+        ms.append(measurement(suite, backend, variant, f"{tp.mode}_compile_s", tp.compile_s, unit="s",
+                              better="none", batch_size=tp.batch_size, **extra))
     if peak is not None and peak.get("flops_per_s") and tp.flops_per_example:
         mult = 3.0 if tp.mode == "train" else 1.0
         total_peak = peak["flops_per_s"] * world_size

@@ -55,6 +55,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
                 row[m["name"]] = m["value"]
                 row[m["name"] + "_spread"] = m.get("spread")
             row["flops"] = tp.flops_per_example
+            row["kernels"] = ", ".join(f"{k}={v}" for k, v in tp.kernels.items()) or "-"
         rows.append(row)
         del model
     peak_txt = (f"{peak['flops_per_s'] / 1e9:,.1f} GFLOP/s" if peak.get("flops_per_s") else "unknown")
@@ -67,6 +68,11 @@ def run(ctx: SuiteContext) -> SuiteOutput:
                     {"key": "train_mfu_pct", "header": "train MFU %", "fmt": ".2f", "pm": "train_mfu_pct_spread"},
                     {"key": "infer_step_ms", "header": "infer step ms", "fmt": ".1f"},
                     {"key": "infer_mfu_pct", "header": "infer MFU %", "fmt": ".2f", "pm": "infer_mfu_pct_spread"},
+                    {"key": "train_aten_ops_per_step", "header": "aten ops/train step", "fmt": ",.0f"},
+                    *([{"key": "train_cuda_launches_per_step", "header": "CUDA launches/train step", "fmt": ",.0f"}]
+                      if ctx.device.type == "cuda" else []),
+                    *([{"key": "train_compile_s", "header": "compile s", "fmt": ".1f"}] if ctx.opts.compile else []),
+                    {"key": "kernels", "header": "kernels"},
                     {"key": "params", "header": "params", "fmt": ","}],
         "rows": rows, "label_columns": 2,
         "notes": [world_note(ctx), f"peak: {peak['source']}"]})

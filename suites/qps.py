@@ -71,7 +71,10 @@ def run(ctx: SuiteContext) -> SuiteOutput:
                  {"key": "latency_p99", "header": "p99 ms", "fmt": ".2f"}]
     if "train" in s["modes"]:
         cols += [{"key": "train_qps", "header": "train ex/s", "fmt": ",.0f", "pm": "train_qps_spread"},
-                 {"key": "train_mfu_pct", "header": "train MFU %", "fmt": ".2f"}]
+                 {"key": "train_mfu_pct", "header": "train MFU %", "fmt": ".2f"},
+                 {"key": "train_aten_ops_per_step", "header": "aten ops/train step", "fmt": ",.0f"}]
+        if ctx.device.type == "cuda":
+            cols.append({"key": "train_cuda_launches_per_step", "header": "CUDA launches/train step", "fmt": ",.0f"})
     cols += [{"key": "flops", "header": "fwd FLOPs/ex", "fmt": ",.0f"}, {"key": "throttled", "header": "throttled"}]
     out.tables.append({"title": f"qps: throughput from the in-memory source (median ± std over {s['windows']} windows)",
                        "columns": cols, "rows": rows, "label_columns": 3,

@@ -1,0 +1,31 @@
+"""Ops per step, from torch.profiler: aten operators dispatched on the CPU and, on a GPU, CUDA
+kernel launches. A model that spends its step launching thousands of tiny kernels is launch-bound
+on a GPU whatever its FLOPs; this is the number that shows it."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+
+def count_ops(step: Callable[[], Any], device: torch.device) -> dict[str, int]:
+    """Run `step()` once under the profiler: `{"aten_ops": n}` plus `{"cuda_launches": n}` on CUDA
+    (nested aten calls count once each, as dispatched)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    cuda = device.type == "cuda"
+    if cuda:
+        activities.append(ProfilerActivity.CUDA)
+        torch.cuda.synchronize(device)
+    with profile(activities=activities) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize(device)
+    events = prof.events()
+    out = {"aten_ops": sum(1 for e in events if e.name.startswith("aten::"))}
+    if cuda:
+        out["cuda_launches"] = sum(1 for e in events if e.name in ("cudaLaunchKernel", "cuLaunchKernel",
+                                                                   "cudaLaunchKernelExC", "cuLaunchKernelEx"))
+    return out
