@@ -39,7 +39,7 @@ def info() -> None:
 
 def _register_subcommands() -> None:
     from kunbench.cli_data import generate, inspect_cmd, probe_cmd
-    from kunbench.cli_suites import compare_cmd, report_cmd, run_cmd
+    from kunbench.cli_suites import compare_cmd, report_cmd, run_cmd, selfcheck_cmd
     from kunbench.cli_train import list_cmd, train_cmd
 
     main.add_command(generate)
@@ -50,6 +50,7 @@ def _register_subcommands() -> None:
     main.add_command(run_cmd)
     main.add_command(compare_cmd)
     main.add_command(report_cmd)
+    main.add_command(selfcheck_cmd)
 
 
 _register_subcommands()

@@ -69,7 +69,10 @@ QUICK_DATA_SETS = quick_data_sets(QUICK_TRAIN_ROWS, QUICK_EVAL_ROWS)
 # alone on one busy core. At this size the whole suite took 16.5 minutes there (R^2: Wukong 0.91,
 # InterFormer 0.77, Kunlun 0.54). More rows help the fit; this budget cannot buy enough of them.
 SCALING_TRAIN_ROWS = 163840
-QUICK_DATA_SETS_BY_SUITE = {"scaling": quick_data_sets(SCALING_TRAIN_ROWS, QUICK_EVAL_ROWS)}
+QUICK_DATA_SETS_BY_SUITE = {"scaling": quick_data_sets(SCALING_TRAIN_ROWS, QUICK_EVAL_ROWS),
+                            # selfcheck reads only the schema and length laws: a few `small` rows
+                            "selfcheck": quick_data_sets(2048, 512)}
+QUICK_DATA_PRESET_BY_SUITE = {"selfcheck": "small"}
 FULL_DATA_PRESET = "small"
 QUICK_BACKEND_PRESET = "tiny"
 QUICK_TRAIN = {"batch_size": 256, "eval_batch_size": 1024, "lr": 3e-3, "timing_warmup_steps": 3}
@@ -207,7 +210,7 @@ class SuiteContext:
             return path
         from kunbench.cache import default_dataset
 
-        preset = FULL_DATA_PRESET if self.full else QUICK_DATA_PRESET
+        preset = FULL_DATA_PRESET if self.full else QUICK_DATA_PRESET_BY_SUITE.get(self.suite, QUICK_DATA_PRESET)
         sets = {} if self.full else dict(QUICK_DATA_SETS_BY_SUITE.get(self.suite, QUICK_DATA_SETS))
         sets.update(self.data_sets)
         ctx = self.dist
@@ -692,7 +695,8 @@ class ThroughputProbe:
     (then the iteration count is agreed across ranks up front, since every step all-reduces)."""
 
     def __init__(self, ctx: SuiteContext, built: Built, model: torch.nn.Module, mode: str, batch_size: int, *,
-                 min_window_s: float, warmup: int, max_iters: int = 10_000, label: str | None = None):
+                 min_window_s: float, warmup: int, max_iters: int = 10_000, label: str | None = None,
+                 compile: bool | None = None):
         from kunbench.train.evaluate import autocast_context
         from kunbench.train.loop import wrap_ddp
         from kunbench.train.optim import Optimizers, has_sparse_embeddings, split_parameters
@@ -733,11 +737,12 @@ class ThroughputProbe:
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), b.labels.float())
                 loss.backward()
                 if cfg.clip_grad_norm is not None and groups.dense:
-                    torch.nn.utils.clip_grad_norm_(groups.dense, cfg.clip_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(groups.dense, cfg.clip_grad_norm, foreach=True)
                 opts.step()
                 opts.zero_grad()
                 return loss
-        if ctx.opts.compile:
+        compile = ctx.opts.compile if compile is None else compile
+        if compile:
             from kunbench.train.compiled import compile_model
 
             net = compile_model(net)
@@ -746,7 +751,7 @@ class ThroughputProbe:
         from kunbench.train.compiled import CompileClock
 
         clock = CompileClock()
-        for i in range(max(warmup, 2 if ctx.opts.compile else 0)):
+        for i in range(max(warmup, 2 if compile else 0)):
             clock.start()
             t_w = time.perf_counter()
             step(self.pool[i % len(self.pool)])

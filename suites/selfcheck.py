@@ -1,0 +1,282 @@
+"""selfcheck: one short run that says whether this machine computes kunbench's numbers right, and
+how fast. `kunbench selfcheck` (or `kunbench run --suite selfcheck`).
+
+1. GDPA kernels against the reference on odd shapes (lengths 0 and 1, head widths and F that are
+   not block multiples, a window): the models' padded op in its three modes and the public jagged
+   op, forward and the three gradients. On a GPU the compiled Triton kernels in bf16, fp16 and
+   fp32; on a CPU the Triton interpreter in fp32. The error is max |kernel - fp32 reference| /
+   max |reference|, against a tolerance per dtype.
+2. A kernel speed grid (the kernels suite on a few shapes): Triton vs eager vs torch.compile on a
+   GPU; eager only on a CPU (triton needs CUDA, and compile time would dominate).
+3. Per backend (default presets, in-memory batches shaped like `small`): train and inference
+   examples/s, MFU, ops per training step and the kernels that ran; then a `--compile` training
+   step (compile time apart from examples/s) -- on a CPU with the tiny presets, whose compilation
+   fits the time budget.
+
+Everything it could not check is listed in the notes and in the result's `unchecked`.
+Options (selfcheck.KEY=V): batch_size (1024 GPU / 256 CPU), window_s (1.0 / 0.5), compile
+(true; false skips step 3's compiled runs), kernels (true; false skips steps 1-2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Any
+
+import torch
+
+from kunbench.results import measurement
+from kunbench.suites.common import (SuiteContext, build_model, device_peak, param_count, resolve_backend,
+                                    throughput_measurements, world_note)
+from kunbench.suites.registry import SuiteOutput, SuiteSpec
+
+NAME = "selfcheck"
+# max |err| / max |ref| allowed per dtype: fp32 accumulates in the same order up to blocking; bf16
+# keeps 8 mantissa bits (inputs, the activated scores and the outputs are rounded), fp16 11
+TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}
+CHECK_LENGTHS_GPU = [0, 1, 37, 130, 77, 256]
+CHECK_LENGTHS_CPU = [0, 1, 17, 5]
+SPEED_SHAPES = [
+    dict(name="pffn_b256_l500", mode="pffn", batch=256, max_len=500, fill=0.5, heads=4, head_dim=128, f=256,
+         activation="gelu"),
+    dict(name="seed_b256_l500", mode="seed", batch=256, max_len=500, fill=0.5, heads=4, head_dim=128, seeds=64,
+         activation="silu"),
+    dict(name="self_window_b64_l1000", mode="self", batch=64, max_len=1000, fill=0.5, heads=4, head_dim=128,
+         window=64, activation="silu"),
+]
+
+
+@contextlib.contextmanager
+def _interpreter(on: bool):
+    old = os.environ.get("TRITON_INTERPRET")
+    if on:
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        yield
+    finally:
+        if on:
+            if old is None:
+                os.environ.pop("TRITON_INTERPRET", None)
+            else:
+                os.environ["TRITON_INTERPRET"] = old
+
+
+def _padded(lengths, t, heads, dh, g, device, dtype):
+    mask = (torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]).to(device)
+    x = torch.randn(len(lengths), t, heads, dh, generator=g).to(device=device, dtype=dtype) * 0.5
+    return x * mask[..., None, None], mask
+
+
+def _relative_errors(fn, inputs, dtype) -> float:
+    """max over the output and the input gradients of |kernel - fp32 reference| / max |reference|."""
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(leaves, "triton")
+    ref_leaves = [t.detach().float().clone().requires_grad_() for t in inputs]
+    ref = fn(ref_leaves, "torch")
+    grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1)).to(ref.device)
+    got = torch.autograd.grad(out, leaves, grad.to(out.dtype))
+    want = torch.autograd.grad(ref, ref_leaves, grad)
+    worst = 0.0
+    for a, b in [(out, ref), *zip(got, want)]:
+        scale = float(b.abs().max()) if b.numel() else 0.0
+        if scale > 0:
+            worst = max(worst, float((a.float() - b).abs().max()) / scale)
+    return worst
+
+
+def gdpa_checks(device: torch.device) -> list[dict[str, Any]]:
+    """One row per (dtype, mode): the relative error and whether it is within tolerance."""
+    from kunbench.backends.gdpa_ops import gdpa_pffn, gdpa_seed_pool, gdpa_self_attention
+    from kunbench.kernels import gdpa
+
+    cuda = device.type == "cuda"
+    dtypes = [torch.bfloat16, torch.float16, torch.float32] if cuda else [torch.float32]
+    lengths = CHECK_LENGTHS_GPU if cuda else CHECK_LENGTHS_CPU
+    heads, dh, f, seeds, window = (3, 72, 19, 7, 5) if cuda else (2, 24, 19, 7, 3)
+    t = max(lengths) + 3
+    rows = []
+    with _interpreter(not cuda):
+        for dtype in dtypes:
+            g = torch.Generator().manual_seed(0)
+            q, mask = _padded(lengths, t, heads, dh, g, device, dtype)
+            k, _ = _padded(lengths, t, heads, dh, g, device, dtype)
+            v, _ = _padded(lengths, t, heads, dh, g, device, dtype)
+            kf = (torch.randn(len(lengths), f, heads, dh, generator=g) * 0.5).to(device=device, dtype=dtype)
+            vf = (torch.randn(len(lengths), f, heads, dh, generator=g) * 0.5).to(device=device, dtype=dtype)
+            sd = (torch.randn(seeds, heads, dh, generator=g) * 0.5).to(device=device, dtype=dtype)
+            acts = ["gelu", "silu", "gelu_tanh"][:heads]
+            off = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=device)
+            cases = {
+                "pffn": (lambda x, impl: gdpa_pffn(x[0], mask, x[1], x[2], activations=acts, scale=1 / 37,
+                                                   impl=impl), [q, kf, vf]),
+                "seed_pool": (lambda x, impl: gdpa_seed_pool(x[0], x[1], x[2], mask, activations=acts,
+                                                             scale=torch.tensor(1 / 37, device=device), position="pre",
+                                                             impl=impl), [sd, k, v]),
+                "self_attention": (lambda x, impl: gdpa_self_attention(x[0], x[1], x[2], mask, activations=acts,
+                                                                       scale=0.05, impl=impl), [q, k, v]),
+                f"self_attention_w{window}": (lambda x, impl: gdpa_self_attention(
+                    x[0], x[1], x[2], mask, activations=acts, scale=0.05, window=window, impl=impl), [q, k, v]),
+                "jagged_op": (lambda x, impl: gdpa(x[0], x[1], x[2], q_offsets=off, kv_offsets=off, activation=acts,
+                                                   window=window, implementation=impl),
+                              [q[mask], k[mask], v[mask]]),
+            }
+            for mode, (fn, inputs) in cases.items():
+                t0 = time.perf_counter()
+                try:
+                    err = _relative_errors(fn, inputs, dtype)
+                    status = "pass" if err <= TOLERANCE[dtype] else "FAIL"
+                except Exception as exc:  # a kernel that does not build or run is a failed check
+                    err, status = None, f"FAIL: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+                rows.append({"dtype": str(dtype).removeprefix("torch."), "mode": mode, "rel_err": err,
+                             "tolerance": TOLERANCE[dtype], "status": status,
+                             "seconds": time.perf_counter() - t0,
+                             "kernel": "triton" if cuda else "triton (interpreter)"})
+    return rows
+
+
+def speed_grid(device: torch.device) -> tuple[list[dict[str, Any]], list[str]]:
+    from kunbench.suites.kernels import CPU_SHAPES, run_kernels_suite
+
+    cuda = device.type == "cuda"
+    doc = run_kernels_suite(device, torch.bfloat16 if cuda else torch.float32,
+                            shapes=SPEED_SHAPES if cuda else CPU_SHAPES, repeats=10 if cuda else 3,
+                            out_dir=None, implementations=("triton", "eager", "compile") if cuda else ("eager",))
+    unchecked = [] if cuda else ["kernel speed of triton and torch.compile: needs a CUDA GPU (eager timed only)"]
+    return doc["rows"], unchecked
+
+
+def backend_runs(ctx: SuiteContext, batch_size: int, window_s: float, compile_: bool
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    from kunbench.suites.common import ThroughputProbe
+
+    cuda = ctx.device.type == "cuda"
+    peak = device_peak(ctx.device, ctx.dtype)
+    rows, ms, unchecked = [], [], []
+    from kunbench.backends.registry import get_backend
+
+    for name in ctx.backends():
+        # the backends' own presets (the sizes the README's figures use), unless --preset says otherwise
+        built = resolve_backend(ctx, name, preset=ctx.opts.preset or get_backend(name).default_preset)
+        model = build_model(ctx, built)
+        row: dict[str, Any] = {"backend": name, "preset": built.preset, "params": param_count(model)}
+        for mode in ("train", "infer"):
+            ctx.log(f"selfcheck: {name} {mode} bs={batch_size} ...")
+            probe = ThroughputProbe(ctx, built, model, mode, batch_size, min_window_s=window_s, warmup=3 if cuda else 2,
+                                    label=f"selfcheck {name} {mode}", compile=False)
+            for _ in range(2):
+                probe.window()
+            tp = probe.result()
+            got = throughput_measurements(NAME, name, f"bs={batch_size}", tp, peak=peak, world_size=ctx.world_size)
+            ms += got
+            for m in got:
+                row[m["name"]] = m["value"]
+            row["flops"] = tp.flops_per_example
+            row["kernels"] = ", ".join(f"{k}={v}" for k, v in tp.kernels.items()) or "-"
+        del model
+        if compile_:
+            preset = built.preset if cuda else "tiny"
+            cbuilt = resolve_backend(ctx, name, preset=preset)
+            cmodel = build_model(ctx, cbuilt)
+            ctx.log(f"selfcheck: {name} --compile train ({preset}) ...")
+            try:
+                probe = ThroughputProbe(ctx, cbuilt, cmodel, "train", batch_size, min_window_s=window_s, warmup=3,
+                                        label=f"selfcheck {name} compiled", compile=True)
+                for _ in range(2):
+                    probe.window()
+                tp = probe.result()
+                row["compiled_preset"] = preset
+                row["compile_s"] = tp.compile_s
+                row["compiled_train_qps"] = tp.qps
+                row["compiled_aten_ops"] = tp.ops.get("cuda_launches", tp.ops.get("aten_ops"))
+                ms += [dict(m, name="compiled_" + m["name"])
+                       for m in throughput_measurements(NAME, name, f"bs={batch_size} {preset}", tp, peak=peak,
+                                                        world_size=ctx.world_size)]
+            except Exception as exc:  # report and go on: the other backends still get checked
+                row["compiled_preset"] = f"FAIL: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
+                unchecked.append(f"{name} --compile: {row['compiled_preset']}")
+            del cmodel
+        rows.append(row)
+    if not compile_:
+        unchecked.append("compiled runs: skipped (selfcheck.compile=false)")
+    return rows, ms, unchecked
+
+
+def run(ctx: SuiteContext) -> SuiteOutput:
+    cuda = ctx.device.type == "cuda"
+    bs = int(ctx.suite_option("batch_size", 1024 if cuda else 256))
+    window_s = float(ctx.suite_option("window_s", 1.0 if cuda else 0.5))
+    compile_ = str(ctx.suite_option("compile", True)).lower() not in ("false", "0", "no", "off")
+    kernels = str(ctx.suite_option("kernels", True)).lower() not in ("false", "0", "no", "off")
+    out = SuiteOutput(backends=ctx.backends(), config={"batch_size": bs, "window_s": window_s, "compile": compile_})
+    unchecked: list[str] = []
+    t0 = time.perf_counter()
+    if not cuda:
+        unchecked.append("GDPA kernels in bf16 and fp16, and compiled (not interpreted) Triton: need a CUDA GPU")
+    try:
+        import triton  # noqa: F401
+        have_triton = True
+    except Exception:
+        have_triton = False
+        unchecked.append("GDPA kernel correctness: triton is not installed")
+    if kernels and have_triton:
+        ctx.log("selfcheck: GDPA kernels vs the reference ...")
+        checks = gdpa_checks(ctx.device)
+        out.tables.append({"title": "selfcheck: GDPA kernels vs the float32 reference (odd shapes, fwd + grads)",
+                           "columns": [{"key": "dtype", "header": "dtype"}, {"key": "mode", "header": "mode"},
+                                       {"key": "kernel", "header": "kernel"},
+                                       {"key": "rel_err", "header": "max err / max |ref|", "fmt": ".2e"},
+                                       {"key": "tolerance", "header": "tolerance", "fmt": ".0e"},
+                                       {"key": "status", "header": "status"}],
+                           "rows": checks, "label_columns": 2, "notes": []})
+        for r in checks:
+            out.measurements.append(measurement(NAME, "gdpa", f"{r['dtype']} {r['mode']}", "gdpa_rel_err",
+                                                r["rel_err"], better="lower", status=r["status"]))
+        out.extra["gdpa_checks"] = checks
+        ctx.log("selfcheck: kernel speed grid ...")
+        grid, missing = speed_grid(ctx.device)
+        unchecked += missing
+        out.extra["speed_grid"] = grid
+        out.tables.append({"title": "selfcheck: GDPA speed (kernels suite grid)",
+                           "columns": [{"key": "shape", "header": "shape"}, {"key": "impl", "header": "impl"},
+                                       {"key": "pass", "header": "pass"},
+                                       {"key": "latency_ms", "header": "ms", "fmt": ".3f"},
+                                       {"key": "tflops", "header": "TFLOP/s", "fmt": ".3f"},
+                                       {"key": "speedup_vs_eager", "header": "vs eager", "fmt": ".2f"},
+                                       {"key": "max_rel_err", "header": "max rel err", "fmt": ".1e"},
+                                       {"key": "status", "header": "status"}],
+                           "rows": grid, "label_columns": 3, "notes": []})
+    elif not kernels:
+        unchecked.append("GDPA kernels: skipped (selfcheck.kernels=false)")
+    rows, ms, missing = backend_runs(ctx, bs, window_s, compile_)
+    unchecked += missing
+    out.measurements += ms
+    cols = [{"key": "backend", "header": "backend"}, {"key": "preset", "header": "preset"},
+            {"key": "train_qps", "header": "train ex/s", "fmt": ",.0f"},
+            {"key": "infer_qps", "header": "infer ex/s", "fmt": ",.0f"},
+            {"key": "train_mfu_pct", "header": "train MFU %", "fmt": ".2f"},
+            {"key": "infer_mfu_pct", "header": "infer MFU %", "fmt": ".2f"},
+            {"key": "train_cuda_launches_per_step" if cuda else "train_aten_ops_per_step",
+             "header": ("CUDA launches" if cuda else "aten ops") + "/train step", "fmt": ",.0f"},
+            {"key": "kernels", "header": "kernels"}]
+    if compile_:
+        cols += [{"key": "compiled_preset", "header": "compiled preset"},
+                 {"key": "compile_s", "header": "compile s", "fmt": ".1f"},
+                 {"key": "compiled_train_qps", "header": "compiled train ex/s", "fmt": ",.0f"},
+                 {"key": "compiled_aten_ops", "header": "compiled ops/step", "fmt": ",.0f"}]
+    out.tables.append({"title": f"selfcheck: backends at batch {bs} (in-memory batches)", "columns": cols,
+                       "rows": rows, "label_columns": 2,
+                       "notes": [world_note(ctx), f"peak: {device_peak(ctx.device, ctx.dtype).get('source')}"]})
+    failed = [f"{r['dtype']} {r['mode']}" for r in out.extra.get("gdpa_checks", []) if r["status"] != "pass"]
+    out.notes.append(f"selfcheck: {len(failed)} GDPA check(s) failed" + (f": {', '.join(failed)}" if failed else "")
+                     + f"; {time.perf_counter() - t0:.0f} s")
+    out.notes += [f"not checked: {u}" for u in unchecked]
+    out.extra["unchecked"] = unchecked
+    out.extra["failed"] = failed
+    out.dataset = ctx.dataset_info()
+    return out
+
+
+SUITE = SuiteSpec(NAME, "One-shot machine check: GDPA kernel correctness and speed, backend QPS/MFU/ops, compile",
+                  run, trains=False)
