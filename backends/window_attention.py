@@ -27,10 +27,6 @@ from kunbench.backends.modules import attention_flops
 from kunbench.backends.rote import rotate
 
 
-def _additive(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, float("-inf"))
-
-
 def softmax_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
                              window: int | None, kernel: str = "sdpa", plan: dict | None = None) -> torch.Tensor:
     """`q, k, v [B, T, H, d_h]`, key mask `[B, T]` -> `[B, T, H, d_h]` (zero at padded queries).
@@ -56,24 +52,35 @@ def softmax_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     if window is None or t <= 3 * window + 1:
         key = ("full", window)
         if key not in plan:
-            plan[key] = _additive(full_keep(mask, window)[:, None], q.dtype)  # [B, 1, T, T]
+            plan[key] = full_keep(mask, window)[:, None]  # [B, 1, T, T] bool
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                              attn_mask=plan[key])
         return out.transpose(1, 2) * mask[:, :, None, None]
     c = max(window, 8)
     kw = c + 2 * window
+    n = -(-t // c)
+    tp = n * c
     key = ("chunks", window)
     if key not in plan:
-        n, tp, keep = chunk_plan(t, window, c, mask)  # keep [B, n, c, kw]
-        plan[key] = n, tp, _additive(keep.reshape(b * n, 1, c, kw), q.dtype)
-    n, tp, attn_mask = plan[key]
-    # 4-D [B n, H, rows, dh] blocks: SDPA's CPU kernels take 4-D inputs (5-D falls back to math)
-    qc = F.pad(q, (0, 0, 0, 0, 0, tp - t)).reshape(b, n, c, h, dh).transpose(2, 3).reshape(b * n, h, c, dh)
-    pad = (0, 0, 0, 0, window, tp - t + window)
-    kc = F.pad(k, pad).unfold(1, kw, c).transpose(-1, -2).reshape(b * n, h, kw, dh)  # [B n, H, kw, dh]
-    vc = F.pad(v, pad).unfold(1, kw, c).transpose(-1, -2).reshape(b * n, h, kw, dh)
-    out = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=attn_mask)  # [B n, H, c, dh]
-    out = out.reshape(b, n, h, c, dh).transpose(2, 3).reshape(b, tp, h, dh)[:, :t]
+        _, _, keep = chunk_plan(t, window, c, mask)  # keep [B, n, c, kw]
+        # a boolean mask: SDPA takes it as is (an additive float mask cost ~40% more on a CPU,
+        # building it and reading it)
+        plan[key] = keep.reshape(b * n, 1, c, kw)
+    attn_mask = plan[key]
+    if tp != t:
+        q, k, v = (F.pad(x, (0, 0, 0, 0, 0, tp - t)) for x in (q, k, v))
+    # views, not copies: query chunk j of the flattened batch is rows j c .. j c + c - 1, and its key
+    # block is rows j c - w .. j c + c + w - 1 of the keys flattened over the batch with w guard rows
+    # at either end (a block reaching into a neighbouring sample reads only keys the mask drops);
+    # unfold's backward adds the overlapping gradients natively
+    qc = q.reshape(b * n, c, h, dh).transpose(1, 2)  # [B n, H, c, dh]
+
+    def key_blocks(x: torch.Tensor) -> torch.Tensor:
+        flat = F.pad(x.reshape(b * tp, h, dh), (0, 0, 0, 0, window, window))
+        return flat.unfold(0, kw, c).transpose(-1, -2)  # [B n, H, kw, dh]
+
+    out = F.scaled_dot_product_attention(qc, key_blocks(k), key_blocks(v), attn_mask=attn_mask)
+    out = out.transpose(1, 2).reshape(b, tp, h, dh)[:, :t]
     return out * mask[:, :, None, None]
 
 
