@@ -4,9 +4,32 @@ on a GPU whatever its FLOPs; this is the number that shows it."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from typing import Any, Callable
 
 import torch
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """The profiler's C++ side prints a line at every start and stop straight to fd 2 (no setting
+    turns it off); send fd 2 to /dev/null meanwhile. Python exceptions still propagate."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (embedded interpreters): leave it be
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def count_ops(step: Callable[[], Any], device: torch.device) -> dict[str, int]:
@@ -19,7 +42,7 @@ def count_ops(step: Callable[[], Any], device: torch.device) -> dict[str, int]:
     if cuda:
         activities.append(ProfilerActivity.CUDA)
         torch.cuda.synchronize(device)
-    with profile(activities=activities) as prof:
+    with _quiet_native_stderr(), profile(activities=activities) as prof:
         step()
         if cuda:
             torch.cuda.synchronize(device)

@@ -210,8 +210,9 @@ def run(ctx: SuiteContext) -> SuiteOutput:
         if row.backend == KUNLUN and row.name == "full":
             full_cfg = cfg
         elif row.backend == KUNLUN and full_cfg is not None and cfg == full_cfg:
-            notes.append(f"row {row.name!r}: same config as full Kunlun (the default already is "
-                         f"{', '.join(f'{k}={v}' for k, v in row.sets.items())}); not trained twice")
+            notes.append(f"row {row.name!r}: runs what full Kunlun runs on {ctx.device.type} "
+                         f"({', '.join(f'{k}={v}' for k, v in row.sets.items())} is its default or what its "
+                         f"default resolves to here); not trained twice")
             results[row.name] = {"same_as_full": True}
             continue
         ctx.log(f"ablation [{i + 1}/{len(rows)}] {row.name}: train ({built.preset}) ...")
@@ -368,7 +369,6 @@ def run(ctx: SuiteContext) -> SuiteOutput:
             {"key": "mfu", "header": "MFU %", "fmt": ".2f"},
             {"key": "ops", "header": ("CUDA launches" if ctx.device.type == "cuda" else "aten ops") + "/train step",
              "fmt": ",.0f"},
-            {"key": "kernels", "header": "kernels"},
             {"key": "params", "header": "params", "fmt": ","},
             {"key": "paper", "header": "paper"},
         ],
@@ -376,6 +376,9 @@ def run(ctx: SuiteContext) -> SuiteOutput:
         "notes": [world_note(ctx) + f"; throughput at batch {s['batch_size']} from the in-memory source, "
                   f"median of {s['windows']} windows",
                   f"MFU: 3 x forward FLOPs x train ex/s / peak ({peak.get('source')})",
+                  "kernels that ran: " + "; ".join(
+                      f"{k} ({', '.join(r['row'] for r in table_rows if r.get('kernels') == k)})"
+                      for k in dict.fromkeys(r.get("kernels") for r in table_rows if r.get("kernels"))),
                   "exp. NE / ΔNE % (exp.): NE with p_true as soft labels, i.e. against unlimited fresh clicks "
                   "on these eval rows; ± is " + ("the std over seeds" if repeats >= 2 else
                   "a paired bootstrap over eval rows (eval-sample noise only, not training-seed "
