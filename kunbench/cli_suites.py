@@ -36,6 +36,11 @@ def compare_cmd(base, new, fail_rules, noise_k, fmt, show_all):
 
     rules = [parse_rule(r) for r in fail_rules]
     cmp = compare(load_many([base]), load_many([new]), rules, k=noise_k)
+    if cmp.unmatched_rules:  # a gate that checks nothing must not pass silently (a typo in CI)
+        names = sorted({r.key[3] for r in cmp.rows if r.status not in ("new", "missing")})
+        shown = ", ".join(names[:25]) + (f", ... ({len(names)} in all)" if len(names) > 25 else "")
+        raise KunbenchError(f"--fail {cmp.unmatched_rules[0].text}: no metric present in both runs matches "
+                            f"{cmp.unmatched_rules[0].pattern!r} (metrics: {shown or 'none'})")
     for w in cmp.warnings:
         err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     headers, rows = table_rows(cmp)
@@ -204,6 +209,10 @@ def run_cmd(suite, backends, preset, data, device, dtype, repeat, config_file, s
         compile=bool(compile_ if compile_ is not None else file_opts.get("compile", False)),
     )
     check_options(opts)
+    if opts.write:
+        from kunbench.train.results import preflight_out_dir
+
+        preflight_out_dir(opts.out)
     threads = threads or file_opts.get("threads")
     from kunbench.train.distributed import env_world
 

@@ -101,6 +101,9 @@ def train_cmd(backend, data, preset, sets, device, dtype, steps, batch_size, lr,
                             seed=seed, dtype=dtype, num_workers=workers, compile=True if compile_ else None)
     if data is not None and not Path(data).is_dir():
         raise KunbenchError(f"--data {data}: no such dataset directory")
+    from kunbench.train.results import preflight_out_dir
+
+    preflight_out_dir(out_dir)
     if threads is not None:
         import torch
 

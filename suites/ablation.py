@@ -409,4 +409,5 @@ def run(ctx: SuiteContext) -> SuiteOutput:
 
 
 SUITE = SuiteSpec(NAME, "Kunlun with one switch flipped per row, plus InterFormer and Wukong: NE, ΔNE, FLOPs, QPS, "
-                        "MFU, params, beside the paper's deltas", run, trains=True)
+                        "MFU, params, beside the paper's deltas", run, trains=True,
+                  options=('batch_size', 'interleave', 'rows', 'warmup', 'window_s', 'windows'))

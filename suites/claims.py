@@ -387,4 +387,5 @@ def _report(ctx: SuiteContext, out: SuiteOutput, s: dict[str, Any], terms: list[
 
 
 SUITE = SuiteSpec(NAME, "One dataset per history term (the others off): each backend's expected gap closed beside "
-                        "the signal probe's ceilings; which architecture captures which signal", run, trains=True)
+                        "the signal probe's ceilings; which architecture captures which signal", run, trains=True,
+                  options=("rows", "strength", "context_strength", "base_ctr", "data_rows", "probe_rows"))

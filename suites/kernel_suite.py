@@ -58,4 +58,5 @@ def run(ctx: SuiteContext) -> SuiteOutput:
 
 
 SUITE = SuiteSpec(NAME, "GDPA operator: latency, TFLOP/s, % peak, speedup vs eager, error (Triton on CUDA)", run,
-                  trains=False, uses_data=False)
+                  trains=False, uses_data=False,
+                  options=('shapes', 'implementations', 'passes', 'warmup'))

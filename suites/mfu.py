@@ -82,4 +82,5 @@ def run(ctx: SuiteContext) -> SuiteOutput:
 
 
 SUITE = SuiteSpec(NAME, "Training-step MFU: analytic FLOPs (3x forward) vs device peak (CPU: measured GEMM peak)",
-                  run, trains=False)
+                  run, trains=False,
+                  options=('batch_size', 'warmup', 'window_s'))

@@ -143,4 +143,5 @@ def _asdict(obj: Any) -> Any:
 
 
 SUITE = SuiteSpec(NAME, "Train + eval each backend on the same data: NE, AUC, calibration, oracle NE, gap closed, "
-                        "relative NE vs a baseline with noise", run, trains=True)
+                        "relative NE vs a baseline with noise", run, trains=True,
+                  options=('baseline', 'bootstrap'))

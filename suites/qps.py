@@ -86,4 +86,5 @@ def run(ctx: SuiteContext) -> SuiteOutput:
 
 
 SUITE = SuiteSpec(NAME, "Inference and training examples/s, latency p50/p99 at several batch sizes "
-                        "(in-memory on-device source)", run, trains=False)
+                        "(in-memory on-device source)", run, trains=False,
+                  options=('batch_sizes', 'modes', 'warmup', 'window_s'))

@@ -23,8 +23,8 @@ from kunbench.errors import KunbenchError
 
 ENTRY_POINT_GROUP = "kunbench.suites"
 # suite name -> module under kunbench.suites holding its SUITE (kernels: the wiring of suites/kernels.py)
-BUILTIN_MODULES = {"ne": "ne", "qps": "qps", "mfu": "mfu", "scaling": "scaling", "ablation": "ablation", "selfcheck": "selfcheck",
-                   "kernels": "kernel_suite", "claims": "claims"}
+BUILTIN_MODULES = {"ne": "ne", "qps": "qps", "mfu": "mfu", "scaling": "scaling", "ablation": "ablation",
+                   "selfcheck": "selfcheck", "kernels": "kernel_suite", "claims": "claims"}
 
 
 @dataclass
@@ -45,6 +45,9 @@ class SuiteSpec:
     run: Callable[[Any], SuiteOutput]
     trains: bool = False  # trains models (accepts torchrun / DDP)
     uses_data: bool = True  # needs a generated dataset (else only its schema, or none)
+    # the `--set SUITE.KEY` keys it reads; a key outside them is rejected before any work (a typo
+    # must not be ignored). None: not declared (plug-in suites), nothing checked.
+    options: tuple[str, ...] | None = None
 
 
 def _builtin() -> dict[str, Callable[[], SuiteSpec]]:

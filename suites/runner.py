@@ -85,6 +85,15 @@ def check_options(opts: RunOptions) -> None:
     if opts.dtype == "bf16" and resolve_device(opts.device).type != "cuda":
         raise KunbenchError("--dtype bf16 runs as autocast on CUDA; this run is on CPU (use --dtype fp32)")
     make_train_config(routed.get("train", {}))
+    for route, given in routed.items():
+        if not route.startswith("suite:"):
+            continue
+        name = route.removeprefix("suite:")
+        allowed = get_suite(name).options
+        bad = [k for k in given if allowed is not None and k not in allowed]
+        if bad:
+            raise KunbenchError(f"unknown option {name}.{bad[0]} (options of {name}: "
+                                f"{', '.join(allowed) or 'none'})")
     for b in opts.backends or []:
         spec = get_backend(b)
         if opts.preset and opts.preset not in spec.presets:

@@ -227,4 +227,4 @@ def _mk(p: Path) -> Path:
 
 
 SUITE = SuiteSpec(NAME, "Each backend at >=5 sizes over >=1.5 decades of FLOPs; fit NE = NE_0 - eta ln(C/C_0), "
-                        "eta CI, R^2, eta/eta_InterFormer; PNG plot", run, trains=True)
+                        "eta CI, R^2, eta/eta_InterFormer; PNG plot", run, trains=True, options=('factors',))

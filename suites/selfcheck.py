@@ -285,4 +285,5 @@ def run(ctx: SuiteContext) -> SuiteOutput:
 
 
 SUITE = SuiteSpec(NAME, "One-shot machine check: GDPA kernel correctness and speed, backend QPS/MFU/ops, compile",
-                  run, trains=False)
+                  run, trains=False,
+                  options=('batch_size', 'budget_s', 'compile', 'kernels', 'window_s'))

@@ -120,10 +120,15 @@ def test_environment_mismatch_warns(tmp_path):
     assert "warning" in res.output and "different GPU" in res.output
 
 
-def test_unmatched_rule_warns(tmp_path):
+@pytest.mark.parametrize("gate", ["auc:-1%", "nee:+0.1%"])
+def test_gate_matching_nothing_is_an_error(tmp_path, gate):
+    # a typo in a CI gate must not pass as "no regression" while NE is 10% worse
     base = write(tmp_path, "base", doc())
-    res = run(base, base, "--fail", "auc:-1%")
-    assert res.exit_code == 0 and "matches" in res.output
+    worse = write(tmp_path, "worse", doc(ne=0.935))
+    res = run(base, worse, "--fail", gate)
+    assert res.exit_code == 2
+    assert "no metric present in both runs matches" in res.output and "ne" in res.output
+    assert "Traceback" not in res.output
 
 
 def test_directories_compare(tmp_path):

@@ -372,3 +372,22 @@ def test_config_file(tiny_dataset, tmp_path):
     (doc,) = _docs(out, "qps")
     assert {m["name"] for m in doc["metrics"]} >= {"infer_qps", "latency_p50"}
     assert doc["config"]["settings"]["batch_sizes"] == [8]
+
+
+@pytest.mark.parametrize("option, fragment", [
+    ("ne.bootstrapp=5", "unknown option ne.bootstrapp (options of ne: baseline, bootstrap)"),
+    ("mfu.batchsize=8", "unknown option mfu.batchsize"),
+    ("selfcheck.budget=1", "options of selfcheck: batch_size, budget_s"),
+])
+def test_unknown_suite_option_is_rejected_before_work(tmp_path, monkeypatch, option, fragment):
+    from click.testing import CliRunner
+
+    from kunbench.cli import main
+
+    monkeypatch.setenv("KUNBENCH_CACHE", str(tmp_path / "cache"))
+    suite = option.split(".")[0]
+    res = CliRunner().invoke(main, ["run", "--suite", suite, "--set", option, "--device", "cpu",
+                                    "--out", str(tmp_path / "res")])
+    assert res.exit_code == 2, res.output
+    assert fragment in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "cache").exists()

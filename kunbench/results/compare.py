@@ -111,6 +111,7 @@ class Comparison:
     rows: list[Row]
     failures: list[Row]
     warnings: list[str] = field(default_factory=list)
+    unmatched_rules: list[Rule] = field(default_factory=list)  # gates that matched no common metric
 
     @property
     def exit_code(self) -> int:
@@ -219,10 +220,8 @@ def compare(base_docs: list[dict[str, Any]], new_docs: list[dict[str, Any]], rul
                 if past:
                     row.note = (row.note + "; " if row.note else "") + f"past {rule.text} but within noise"
         rows.append(row)
-    for rule in rules:
-        if rule.text not in used_rules:
-            warnings.append(f"--fail {rule.text}: no measurement present in both runs matches {rule.pattern!r}")
-    return Comparison(rows, failures, warnings)
+    unmatched = [rule for rule in rules if rule.text not in used_rules]
+    return Comparison(rows, failures, warnings, unmatched)
 
 
 def fmt_num(v: float | None, unit: str = "") -> str:

@@ -43,6 +43,28 @@ def result_name(kind: str, label: str) -> str:
     return f"{kind}-{safe}-{stamp}-{uuid.uuid4().hex[:8]}.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def preflight_out_dir(out_dir: str | Path | None, flag: str = "--out") -> Path:
+    """Check, before any work, that results can be written under `out_dir` (created if missing):
+    a long run must not find out at its end that its results have nowhere to go."""
+    out = Path(out_dir) if out_dir is not None else Path(DEFAULT_RESULTS_DIR)
+    if out.exists() and not out.is_dir():
+        raise KunbenchError(f"{flag} {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".kunbench-write-check.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise KunbenchError(f"{flag} {out}: cannot write there ({exc.strerror or exc})") from None
+    return out
+
+
 def atomic_write_json(path: str | Path, doc: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,6 +75,7 @@ def atomic_write_json(path: str | Path, doc: Any) -> Path:
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644 & ~_umask())  # mkstemp makes it 0600: a shared results directory stays readable
         os.replace(tmp, path)
     except BaseException:
         try:
