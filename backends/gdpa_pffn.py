@@ -15,6 +15,7 @@ from torch import nn
 
 from kunbench.backends.gdpa_ops import gdpa_pffn
 from kunbench.backends.modules import MLP
+from kunbench.backends.packed import Packed, from_padded, padded_mask, to_padded
 
 
 class GDPAPFFNBlock(nn.Module):
@@ -34,9 +35,18 @@ class GDPAPFFNBlock(nn.Module):
         kv = self.weight_gen(x_sum_flat).view(b, 2, self.dff, self.h, self.d // self.h)
         return kv[:, 0], kv[:, 1]
 
-    def forward(self, s: torch.Tensor, mask: torch.Tensor, x_sum_flat: torch.Tensor, scale: float) -> torch.Tensor:
-        b, t, d = s.shape
+    def forward(self, s: torch.Tensor, mask, x_sum_flat: torch.Tensor, scale) -> torch.Tensor:
+        """`s [B, T, d]` with `mask [B, T]`, or packed `s [N, d]` with a `packed.Packed` as `mask`
+        (the product with each row's K/V runs on a padded view of the queries)."""
         k, v = self.generate(x_sum_flat)
+        if isinstance(mask, Packed):
+            n, d = s.shape
+            z = self.ln(s)
+            q = to_padded(z.view(n, self.h, d // self.h), mask)
+            g = gdpa_pffn(q, padded_mask(mask), k, v, activations=self.activations, scale=scale,
+                          position=self.scale_position, impl=self.impl)
+            return s + self.rms(z + from_padded(g, mask).reshape(n, d))
+        b, t, d = s.shape
         z = self.ln(s)
         g = gdpa_pffn(z.view(b, t, self.h, d // self.h), mask, k, v, activations=self.activations, scale=scale,
                       position=self.scale_position, impl=self.impl).reshape(b, t, d)

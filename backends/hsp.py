@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from kunbench.backends.gdpa_ops import gdpa_seed_pool
+from kunbench.backends.packed import Packed, padded_mask, to_padded
 from kunbench.backends.modules import PMA, masked_attention
 
 
@@ -92,11 +93,18 @@ class HSP(nn.Module):
                          else FullTokenLinear(self.n_seed, n_tok, d_e, d))
         self.norm = nn.LayerNorm(d)
 
-    def pool(self, s: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-        """Seed attention: `[B, T, d_e]` -> `[B, n_seed, d_e]`."""
-        b, t, d_e = s.shape
+    def pool(self, s: torch.Tensor, mask, scale) -> torch.Tensor:
+        """Seed attention: `[B, T, d_e]` with `mask [B, T]` (or packed `[N, d_e]` with its `Packed`)
+        -> `[B, n_seed, d_e]`. Packed tokens get their keys and values packed (the projection is
+        the work that grows with the events), then attend on a padded view."""
+        d_e = s.shape[-1]
         h, dh = self.h, d_e // self.h
-        k, v = self.kv(s).view(b, t, 2, h, dh).unbind(2)  # [B, T, H, dh]
+        if isinstance(mask, Packed):
+            k, v = self.kv(s).view(s.shape[0], 2, h, dh).unbind(1)  # [N, H, dh]
+            k, v, mask = to_padded(k, mask), to_padded(v, mask), padded_mask(mask)
+        else:
+            k, v = self.kv(s).view(s.shape[0], s.shape[1], 2, h, dh).unbind(2)  # [B, T, H, dh]
+        b = k.shape[0]
         q = self.seeds.view(self.n_seed, h, dh)
         if self.seed_attention == "gdpa":
             o = gdpa_seed_pool(q, k, v, mask, activations=[self.seed_activation] * h, scale=scale,
@@ -107,7 +115,7 @@ class HSP(nn.Module):
         o = o * has[:, None, None, None]
         return o.transpose(1, 2).reshape(b, self.n_seed, d_e)
 
-    def forward(self, s: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(self, s: torch.Tensor, mask, scale) -> torch.Tensor:
         return self.norm(self.compress(self.pool(s, mask, scale)))
 
     @staticmethod
@@ -128,7 +136,9 @@ class PMASummary(nn.Module):
         self.proj = nn.Linear(d_e, d, bias=False) if d_e != d else None
         self.norm = nn.LayerNorm(d)
 
-    def forward(self, s: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(self, s: torch.Tensor, mask, scale) -> torch.Tensor:
+        if isinstance(mask, Packed):  # PMA on a padded view
+            s, mask = to_padded(s, mask), padded_mask(mask)
         km, has = nonempty_key_mask(mask)
         o = self.pma(s, km) * has[:, None, None]
         return self.norm(o if self.proj is None else self.proj(o))

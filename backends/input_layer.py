@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kunbench.backends import jagged
+from kunbench.backends import jagged, packed
+from kunbench.data import jagged as data_jagged
 from kunbench.data.batch import Batch
 from kunbench.data.manifest import DatasetSchema
 
@@ -106,6 +107,9 @@ class SeqTokens:
     ts: torch.Tensor  # [B, T] int64 (0 in padding)
     event_type: torch.Tensor | None  # [B, T] int64 for merged streams
     longest: int | None = None  # the longest kept row, a host int (None for a merge: not known on the host)
+    # packed layout (InputLayer(packed=True)): tokens [N, d] and ts [N] hold the real events back to
+    # back, mask is None, and this says each token's row and position
+    packed: "packed.Packed | None" = None
 
 
 @dataclass
@@ -117,8 +121,11 @@ class InputTokens:
 class InputLayer(nn.Module):
     def __init__(self, schema: DatasetSchema, d: int, max_rows_per_field: int, n_dense_tokens: int = 1,
                  sparse: bool = False, seq_max_len: int | dict[str, int] | None = None, merge: str = "none",
-                 event_type_embedding: bool = True, init_std: float | None = None):
+                 event_type_embedding: bool = True, init_std: float | None = None, packed: bool = False):
         super().__init__()
+        if packed and merge != "none":
+            raise ValueError("packed sequences are per event type (merge='none')")
+        self.packed = packed
         if merge not in ("none", "time"):
             raise ValueError(f"merge must be 'none' or 'time', got {merge!r}")
         self.schema = schema
@@ -194,7 +201,14 @@ class InputLayer(nn.Module):
         # sequence gather plans (on IDs, before the lookup, so only kept events are embedded); padded
         # widths come from the batch's host-side maxima, so nothing here reads the device
         seq_plans = []
-        if self.n_sequences:
+        if self.n_sequences and self.packed:
+            item_seg, cat_seg = self.segments["item"], self.segments["category"]
+            for et in self.schema.event_types:
+                it, ct, ts, p = self._packed_stream(batch, et)
+                it, ct = self.rows_for(item_seg, it), self.rows_for(cat_seg, ct)
+                seq_plans.append((it, ct, ts, None, None, p.lengths, p.longest, p))
+                pieces += [it, ct]
+        elif self.n_sequences:
             item_seg, cat_seg = self.segments["item"], self.segments["category"]
             padded = [self._padded_stream(batch, et) for et in self.schema.event_types]
             if self.merge == "time":
@@ -204,7 +218,7 @@ class InputLayer(nn.Module):
                 padded = [jagged.merge_padded(padded, cap, width)]
             for p in padded:
                 it, ct = self.rows_for(item_seg, p.item), self.rows_for(cat_seg, p.category)
-                seq_plans.append((it, ct, p.ts, p.event_type, p.mask, p.kept, p.longest))
+                seq_plans.append((it, ct, p.ts, p.event_type, p.mask, p.kept, p.longest, None))
                 pieces += [it.reshape(-1), ct.reshape(-1)]
 
         ids = torch.cat(pieces)
@@ -224,7 +238,10 @@ class InputLayer(nn.Module):
         context = torch.cat(ctx, dim=1)
 
         seqs = []
-        for it, ct, ts, et, mask, kept, longest in seq_plans:
+        for it, ct, ts, et, mask, kept, longest, p in seq_plans:
+            if p is not None:  # packed: [N, d], no padding to mask
+                seqs.append(SeqTokens(parts.pop(0) + parts.pop(0), None, kept, ts, None, longest, p))
+                continue
             shape = (b, it.shape[1], d)
             tok = parts.pop(0).view(shape) + parts.pop(0).view(shape)
             if self.use_et and et is not None:
@@ -239,6 +256,20 @@ class InputLayer(nn.Module):
         if isinstance(self.seq_max_len, dict):
             return self.seq_max_len.get(event_type)
         return self.seq_max_len
+
+    def _packed_stream(self, batch: Batch, event_type: str):
+        """One stream's kept events back to back: `(item, category, ts, Packed)`. Batches cut to
+        the stream's `max_len` by their loader (as kunbench's are) need no device read; a longer
+        one is cut here, which reads its offsets once."""
+        seq = batch.sequences[event_type]
+        cap = self.max_len_for(event_type)
+        longest = batch.max_length(event_type)
+        item, category, ts, offsets = seq.item, seq.category, seq.ts, seq.offsets
+        if cap is not None and longest > cap:
+            index, offsets = data_jagged.truncate_recent_index(offsets, cap)
+            item, category, ts = item[index], category[index], ts[index]
+            longest = cap
+        return item, category, ts, packed.plan(offsets, item.shape[0], longest)
 
     def _padded_stream(self, batch: Batch, event_type: str) -> jagged.PaddedStreams:
         """One stream cut to its most recent events, as padded ID columns `[B, width]`."""

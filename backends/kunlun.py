@@ -16,8 +16,12 @@ Head: `MLP([flatten(X) || flatten(summaries)])` -> logit. Decision: a stream who
 reused its summary (CompSkip on, last active layer odd) gets one more fresh summary for the head,
 so the work of that layer reaches the logit (InterFormer recomputes its summaries the same way).
 
-Padding: sequences are left-aligned padded tensors with masks; every consumer masks padded keys
-and padded query rows are zeroed or never read, so padding changes no output (tests prove it).
+Layout (`sequence_layout`): `packed` (default) keeps each stream's real events back to back,
+`[N, d_e]`, so per-token work costs the real events only; the windowed attention runs on the
+packed tokens and the products that need a per-row shape (the PFFN's with its per-row K/V, PMA,
+the GDPA modes) use a padded view. `padded`: left-aligned padded tensors with masks; every
+consumer masks padded keys and padded query rows are zeroed or never read, so padding changes no
+output. The two layouts compute the same logits (tests prove it).
 GDPA's scale `s = 1/maxlen` uses each stream's longest true length in the batch
 (`gdpa_scale = batch_maxlen`, models.md) or the stream's `max_len` (`t_max`, batch independent).
 """
@@ -38,7 +42,8 @@ from kunbench.backends.kunlun_config import PRESETS, KunlunConfig, StreamConfig
 from kunbench.backends.modules import MLP, PMA, Gate, TokenLinear
 from kunbench.backends.mowe import MixtureOfWukongExperts
 from kunbench.backends.registry import BackendSpec
-from kunbench.backends.rote import full_tables, rotary_tables
+from kunbench.backends.packed import Packed
+from kunbench.backends.rote import full_tables, packed_rotary_tables, rotary_tables
 from kunbench.backends.window_attention import WindowSelfAttention
 from kunbench.data.batch import Batch
 from kunbench.data.manifest import DatasetSchema
@@ -99,8 +104,8 @@ class StreamModel(nn.Module):
 
 @dataclasses.dataclass
 class StreamState:
-    s: torch.Tensor  # [B, T, d_e]
-    mask: torch.Tensor  # [B, T]
+    s: torch.Tensor  # [B, T, d_e], or [N, d_e] packed
+    mask: "torch.Tensor | Packed"  # [B, T] bool, or the packed stream's plan
     rot: tuple[torch.Tensor, torch.Tensor] | None
     maxlen: torch.Tensor  # 0-d: the longest true length in the batch
     scale: float | torch.Tensor  # GDPA s for seed pooling (and the PFFN unless pffn_scale says otherwise)
@@ -121,7 +126,7 @@ class KunlunModel(RankingModel):
                                       sparse=config.sparse_embeddings,
                                       seq_max_len={et: sc.max_len for et, sc in zip(schema.event_types,
                                                                                       self.stream_cfgs)},
-                                      merge="none")
+                                      merge="none", packed=config.sequence_layout == "packed")
         self.n_summary_tokens = sum(sc.n_tok for sc in self.stream_cfgs)
         n_x = self.input_layer.n_context_tokens
         n_w = config.n_F + config.n_L
@@ -147,6 +152,8 @@ class KunlunModel(RankingModel):
     def _stream_state(self, seq: SeqTokens, module: StreamModel, sc: StreamConfig, request_ts: torch.Tensor,
                       ) -> StreamState:
         cfg = self.config
+        if seq.packed is not None:
+            return self._packed_state(seq, module, sc, request_ts)
         tokens, mask, ts = seq.tokens, seq.mask, seq.ts
         if tokens.shape[1] == 0:  # nobody in the batch has this event type: one padded slot
             b = tokens.shape[0]
@@ -166,6 +173,22 @@ class KunlunModel(RankingModel):
             rot = None if rot is None else full_tables(*rot, sc.heads)
         scale = 1.0 / scale_len
         return StreamState(s, mask, rot, maxlen, scale, 1.0 / cfg.dff if cfg.pffn_scale == "n_kv" else scale)
+
+    def _packed_state(self, seq: SeqTokens, module: StreamModel, sc: StreamConfig, request_ts: torch.Tensor
+                      ) -> StreamState:
+        """A packed stream (`sequence_layout = packed`): its `mask` slot holds the `Packed` plan."""
+        cfg, p = self.config, seq.packed
+        s = seq.tokens if module.proj is None else module.proj(seq.tokens)  # [N, d_e]
+        maxlen = p.lengths.max() if p.batch else p.lengths.new_zeros(())
+        scale_len = maxlen.clamp(min=1).to(torch.float32) if cfg.gdpa_scale == "batch_maxlen" else max(sc.max_len, 1)
+        rot = None
+        if module.attn:
+            rot = packed_rotary_tables(cfg.rote, p.pos, seq.ts, request_ts[p.row], sc.d // sc.heads,
+                                       t_scale=cfg.t_scale, rope_base=cfg.rope_base, time_base=cfg.rote_time_base,
+                                       dtype=s.dtype)
+            rot = None if rot is None else full_tables(*rot, sc.heads)
+        scale = 1.0 / scale_len
+        return StreamState(s, p, rot, maxlen, scale, 1.0 / cfg.dff if cfg.pffn_scale == "n_kv" else scale)
 
     # ---- forward -----------------------------------------------------------------------------
     def forward(self, batch: Batch) -> torch.Tensor:

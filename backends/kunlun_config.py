@@ -101,6 +101,8 @@ class KunlunConfig:
     # 3.5, 3.6
     compskip: str = "on"
     event_personalization: str = "on"
+    # packed: each stream's real events back to back (no padding work; the default) | padded: [B, T]
+    sequence_layout: str = "packed"
     stream: StreamConfig = field(default_factory=StreamConfig)
     streams: dict[str, StreamConfig] = field(default_factory=_default_streams)
     # 3.7 Mixture of Wukong Experts
@@ -185,7 +187,8 @@ class KunlunConfig:
                    "seed_attention": ("gdpa", "softmax"), "gdpa_scale": ("batch_maxlen", "t_max"),
                    "pffn_scale": ("same", "n_kv"),
                    "gdpa_scale_position": ("post", "pre"), "fm_y": ("static", "attentive"),
-                   "act": ("relu", "gelu", "silu")}
+                   "act": ("relu", "gelu", "silu"),
+                   "sequence_layout": ("packed", "padded")}
         for key, allowed in choices.items():
             v = getattr(self, key)
             need(v in allowed, f"{key} must be {' | '.join(allowed)}, got {v!r}")

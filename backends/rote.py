@@ -15,7 +15,8 @@ import torch
 
 from kunbench.backends.modules import apply_rope, rope_tables
 
-__all__ = ["age_phi", "apply_rope", "full_tables", "rotate", "rote_tables", "rotary_tables"]
+__all__ = ["age_phi", "apply_rope", "full_tables", "packed_rotary_tables", "rotate", "rote_tables",
+           "rotary_tables"]
 
 
 def age_phi(ts: torch.Tensor, request_ts: torch.Tensor, t_scale: float) -> torch.Tensor:
@@ -52,6 +53,18 @@ def rotary_tables(mode: str, ts: torch.Tensor, request_ts: torch.Tensor, dh: int
         return rope_tables(t, dh, ts.device, dtype, rope_base)
     pos = torch.arange(t, device=ts.device).expand(b, t)
     return rote_tables(pos, age_phi(ts, request_ts, t_scale), dh, rope_base, time_base, dtype)
+
+
+def packed_rotary_tables(mode: str, pos: torch.Tensor, ts: torch.Tensor, request_ts: torch.Tensor, dh: int, *,
+                         t_scale: float, rope_base: float, time_base: float, dtype: torch.dtype
+                         ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`rotary_tables` for packed tokens: `pos, ts [N]` (position in the row, timestamp) and the
+    request time of each token's row `request_ts [N]` -> cos/sin `[N, dh/2]`."""
+    if mode == "none":
+        return None
+    if mode == "rope":
+        return rope_tables(0, dh, pos.device, dtype, rope_base, positions=pos)
+    return rote_tables(pos, age_phi(ts[:, None], request_ts, t_scale)[:, 0], dh, rope_base, time_base, dtype)
 
 
 def full_tables(cos: torch.Tensor, sin: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:

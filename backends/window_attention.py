@@ -24,6 +24,8 @@ from torch import nn
 from kunbench.backends.banded import band_gather, band_keep, chunk_plan, full_keep
 from kunbench.backends.gdpa_ops import gdpa_self_attention
 from kunbench.backends.modules import attention_flops
+from kunbench.backends.packed import Packed, from_padded, padded_mask, to_padded
+from kunbench.backends.packed import window_attention as packed_window_attention
 from kunbench.backends.rote import rotate
 
 
@@ -98,6 +100,8 @@ class WindowSelfAttention(nn.Module):
     def forward(self, s: torch.Tensor, mask: torch.Tensor, rot: tuple[torch.Tensor, torch.Tensor] | None,
                 maxlen: int | torch.Tensor, plan: dict | None = None) -> torch.Tensor:
         """`rot`: `rote.full_tables` `(cos, sin)` `[B|1, T, H, d_h]` or None; `plan`: mask cache."""
+        if isinstance(mask, Packed):
+            return self._packed(s, mask, rot, maxlen, plan if plan is not None else {})
         b, t, d = s.shape
         h, dh = self.h, d // self.h
         q, k, v = self.qkv(self.ln(s)).view(b, t, 3, h, dh).unbind(2)  # [B, T, H, dh]
@@ -112,6 +116,30 @@ class WindowSelfAttention(nn.Module):
                                     scale=1.0 / span.clamp(min=1).to(torch.float32),
                                     position=self.scale_position, window=self.window, impl=self.gdpa_impl)
         return s + self.out(o.reshape(b, t, d))
+
+    def _packed(self, s: torch.Tensor, p: Packed, rot, maxlen, plan: dict) -> torch.Tensor:
+        """Packed tokens `s [N, d]`: softmax windows run packed (`packed.window_attention`); full
+        attention and the GDPA mode run on a padded view."""
+        n, d = s.shape
+        h, dh = self.h, d // self.h
+        q, k, v = self.qkv(self.ln(s)).view(n, 3, h, dh).unbind(1)  # [N, H, dh]
+        if rot is not None:
+            q, k = rotate(q, *rot).to(v.dtype), rotate(k, *rot).to(v.dtype)
+        if self.attention_act is None and self.window is not None and self.kernel == "sdpa":
+            o = packed_window_attention(q, k, v, p, self.window, plan)
+        else:
+            qp, kp, vp = (to_padded(x, p) for x in (q, k, v))
+            m = padded_mask(p)
+            if self.attention_act is None:
+                op = softmax_window_attention(qp, kp, vp, m, self.window, self.kernel, {})
+            else:
+                span = torch.as_tensor(maxlen) if self.window is None else torch.as_tensor(maxlen).clamp(
+                    max=2 * self.window + 1)
+                op = gdpa_self_attention(qp, kp, vp, m, activations=[self.attention_act] * h,
+                                         scale=1.0 / span.clamp(min=1).to(torch.float32),
+                                         position=self.scale_position, window=self.window, impl=self.gdpa_impl)
+            o = from_padded(op, p)
+        return s + self.out(o.reshape(n, d))
 
     @staticmethod
     def flops(length, d: int, window: int | None):

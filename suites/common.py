@@ -643,7 +643,7 @@ def train_and_predict(ctx: SuiteContext, built: Built, seed: int = 0, label: str
                            console=ctx.console, log=ctx.log)
     model = run.model
     y, p, pt, flops, secs = predict_eval(ctx, model, built, cfg.eval_batch_size,
-                                         max_lengths=backend_max_lengths(built.config))
+                                         max_lengths=backend_max_lengths(built.config, ctx.schema()))
     return TrainedRun(built.name, built.preset, built.config, seed, run.train, y, p, pt, flops, secs,
                       param_count(model), win.summary, cfg)
 
@@ -677,7 +677,7 @@ def synthetic_source(ctx: SuiteContext, built: Built, batch_size: int, seed: int
     from kunbench.train.runner import backend_max_lengths
 
     return SyntheticBatches.from_manifest(ctx.dataset(), batch_size=batch_size, device=ctx.device, seed=seed,
-                                          pool_size=2, max_lengths=backend_max_lengths(built.config))
+                                          pool_size=2, max_lengths=backend_max_lengths(built.config, ctx.schema()))
 
 
 class ThroughputProbe:

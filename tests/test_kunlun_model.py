@@ -49,8 +49,9 @@ def tiny(sets=None, preset="tiny"):
 
 
 def reference(cfg: KunlunConfig) -> KunlunConfig:
-    """The unfused path FlopCounterMode counts exactly (naive GDPA, explicit-matmul softmax)."""
-    return dataclasses.replace(cfg, gdpa="naive", attention_kernel="naive")
+    """The unfused path FlopCounterMode counts exactly (naive GDPA, explicit-matmul softmax, padded
+    streams: the packed layout pools with index_add, which the counter does not see)."""
+    return dataclasses.replace(cfg, gdpa="naive", attention_kernel="naive", sequence_layout="padded")
 
 
 def equal_lengths(b):
@@ -379,3 +380,30 @@ def test_presets_validate_and_span_flops():
     assert flops == sorted(flops) and flops[-1] > 50 * flops[0]
     assert isinstance(spec.make_config(None), KunlunConfig)
     assert isinstance(spec.make_config(None).stream, StreamConfig)
+
+
+@pytest.mark.parametrize("sets", SWITCHES, ids=IDS)
+def test_packed_and_padded_layouts_compute_the_same(sets):
+    # the packed streams (the default) against the padded ones, forward and every gradient, on
+    # ragged rows with empty ones, rows past max_len and a stream that nobody in the batch has
+    schema = make_schema(n_multihot=2)
+    cfg = tiny(sets)
+    assert cfg.sequence_layout == "packed"
+    torch.manual_seed(0)
+    packed = build(cfg, schema)
+    padded = build(dataclasses.replace(cfg, sequence_layout="padded"), schema)
+    padded.load_state_dict(packed.state_dict())
+    batch = make_batch(schema, 5, seed=9, lengths={"impression": [0, 3, 40, 1, 17], "click": [12, 0, 5, 33, 2],
+                                                   "conversion": [0, 0, 0, 0, 0]})
+    outs = []
+    for model in (packed, padded):
+        model.zero_grad(set_to_none=True)
+        out = model(batch)
+        out.square().sum().backward()
+        grads = {n: (p.grad.to_dense() if p.grad.is_sparse else p.grad) for n, p in model.named_parameters()
+                 if p.grad is not None}
+        outs.append((out.detach(), grads))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-5)
+    assert outs[0][1].keys() == outs[1][1].keys()
+    for n in outs[0][1]:
+        torch.testing.assert_close(outs[0][1][n], outs[1][1][n], atol=1e-5, rtol=1e-4, msg=lambda m: f"{n}: {m}")

@@ -66,10 +66,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def backend_max_lengths(config: Any) -> Any:
+def backend_max_lengths(config: Any, schema: Any = None) -> Any:
     """Per-event-type truncation to the most recent N events that the backend applies itself anyway
     (`seq_max_len`: InterFormer cuts each stream to T_max before merging; `history_k`: Wukong pools
-    the last K events per type), so cutting in the loader is exact and saves decoding and copies."""
+    the last K events per type; Kunlun: each stream's own `max_len`, given the schema), so cutting in
+    the loader is exact and saves decoding and copies, and a packed stream arrives already cut."""
+    if schema is not None and callable(getattr(config, "stream_configs", None)):
+        return {et: sc.max_len for et, sc in config.stream_configs(schema).items()}
     for name in ("max_lengths", "seq_max_len", "history_k"):
         value = getattr(config, name, None)
         if value:
@@ -170,7 +173,7 @@ def run_training(backend: str, data: str | Path | None = None, *, preset: str | 
         model = spec.build(model_cfg, schema).to(ctx.device)
         build_s = time.perf_counter() - t0
         groups = split_parameters(model)
-        max_lengths = backend_max_lengths(model_cfg)
+        max_lengths = backend_max_lengths(model_cfg, schema)
 
         per_step = cfg.batch_size * ctx.world_size
         total_steps = math.ceil(manifest.split_rows("train") / per_step)
