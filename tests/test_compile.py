@@ -82,3 +82,24 @@ def test_train_compile_flag_trains_and_reports_compile_time(tiny_dataset, tmp_pa
     assert doc["train_config"]["compile"] is True
     assert doc["metrics"]["train"]["compile_steps"] >= 1 and doc["metrics"]["train"]["compile_s"] > 0
     assert doc["metrics"]["train"]["steps"] == 4
+
+
+def test_bucketed_bounds_stay_within_each_streams_cap():
+    # a cap that is not a power of two: the bucketed bound must not exceed it, or the packed stream
+    # would take the "cut it here" branch (a device read, so a graph break under fullgraph)
+    from kunbench.train.compiled import CompiledModel
+
+    schema = make_schema(n_multihot=1)
+    batch = make_batch(schema, 4, seed=5, lengths={"impression": [3, 9, 0, 12], "click": [17, 2, 0, 5],
+                                                   "conversion": [1, 0, 2, 0]})
+    model = tiny_model("kunlun", schema, sparse_embeddings=False,
+                       streams={"impression": dataclasses.replace(get_backend("kunlun").presets["tiny"].streams[
+                           "impression"], max_len=12),
+                                "click": dataclasses.replace(get_backend("kunlun").presets["tiny"].streams["click"],
+                                                             max_len=20),
+                                "conversion": get_backend("kunlun").presets["tiny"].streams["conversion"]}).eval()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eager = model(batch)
+        got = CompiledModel(model, backend="aot_eager", fullgraph=True)(batch)
+    torch.testing.assert_close(got, eager, atol=1e-5, rtol=1e-5)

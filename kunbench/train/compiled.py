@@ -26,13 +26,21 @@ class CompiledModel(nn.Module):
     """`torch.compile(model)` fed batches whose `max_lengths` are rounded up to powers of two, so
     the padded sequence widths (and the guards on them) take a handful of values per run."""
 
-    def __init__(self, model: nn.Module, backend: str = "inductor"):
+    def __init__(self, model: nn.Module, backend: str = "inductor", fullgraph: bool = False):
         super().__init__()
         self.model = model
-        self.compiled = torch.compile(model, backend=backend)
+        self.compiled = torch.compile(model, backend=backend, fullgraph=fullgraph)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        bounds = {et: bucket_length(batch.max_length(et)) for et in batch.sequences}
+        layer = getattr(self.model, "input_layer", None)
+        bounds = {}
+        for et in batch.sequences:
+            longest = batch.max_length(et)
+            bound = bucket_length(longest)
+            cap = layer.max_len_for(et) if hasattr(layer, "max_len_for") else None
+            if cap is not None and longest <= cap:
+                bound = min(bound, cap)  # never past the stream's cap: that would read as a cut to make
+            bounds[et] = bound
         return self.compiled(dataclasses.replace(batch, max_lengths=bounds))
 
 
