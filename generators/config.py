@@ -120,6 +120,9 @@ class GeneratorConfig:
             names = [n.strip() for n in (value.split(",") if isinstance(value, str) else value)]
             if not names or any(not n for n in names):
                 raise KunbenchError(f"event_types must be a comma list of names, got {value!r}")
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise KunbenchError(f"event_types names {', '.join(repeated)} more than once")
             events = {n: self.events.get(n, EventTypeConfig()) for n in names}
             return dataclasses.replace(self, events=events)
         if path[0] == "events":

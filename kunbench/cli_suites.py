@@ -102,7 +102,13 @@ def report_cmd(results, fmt, plot_dir, output):
     text = render(docs, fmt, console=console)
     if text is not None:
         if output:
-            Path(output).write_text(text)
+            out = Path(output)
+            if not out.parent.is_dir():
+                raise KunbenchError(f"--output {output}: directory {out.parent} does not exist")
+            try:
+                out.write_text(text)
+            except OSError as exc:
+                raise KunbenchError(f"--output {output}: cannot write it ({exc.strerror or exc})") from None
             _log(f"wrote {output}")
         else:
             click.echo(text, nl=False)

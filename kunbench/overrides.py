@@ -44,6 +44,10 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise KunbenchError(f"config file not found: {p}") from None
     except tomllib.TOMLDecodeError as exc:
         raise KunbenchError(f"config file {p} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes UTF-8 itself and lets this through
+        raise KunbenchError(f"config file {p} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise KunbenchError(f"config file {p}: cannot read it ({exc.strerror or exc})") from None
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
