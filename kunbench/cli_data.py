@@ -130,7 +130,9 @@ def inspect_cmd(directory, verify):
     if not verify:
         console.print(f"{len(files)} files (use --verify to check checksums)", highlight=False, soft_wrap=True)
         return
-    problems = verify_dataset(m)
+    from kunbench.data.manifest import verify_files
+
+    problems = verify_files(m)
     if problems:
         for p in problems:
             err_console.print(f"[bold red]{p}[/]", highlight=False, soft_wrap=True)
@@ -157,10 +159,14 @@ def probe_cmd(directory, pool_k, merge_t, max_rows, as_json):
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from kunbench.data.manifest import load_manifest
+    from kunbench.data.manifest import load_manifest, require_intact
     from kunbench.generators.probe import probe
 
     m = load_manifest(directory)
+    require_intact(m)  # a damaged shard gives one line here, not a traceback mid-probe
+    if not {"train", "eval"} <= set(m.splits) or not m.split_rows("train") or not m.split_rows("eval"):
+        raise KunbenchError(f"{directory}: the probe fits on train rows and scores eval rows; this dataset has "
+                            + ", ".join(f"{k} {m.split_rows(k)}" for k in ("train", "eval") if k in m.splits))
     cap = max_rows if max_rows is not None else 1 << 62
     total = sum(min(m.split_rows(s), cap) for s in ("train", "eval") if s in m.splits)
     with Progress(TextColumn("probe"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -180,33 +186,3 @@ def probe_cmd(directory, pool_k, merge_t, max_rows, as_json):
     console.print(t)
     console.print(f"p_true recomputed from the observed columns: max |error| {result.max_abs_p_error:.2e}",
                   highlight=False, soft_wrap=True)
-
-
-def verify_dataset(m) -> list[str]:
-    """One line per missing or damaged file of the manifest; empty when everything matches."""
-    import pyarrow.parquet as pq
-
-    from kunbench.data.manifest import sha256_file
-
-    problems = []
-    for split, s in m.splits.items():
-        for f in s["files"]:
-            path = m.root / f["path"]
-            if not path.is_file():
-                problems.append(f"missing: {f['path']}")
-                continue
-            size = path.stat().st_size
-            if size != f["bytes"]:
-                problems.append(f"damaged: {f['path']} (size {size} bytes, manifest says {f['bytes']})")
-                continue
-            if sha256_file(path) != f["sha256"]:
-                problems.append(f"damaged: {f['path']} (sha256 mismatch)")
-                continue
-            try:
-                rows = pq.ParquetFile(path).metadata.num_rows
-            except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged file
-                problems.append(f"damaged: {f['path']} (unreadable: {exc})")
-                continue
-            if rows != f["rows"]:
-                problems.append(f"damaged: {f['path']} ({rows} rows, manifest says {f['rows']})")
-    return problems

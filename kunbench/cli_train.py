@@ -80,9 +80,11 @@ def summary_table(doc: dict) -> Table:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the training step (compile time is reported apart from examples/s).")
+@click.option("--no-verify", is_flag=True,
+              help="Skip the check of every shard's size and sha256 before training (for huge datasets).")
 @friendly_errors
 def train_cmd(backend, data, preset, sets, device, dtype, steps, batch_size, lr, embedding_lr, seed, workers,
-              threads, out_dir, no_progress, compile_):
+              threads, out_dir, no_progress, compile_, no_verify):
     """Train a backend for one pass over the train split and evaluate it on the eval split.
 
     Under torchrun (WORLD_SIZE > 1) every rank reads its own share of the data; rank 0 prints
@@ -98,7 +100,8 @@ def train_cmd(backend, data, preset, sets, device, dtype, steps, batch_size, lr,
     spec.make_config(preset, backend_sets)  # bad preset / key -> one line
     resolve_device(device)
     cfg = make_train_config(trainer_sets, steps=steps, batch_size=batch_size, lr=lr, embedding_lr=embedding_lr,
-                            seed=seed, dtype=dtype, num_workers=workers, compile=True if compile_ else None)
+                            seed=seed, dtype=dtype, num_workers=workers, compile=True if compile_ else None,
+                            verify_data=False if no_verify else None)
     if data is not None and not Path(data).is_dir():
         raise KunbenchError(f"--data {data}: no such dataset directory")
     from kunbench.train.results import preflight_out_dir

@@ -46,3 +46,41 @@ def test_bad_input_is_one_clean_line(tmp_path, monkeypatch, name, make_argv, fra
     errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+@pytest.fixture
+def damaged_dataset(tiny_dataset, tmp_path):
+    import shutil
+
+    root = tmp_path / "damaged"
+    shutil.copytree(tiny_dataset, root)
+    shard = sorted((root / "train").glob("*.parquet"))[0]
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte, same size
+    shard.write_bytes(bytes(raw))
+    return root, shard
+
+
+@pytest.mark.parametrize("command", ["train", "probe"])
+def test_damaged_shard_stops_before_work(damaged_dataset, tmp_path, command):
+    root, shard = damaged_dataset
+    argv = (["train", "-b", "wukong", "--preset", "tiny", "-d", str(root), "--steps", "2", "--device", "cpu",
+             "--no-progress", "--out", str(tmp_path / "res")] if command == "train" else ["probe", str(root)])
+    res = CliRunner().invoke(main, argv)
+    assert res.exit_code == 2, res.output
+    assert "is damaged" in res.output and shard.name in res.output and "sha256" in res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "res").exists() or not list((tmp_path / "res").glob("*.json"))
+
+
+def test_no_verify_trains_on_an_intact_dataset_without_hashing(tiny_dataset, tmp_path, monkeypatch):
+    import kunbench.data.manifest as manifest
+
+    def boom(m):
+        raise AssertionError("verified despite --no-verify")
+
+    monkeypatch.setattr(manifest, "verify_files", boom)
+    res = CliRunner().invoke(main, ["train", "-b", "wukong", "--preset", "tiny", "-d", str(tiny_dataset), "--steps",
+                                    "2", "--device", "cpu", "--no-progress", "--no-verify", "--out",
+                                    str(tmp_path / "res")])
+    assert res.exit_code == 0, res.output

@@ -139,3 +139,40 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def verify_files(m: "Manifest") -> list[str]:
+    """One line per missing or damaged file of the manifest; empty when everything matches."""
+    import pyarrow.parquet as pq
+
+    problems = []
+    for split, s in m.splits.items():
+        for f in s["files"]:
+            path = m.root / f["path"]
+            if not path.is_file():
+                problems.append(f"missing: {f['path']}")
+                continue
+            size = path.stat().st_size
+            if size != f["bytes"]:
+                problems.append(f"damaged: {f['path']} (size {size} bytes, manifest says {f['bytes']})")
+                continue
+            if sha256_file(path) != f["sha256"]:
+                problems.append(f"damaged: {f['path']} (sha256 mismatch)")
+                continue
+            try:
+                rows = pq.ParquetFile(path).metadata.num_rows
+            except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged file
+                problems.append(f"damaged: {f['path']} (unreadable: {exc})")
+                continue
+            if rows != f["rows"]:
+                problems.append(f"damaged: {f['path']} ({rows} rows, manifest says {f['rows']})")
+    return problems
+
+
+def require_intact(m: "Manifest") -> None:
+    """Raise one line naming the first missing or damaged shard (sizes, sha256, row counts)."""
+    problems = verify_files(m)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise KunbenchError(f"dataset {m.root} is damaged: {problems[0]}{more}; regenerate it, or pass --no-verify "
+                            f"to train on it anyway")

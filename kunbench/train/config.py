@@ -42,6 +42,7 @@ class TrainConfig:
     log_every: int = 10
     timing_warmup_steps: int = 5  # steps excluded from the train examples/s figure
     compile: bool = False  # torch.compile the training step (inductor); compile time is reported apart
+    verify_data: bool = True  # check every shard's size, sha256 and rows before training (--no-verify skips)
 
     def validate(self) -> "TrainConfig":
         def need(ok: bool, msg: str) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from kunbench import overrides
-from kunbench.data.manifest import Manifest, load_manifest
+from kunbench.data.manifest import Manifest, load_manifest, require_intact
 from kunbench.backends.common import kernels_of
 from kunbench.errors import KunbenchError
 from kunbench.train.config import TrainConfig
@@ -166,6 +166,8 @@ def run_training(backend: str, data: str | Path | None = None, *, preset: str | 
         for split in ("train", "eval"):
             if split not in manifest.splits:
                 raise KunbenchError(f"dataset {data} has no {split!r} split")
+        if cfg.verify_data:  # a damaged shard must never train silently (sha256 is cheap next to a pass)
+            require_intact(manifest)
         schema = manifest.schema
 
         seed_everything(cfg.seed)
