@@ -174,8 +174,23 @@ class GeneratorConfig:
             if not ok:
                 raise KunbenchError(msg)
 
+        # every number finite first: an inf or nan slips through range checks written as comparisons
+        for section, obj in [("", self), ("signal.", self.signal),
+                             *((f"events.{n}.", ev) for n, ev in self.events.items())]:
+            for f_ in dataclasses.fields(obj):
+                v = getattr(obj, f_.name)
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise KunbenchError(f"{section}{f_.name} must be a finite number, got {v}")
         need(self.rows >= 1, f"rows must be >= 1, got {self.rows}")
+        # beyond this the shard plan alone takes minutes and gigabytes before anything is written
+        need(self.rows <= 10**10, f"rows must be <= 10,000,000,000, got {self.rows:,}")
         need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        # timestamps are int64 epoch seconds: keep the start and both spans far from overflow
+        need(0 <= self.start_ts <= 2**32, f"start_ts must be epoch seconds in [0, 2^32], got {self.start_ts}")
+        for name in ("request_span_days", "history_span_days", "long_range_days"):
+            need(getattr(self, name) <= 36_500, f"{name} must be <= 36500 (100 years), got {getattr(self, name)}")
+        need(self.session_minutes <= 525_600, f"session_minutes must be <= 525600 (a year), got {self.session_minutes}")
+        need(self.latent_dim <= 4096, f"latent_dim must be <= 4096, got {self.latent_dim}")
         need(0.0 <= self.eval_fraction < 1.0, f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         need(self.rows_per_shard >= 1, f"rows_per_shard must be >= 1, got {self.rows_per_shard}")
         need(self.row_group_rows >= 1, f"row_group_rows must be >= 1, got {self.row_group_rows}")
