@@ -36,8 +36,9 @@ CASES = [
                        ("start_ts=9223372036854775000", "start_ts must be epoch seconds"),
                        ("history_span_days=1e300", "history_span_days must be <= 36500"),
                        ("session_minutes=inf", "session_minutes must be a finite number"),
-                       ("latent_dim=100000000", "latent_dim must be <= 4096"),
-                       ("rows=1000000000000", "rows must be <= 10,000,000,000")]],
+                       ("latent_dim=100000000", "latent_dim must be <= 4096")]],
+    ("a trillion rows", lambda t: ["generate", "--preset", "tiny", "--rows", "1000000000000", "--out",
+                                   str(t / "data")], "rows must be <= 10,000,000,000"),
     ("report into a missing directory", lambda t: ["report", str(_result_doc(t)), "--format", "md", "-o",
                                                    str(t / "missing" / "r.md")], "does not exist"),
 ]
