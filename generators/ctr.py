@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing as mp
+import os
 import queue as queue_mod
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -33,7 +34,7 @@ from kunbench.generators.writer import (
     cached_calibration,
     finished_sidecar,
     plan_shards,
-    prepare_dir,
+    directory_lock, prepare_dir,
     remove_stray_temps,
     store_calibration,
     write_manifest,
@@ -78,7 +79,24 @@ def check_run_args(config: GeneratorConfig, workers: int, num_shards: int, shard
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(config_dict: dict, root: str, fingerprint: str, progress_q) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: a worker gets SIGTERM when the generate process that started it dies (SIGKILL
+    included), instead of lingering blocked on a pipe. A parent that died before this ran is
+    caught by the pid check."""
+    import signal
+
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except Exception:  # noqa: BLE001 - not Linux, or no prctl: the pid check below still runs
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _init_worker(config_dict: dict, root: str, fingerprint: str, progress_q, parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
     cfg = config_from_dict(config_dict)
     _STATE.update(world=build_world(cfg), root=Path(root), fingerprint=fingerprint, queue=progress_q)
 
@@ -195,7 +213,7 @@ class _Runner:
     def _run_pool(self, bar, ctx, q, todo, total_rows, n_children) -> dict[int, dict]:
         with ProcessPoolExecutor(max_workers=n_children, mp_context=ctx, initializer=_init_worker,
                                  initargs=(self.world.config.to_dict(), str(self.root), self.fingerprint,
-                                           q)) as pool:
+                                           q, os.getpid())) as pool:
             def calib_mapper(parts, advance):
                 return _shared_map(parts, lambda p: (calibration_chunk_terms(self.world, *p), advance(p[1]))[0],
                                    _worker_calibration, pool, n_children, lambda: None,
@@ -238,6 +256,12 @@ def run(config: GeneratorConfig, out_dir: str | Path, workers: int = 1, num_shar
     fingerprint = config.fingerprint()
     specs = plan_shards(config)
     selected = [s for s in specs if s.index % num_shards == shard_index]
+    with directory_lock(root):
+        return _run_locked(config, root, fingerprint, specs, selected, workers, force, progress, t0)
+
+
+def _run_locked(config: GeneratorConfig, root: Path, fingerprint: str, specs: list[ShardSpec],
+                selected: list[ShardSpec], workers: int, force: bool, progress: bool, t0: float) -> GenerateResult:
     prepare_dir(root, fingerprint, force)
 
     t_setup, c_setup = time.perf_counter(), time.process_time()

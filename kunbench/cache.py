@@ -13,7 +13,6 @@ import contextlib
 import fcntl
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -67,16 +66,21 @@ def default_dataset(preset: str = DEFAULT_PRESET, *, log: Callable[[str], None] 
             return target
         if log is not None:
             log(f"generating the {preset!r} dataset once into {target} (reused by later runs)")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a shared cache should be readable
+        # one fixed work directory per dataset, used only under the lock: a run that was killed
+        # leaves it behind, and the next run resumes the shards it finished instead of starting over
+        tmp = root / f".{target.name}.partial"
+        for stale in root.glob(f".{target.name}.*"):  # work directories of older kunbench versions
+            if stale.is_dir() and stale != tmp:
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir(mode=0o755, exist_ok=True)
         try:
             (generate or _generate)(config, tmp)
-            if not (tmp / "manifest.json").is_file():
-                raise KunbenchError(f"dataset generation into {tmp} wrote no manifest.json")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+        except KunbenchError:
+            shutil.rmtree(tmp, ignore_errors=True)  # a refused config leaves nothing to resume
             raise
+        if not (tmp / "manifest.json").is_file():
+            raise KunbenchError(f"dataset generation into {tmp} wrote no manifest.json")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
     return target

@@ -93,3 +93,97 @@ def test_no_verify_trains_on_an_intact_dataset_without_hashing(tiny_dataset, tmp
                                     "2", "--device", "cpu", "--no-progress", "--no-verify", "--out",
                                     str(tmp_path / "res")])
     assert res.exit_code == 0, res.output
+
+
+def test_second_generate_into_a_directory_being_written_stops(tmp_path):
+    import fcntl
+    import os
+
+    from kunbench.generators.writer import LOCK_NAME
+
+    out = tmp_path / "data"
+    out.mkdir()
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another run holds the directory
+    try:
+        res = CliRunner().invoke(main, ["generate", "--preset", "tiny", "--rows", "100", "--out", str(out)])
+    finally:
+        os.close(fd)
+    assert res.exit_code == 2 and "being written by another kunbench generate run" in res.output
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+    res = CliRunner().invoke(main, ["generate", "--preset", "tiny", "--rows", "100", "--out", str(out)])
+    assert res.exit_code == 0, res.output  # the lock is free again: the run goes ahead
+    assert (out / "manifest.json").is_file()
+
+
+def _children_of(pid: int) -> list[int]:
+    import os
+
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/status") as fh:
+                    if any(ln.split()[1:] == [str(pid)] for ln in fh if ln.startswith("PPid:")):
+                        kids.append(int(entry))
+            except OSError:
+                pass
+    return kids
+
+
+def test_generate_workers_die_with_their_parent(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-m", "kunbench", "generate", "--preset", "tiny", "--rows", "400000",
+                               "--set", "rows_per_shard=25000", "--workers", "3", "--out", str(tmp_path / "d")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        children = []
+        for _ in range(200):  # wait for the worker processes to start
+            time.sleep(0.1)
+            children = _children_of(parent.pid)
+            if len(children) >= 2:
+                break
+        assert children, "no worker processes started"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 20
+        alive = children
+        while alive and time.time() < deadline:
+            time.sleep(0.2)
+            alive = [c for c in alive if os.path.exists(f"/proc/{c}") and "Z" not in open(f"/proc/{c}/stat").read()
+                     .split(")")[-1].split()[0]]
+        assert not alive, f"workers {alive} outlived their parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def test_killed_cache_generation_resumes_instead_of_leaving_a_temp_dir(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from kunbench.cache import default_dataset
+
+    monkeypatch.setenv("KUNBENCH_CACHE", str(tmp_path / "cache"))
+
+    def killed(config, out):
+        (Path(out) / "shard-done").write_text("x")
+        raise KeyboardInterrupt  # the run dies half way
+
+    with pytest.raises(KeyboardInterrupt):
+        default_dataset("tiny", generate=killed)
+    seen = []
+
+    def resumed(config, out):
+        seen.append((Path(out) / "shard-done").is_file())
+        (Path(out) / "manifest.json").write_text("{}")
+
+    target = default_dataset("tiny", generate=resumed)
+    assert seen == [True]  # the second run found the first one's work
+    assert (target / "manifest.json").is_file()
+    leftovers = [p.name for p in target.parent.iterdir() if p.is_dir() and p != target]
+    assert leftovers == []
