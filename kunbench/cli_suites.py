@@ -35,7 +35,10 @@ def compare_cmd(base, new, fail_rules, noise_k, fmt, show_all):
     from kunbench.results.compare import compare, parse_rule, table_rows
 
     rules = [parse_rule(r) for r in fail_rules]
-    cmp = compare(load_many([base]), load_many([new]), rules, k=noise_k)
+    skipped: list[str] = []
+    cmp = compare(load_many([base], skipped), load_many([new], skipped), rules, k=noise_k)
+    for msg in skipped:
+        err_console.print(f"[yellow]warning:[/] skipped {msg}", highlight=False, soft_wrap=True)
     if cmp.unmatched_rules:  # a gate that checks nothing must not pass silently (a typo in CI)
         names = sorted({r.key[3] for r in cmp.rows if r.status not in ("new", "missing")})
         shown = ", ".join(names[:25]) + (f", ... ({len(names)} in all)" if len(names) > 25 else "")
@@ -98,7 +101,10 @@ def report_cmd(results, fmt, plot_dir, output):
     from kunbench.results import load_many
     from kunbench.results.report import render
 
-    docs = load_many(results)
+    skipped: list[str] = []
+    docs = load_many(results, skipped)
+    for msg in skipped:
+        _log(f"warning: skipped {msg}")
     text = render(docs, fmt, console=console)
     if text is not None:
         if output:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kunbench.errors import KunbenchError
 from kunbench.results import measurement
 from kunbench.suites.common import (SuiteContext, bootstrap_ne, mean, resolve_backend, std, train_and_predict,
                                     world_note)
@@ -25,12 +26,18 @@ NAME = "ne"
 def run(ctx: SuiteContext) -> SuiteOutput:
     backends = ctx.backends()
     if not backends:
-        from kunbench.errors import KunbenchError
-
         raise KunbenchError("no backends to measure")
     repeats = ctx.repeats(1)
     baseline = ctx.suite_option("baseline", "interformer" if "interformer" in backends else backends[0])
-    n_boot = int(ctx.suite_option("bootstrap", 200))
+    if baseline not in backends:
+        raise KunbenchError(f"ne.baseline={baseline!r} is not one of the backends run ({', '.join(backends)})")
+    raw_boot = ctx.suite_option("bootstrap", 200)
+    try:
+        n_boot = int(raw_boot)
+    except (TypeError, ValueError):
+        n_boot = -1
+    if n_boot < 0 or str(raw_boot) != str(n_boot):
+        raise KunbenchError(f"ne.bootstrap must be an integer >= 0 (0 = no spread), got {raw_boot!r}")
     runs: dict[str, list] = {}
     configs: dict[str, Any] = {}
     for b in backends:

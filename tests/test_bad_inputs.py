@@ -187,3 +187,25 @@ def test_killed_cache_generation_resumes_instead_of_leaving_a_temp_dir(tmp_path,
     assert (target / "manifest.json").is_file()
     leftovers = [p.name for p in target.parent.iterdir() if p.is_dir() and p != target]
     assert leftovers == []
+
+
+@pytest.mark.parametrize("option, fragment", [
+    ("ne.bootstrap=-5", "ne.bootstrap must be an integer >= 0"),
+    ("ne.baseline=nosuch", "ne.baseline='nosuch' is not one of the backends run"),
+])
+def test_invalid_suite_option_values(tmp_path, monkeypatch, option, fragment):
+    monkeypatch.setenv("KUNBENCH_CACHE", str(tmp_path / "cache"))
+    res = CliRunner().invoke(main, ["run", "--suite", "ne", "-b", "wukong", "--set", option, "--device", "cpu",
+                                    "--out", str(tmp_path / "res")])
+    assert res.exit_code == 2, res.output
+    assert fragment in res.output and "Traceback" not in res.output
+
+
+def test_report_skips_one_truncated_file_in_a_directory(tmp_path):
+    good = _result_doc(tmp_path)
+    (good.parent / "suite-broken.json").write_text(good.read_text()[:40])  # a run killed mid-write
+    res = CliRunner().invoke(main, ["report", str(good.parent), "--format", "md"])
+    assert res.exit_code == 0, res.output
+    assert "skipped" in res.output and "suite-broken.json" in res.output and "train_qps" in res.output
+    res = CliRunner().invoke(main, ["report", str(good.parent / "suite-broken.json")])  # named: must load
+    assert res.exit_code == 2 and "Traceback" not in res.output

@@ -181,8 +181,28 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def load_many(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    return [load(p) for p in expand_paths(paths)]
+def load_many(paths: Iterable[str | Path], skipped: list[str] | None = None) -> list[dict[str, Any]]:
+    """Result files as given, and every *.json of a given directory. A file found in a directory
+    that cannot be read (say, truncated by a killed run) is skipped with its reason appended to
+    `skipped`, so one bad file does not hide the rest; a file named explicitly must load."""
+    docs: list[dict[str, Any]] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            docs.append(load(p))
+            continue
+        found = expand_paths([p])
+        loaded = []
+        for f in found:
+            try:
+                loaded.append(load(f))
+            except KunbenchError as exc:
+                if skipped is None:
+                    raise
+                skipped.append(str(exc))
+        if not loaded:
+            raise KunbenchError(f"{p}: none of its {len(found)} result files could be read")
+        docs += loaded
+    return docs
 
 
 def measurements_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
