@@ -34,7 +34,6 @@ from kunbench.generators.world import World
 from kunbench.metrics import LogLossSums
 
 MARKER_NAME = ".kunbench-dataset.json"
-LOCK_NAME = ".kunbench-generate.lock"  # held (flock) by the one generate run writing this directory
 SIDECAR_DIR = ".shards"
 SPLITS = ("train", "eval")
 GENERATOR_NAME = "kunbench.generators.ctr"
@@ -120,12 +119,13 @@ def remove_dataset_files(root: Path) -> None:
 def directory_lock(root: Path):
     """Hold an exclusive lock on `root` for one generate run; a second run into the same directory
     stops at once with one line (two writers would rename each other's shards and record wrong
-    checksums). The lock dies with its process, so a killed run never leaves it held."""
+    checksums). The lock is an flock on the directory itself: no file is left behind, and it dies
+    with its process, so a killed run never leaves it held."""
     if root.exists() and not root.is_dir():
         raise KunbenchError(f"--out {root} exists and is not a directory")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(root, os.O_RDONLY)
     except OSError as exc:
         raise KunbenchError(f"--out {root}: cannot write there ({exc.strerror or exc})") from None
     try:
@@ -143,7 +143,7 @@ def prepare_dir(root: Path, fingerprint: str, force: bool) -> None:
     """Create `root` for this dataset, resume it, or refuse a directory holding something else."""
     if root.exists() and not root.is_dir():
         raise KunbenchError(f"--out {root} exists and is not a directory")
-    if root.is_dir() and any(p.name != LOCK_NAME for p in root.iterdir()):
+    if root.is_dir() and any(root.iterdir()):
         existing = _existing_fingerprint(root)
         if existing != fingerprint:
             if not force:

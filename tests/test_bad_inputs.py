@@ -99,21 +99,19 @@ def test_second_generate_into_a_directory_being_written_stops(tmp_path):
     import fcntl
     import os
 
-    from kunbench.generators.writer import LOCK_NAME
-
     out = tmp_path / "data"
     out.mkdir()
-    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    fd = os.open(out, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)  # another run holds the directory
     try:
         res = CliRunner().invoke(main, ["generate", "--preset", "tiny", "--rows", "100", "--out", str(out)])
     finally:
         os.close(fd)
     assert res.exit_code == 2 and "being written by another kunbench generate run" in res.output
-    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+    assert list(out.iterdir()) == []  # nothing written, no lock file left
     res = CliRunner().invoke(main, ["generate", "--preset", "tiny", "--rows", "100", "--out", str(out)])
     assert res.exit_code == 0, res.output  # the lock is free again: the run goes ahead
-    assert (out / "manifest.json").is_file()
+    assert (out / "manifest.json").is_file() and not list(out.glob("*.lock"))
 
 
 def _children_of(pid: int) -> list[int]:

@@ -98,8 +98,17 @@ def test_bucketed_bounds_stay_within_each_streams_cap():
                                 "click": dataclasses.replace(get_backend("kunlun").presets["tiny"].streams["click"],
                                                              max_len=20),
                                 "conversion": get_backend("kunlun").presets["tiny"].streams["conversion"]}).eval()
-    torch._dynamo.reset()
+    class Wrapped(torch.nn.Module):  # like DDP: the model sits at `.module`, attributes are not forwarded
+        def __init__(self, inner):
+            super().__init__()
+            self.module = inner
+
+        def forward(self, b):
+            return self.module(b)
+
     with torch.no_grad():
         eager = model(batch)
-        got = CompiledModel(model, backend="aot_eager", fullgraph=True)(batch)
-    torch.testing.assert_close(got, eager, atol=1e-5, rtol=1e-5)
+        for net in (model, Wrapped(model)):
+            torch._dynamo.reset()
+            got = CompiledModel(net, backend="aot_eager", fullgraph=True)(batch)
+            torch.testing.assert_close(got, eager, atol=1e-5, rtol=1e-5)

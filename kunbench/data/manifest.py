@@ -169,10 +169,11 @@ def verify_files(m: "Manifest") -> list[str]:
     return problems
 
 
-def require_intact(m: "Manifest") -> None:
-    """Raise one line naming the first missing or damaged shard (sizes, sha256, row counts)."""
+def require_intact(m: "Manifest", skip_hint: str = "") -> None:
+    """Raise one line naming the first missing or damaged shard (sizes, sha256, row counts);
+    `skip_hint` names the caller's way to skip the check, if it has one."""
     problems = verify_files(m)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise KunbenchError(f"dataset {m.root} is damaged: {problems[0]}{more}; regenerate it, or pass --no-verify "
-                            f"to train on it anyway")
+        raise KunbenchError(f"dataset {m.root} is damaged: {problems[0]}{more}; regenerate it"
+                            + (f", or {skip_hint}" if skip_hint else ""))

@@ -32,7 +32,8 @@ class CompiledModel(nn.Module):
         self.compiled = torch.compile(model, backend=backend, fullgraph=fullgraph)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        layer = getattr(self.model, "input_layer", None)
+        inner = getattr(self.model, "module", self.model)  # DDP does not forward attribute lookups
+        layer = getattr(inner, "input_layer", None)
         bounds = {}
         for et in batch.sequences:
             longest = batch.max_length(et)

@@ -43,10 +43,13 @@ def result_name(kind: str, label: str) -> str:
     return f"{kind}-{safe}-{stamp}-{uuid.uuid4().hex[:8]}.json"
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()  # read once, at import: setting it later would race with other threads' files
 
 
 def preflight_out_dir(out_dir: str | Path | None, flag: str = "--out") -> Path:
@@ -75,7 +78,7 @@ def atomic_write_json(path: str | Path, doc: Any) -> Path:
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644 & ~_umask())  # mkstemp makes it 0600: a shared results directory stays readable
+        os.chmod(tmp, 0o644 & ~_UMASK)  # mkstemp makes it 0600: a shared results directory stays readable
         os.replace(tmp, path)
     except BaseException:
         try:

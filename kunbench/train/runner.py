@@ -167,7 +167,7 @@ def run_training(backend: str, data: str | Path | None = None, *, preset: str | 
             if split not in manifest.splits:
                 raise KunbenchError(f"dataset {data} has no {split!r} split")
         if cfg.verify_data:  # a damaged shard must never train silently (sha256 is cheap next to a pass)
-            require_intact(manifest)
+            require_intact(manifest, "skip this check with --no-verify (train) or --set train.verify_data=false")
         schema = manifest.schema
 
         seed_everything(cfg.seed)
