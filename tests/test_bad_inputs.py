@@ -207,3 +207,26 @@ def test_report_skips_one_truncated_file_in_a_directory(tmp_path):
     assert "skipped" in res.output and "suite-broken.json" in res.output and "train_qps" in res.output
     res = CliRunner().invoke(main, ["report", str(good.parent / "suite-broken.json")])  # named: must load
     assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def _copy_with_manifest(tiny_dataset, tmp_path, edit):
+    import shutil
+
+    root = tmp_path / "edited"
+    shutil.copytree(tiny_dataset, root)
+    m = json.loads((root / "manifest.json").read_text())
+    edit(m)
+    (root / "manifest.json").write_text(json.dumps(m))
+    return root
+
+
+def test_verify_notices_a_removed_eval_split(tiny_dataset, tmp_path):
+    root = _copy_with_manifest(tiny_dataset, tmp_path, lambda m: m["splits"].pop("eval"))
+    res = CliRunner().invoke(main, ["inspect", str(root), "--verify"])
+    assert res.exit_code != 0 and "no eval split" in res.output and "Traceback" not in res.output
+
+
+def test_manifest_with_columns_not_a_list_is_one_line(tiny_dataset, tmp_path):
+    root = _copy_with_manifest(tiny_dataset, tmp_path, lambda m: m.__setitem__("columns", {"a": 1}))
+    res = CliRunner().invoke(main, ["inspect", str(root)])
+    assert res.exit_code == 2 and "'columns' must be a list" in res.output and "Traceback" not in res.output

@@ -129,6 +129,11 @@ def load_manifest(root: str | Path) -> Manifest:
     for key in ("columns", "splits"):
         if key not in data:
             raise KunbenchError(f"{path} lacks {key!r}")
+    if not isinstance(data["columns"], list) or not all(isinstance(c, dict) for c in data["columns"]):
+        raise KunbenchError(f"{path}: 'columns' must be a list of column objects")
+    if not isinstance(data["splits"], dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("files"), list) for v in data["splits"].values()):
+        raise KunbenchError(f"{path}: 'splits' must map split names to objects with a 'files' list")
     columns = tuple(Column.from_dict(c) for c in data["columns"])
     return Manifest(root, data, columns, DatasetSchema.from_columns(list(columns)))
 
@@ -146,6 +151,14 @@ def verify_files(m: "Manifest") -> list[str]:
     import pyarrow.parquet as pq
 
     problems = []
+    cfg = m.data.get("config") if isinstance(m.data.get("config"), dict) else {}
+    if "rows" in cfg:  # a generated dataset: its config says which splits and how many rows it has
+        listed = sum(int(s_.get("rows", 0)) for s_ in m.splits.values())
+        if listed != int(cfg["rows"]):
+            problems.append(f"manifest lists {listed} rows in its splits, its config made {int(cfg['rows'])}")
+        if float(cfg.get("eval_fraction", 0)) > 0 and "eval" not in m.splits:
+            problems.append("manifest lists no eval split, though its config has eval_fraction "
+                            f"{cfg.get('eval_fraction')}")
     for split, s in m.splits.items():
         for f in s["files"]:
             path = m.root / f["path"]

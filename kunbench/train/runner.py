@@ -166,6 +166,8 @@ def run_training(backend: str, data: str | Path | None = None, *, preset: str | 
         for split in ("train", "eval"):
             if split not in manifest.splits:
                 raise KunbenchError(f"dataset {data} has no {split!r} split")
+        if manifest.split_rows("eval") == 0 and log is not None and ctx.is_main:
+            log(f"warning: {data} has no eval rows, so NE, AUC and gap closed below are n/a")
         if cfg.verify_data:  # a damaged shard must never train silently (sha256 is cheap next to a pass)
             require_intact(manifest, "skip this check with --no-verify (train) or --set train.verify_data=false")
         schema = manifest.schema
