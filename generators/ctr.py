@@ -115,8 +115,10 @@ def _progress_bar(enabled: bool):
     if not enabled:
         return nullcontext(None)
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    from kunbench.progress import progress
     from rich.text import Text
 
     class RowsPerSecond(ProgressColumn):
@@ -124,9 +126,9 @@ def _progress_bar(enabled: bool):
             speed = task.finished_speed or task.speed
             return Text(f"{speed:,.0f} rows/s" if speed else "- rows/s", style="progress.data.speed")
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+    return progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("rows"), RowsPerSecond(), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), transient=False)
+                    console=Console(stderr=True), unit="rows", transient=False)
 
 
 def _shared_map(items: list, local_fn, remote_fn, pool, n_children: int, poll, on_remote=None) -> list:

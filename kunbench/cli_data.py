@@ -159,6 +159,8 @@ def probe_cmd(directory, pool_k, merge_t, max_rows, as_json):
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from kunbench.progress import progress
+
     from kunbench.data.manifest import load_manifest, require_intact
     from kunbench.generators.probe import probe
 
@@ -169,8 +171,10 @@ def probe_cmd(directory, pool_k, merge_t, max_rows, as_json):
                             + ", ".join(f"{k} {m.split_rows(k)}" for k in ("train", "eval") if k in m.splits))
     cap = max_rows if max_rows is not None else 1 << 62
     total = sum(min(m.split_rows(s), cap) for s in ("train", "eval") if s in m.splits)
-    with Progress(TextColumn("probe"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True, disable=as_json) as prog:
+    prog_cm = (Progress(disable=True) if as_json else
+               progress(TextColumn("probe"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err_console, unit="rows", transient=True))
+    with prog_cm as prog:
         task = prog.add_task("rows", total=total)
         result = probe(directory, pool_k=pool_k, merge_t=merge_t, max_rows=cap,
                        progress=lambda n: prog.advance(task, n))

@@ -100,12 +100,13 @@ def _progress_factory(enabled: bool, console):
             yield (lambda total: None), (lambda total: None)
         return null()
 
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from kunbench.progress import progress
 
     @contextlib.contextmanager
     def bars():
-        prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        prog = progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} ex/s"),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
 
