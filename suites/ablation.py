@@ -158,10 +158,10 @@ def settings(ctx: SuiteContext) -> dict[str, Any]:
     # 1024-row throughput batches only on a GPU: on one CPU core a 1024-row Kunlun training step
     # takes seconds, and 13 rows x 2 modes x warm-up would outlast the training itself
     gpu = ctx.device.type == "cuda"
-    return {"batch_size": int(ctx.suite_option("batch_size", 1024 if gpu else 256)),
-            "window_s": float(ctx.suite_option("window_s", 2.0 if ctx.full else 0.4)),
-            "warmup": int(ctx.suite_option("warmup", 10 if big else 2)),
-            "windows": int(ctx.suite_option("windows", 3)),
+    return {"batch_size": ctx.number_option("batch_size", 1024 if gpu else 256, integer=True),
+            "window_s": ctx.number_option("window_s", 2.0 if ctx.full else 0.4, maximum=3600),
+            "warmup": ctx.number_option("warmup", 10 if big else 2, integer=True, strict=False),
+            "windows": ctx.number_option("windows", 3, integer=True),
             "interleave": bool(ctx.suite_option("interleave", not ctx.full)),
             "rows": ctx.suite_option("rows", None)}
 

@@ -163,6 +163,24 @@ class SuiteContext:
     def suite_option(self, key: str, default: Any) -> Any:
         return self.routed.get(f"suite:{self.suite}", {}).get(key, default)
 
+    def number_option(self, key: str, default: float, *, integer: bool = False, minimum: float = 0.0,
+                      maximum: float | None = None, strict: bool = True) -> Any:
+        """A numeric `--set SUITE.KEY`: finite, an integer when asked, above `minimum` (at least it
+        when not `strict`) and at most `maximum`; anything else is one line naming the option."""
+        raw = self.suite_option(key, default)
+        name = f"{self.suite}.{key}"
+        try:
+            value = float(raw)
+            ok = math.isfinite(value) and (not integer or value == int(value)) and not isinstance(raw, bool)
+        except (TypeError, ValueError):
+            ok = False
+        ok = ok and (value > minimum if strict else value >= minimum) and (maximum is None or value <= maximum)
+        if not ok:
+            kind = "an integer" if integer else "a finite number"
+            bound = f"{'>' if strict else '>='} {minimum:g}" + (f" and <= {maximum:g}" if maximum is not None else "")
+            raise KunbenchError(f"{name} must be {kind} {bound}, got {raw!r}")
+        return int(value) if integer else value
+
     def backend_sets(self, backend: str) -> dict[str, Any]:
         r = self.routed
         return {**r.get("all_backends", {}), **r.get(f"backend:{backend}", {})}

@@ -21,9 +21,9 @@ NAME = "mfu"
 
 def run(ctx: SuiteContext) -> SuiteOutput:
     big = ctx.full or ctx.device.type == "cuda"
-    bs = int(ctx.suite_option("batch_size", 1024 if big else 256))
-    window_s = float(ctx.suite_option("window_s", 2.0 if ctx.full else 0.75))
-    warmup = int(ctx.suite_option("warmup", 10 if ctx.full else 3))
+    bs = ctx.number_option("batch_size", 1024 if big else 256, integer=True)
+    window_s = ctx.number_option("window_s", 2.0 if ctx.full else 0.75, maximum=3600)
+    warmup = ctx.number_option("warmup", 10 if ctx.full else 3, integer=True, strict=False)
     windows = ctx.repeats(3)
     peak = device_peak(ctx.device, ctx.dtype)
     ctx.log(f"mfu: device peak {peak['flops_per_s'] / 1e9:,.1f} GFLOP/s ({peak['source']})"

@@ -30,8 +30,8 @@ def settings(ctx: SuiteContext) -> dict[str, Any]:
     bs = int_list(ctx.suite_option("batch_sizes", [256, 1024, 4096] if gpu else [64, 256, 1024]),
                   "qps.batch_sizes")
     return {"batch_sizes": bs,
-            "window_s": float(ctx.suite_option("window_s", 2.0 if ctx.full else 0.5)),
-            "warmup": int(ctx.suite_option("warmup", 10 if ctx.full else 3)),
+            "window_s": ctx.number_option("window_s", 2.0 if ctx.full else 0.5, maximum=3600),
+            "warmup": ctx.number_option("warmup", 10 if ctx.full else 3, integer=True, strict=False),
             "windows": ctx.repeats(3),
             "modes": str_list(ctx.suite_option("modes", ["infer", "train"]), "qps.modes", ("infer", "train"))}
 

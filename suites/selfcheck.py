@@ -209,11 +209,11 @@ def backend_runs(ctx: SuiteContext, batch_size: int, window_s: float, compile_: 
 
 def run(ctx: SuiteContext) -> SuiteOutput:
     cuda = ctx.device.type == "cuda"
-    bs = int(ctx.suite_option("batch_size", 1024 if cuda else 256))
-    window_s = float(ctx.suite_option("window_s", 1.0 if cuda else 0.5))
+    bs = ctx.number_option("batch_size", 1024 if cuda else 256, integer=True)
+    window_s = ctx.number_option("window_s", 1.0 if cuda else 0.5, maximum=3600)
     compile_ = str(ctx.suite_option("compile", True)).lower() not in ("false", "0", "no", "off")
     kernels = str(ctx.suite_option("kernels", True)).lower() not in ("false", "0", "no", "off")
-    budget_s = float(ctx.suite_option("budget_s", 420.0 if cuda else 540.0))
+    budget_s = ctx.number_option("budget_s", 420.0 if cuda else 540.0, strict=False)
     out = SuiteOutput(backends=ctx.backends(), config={"batch_size": bs, "window_s": window_s, "compile": compile_,
                                                        "budget_s": budget_s})
     unchecked: list[str] = []

@@ -188,13 +188,16 @@ def test_killed_cache_generation_resumes_instead_of_leaving_a_temp_dir(tmp_path,
 
 
 @pytest.mark.parametrize("option, fragment", [
+    ("mfu.window_s=inf", "mfu.window_s must be a finite number > 0"),
+    ("mfu.batch_size=-3", "mfu.batch_size must be an integer > 0"),
+    ("selfcheck.budget_s=-1", "selfcheck.budget_s must be a finite number >= 0"),
     ("ne.bootstrap=-5", "ne.bootstrap must be an integer >= 0"),
     ("ne.baseline=nosuch", "ne.baseline='nosuch' is not one of the backends run"),
 ])
 def test_invalid_suite_option_values(tmp_path, monkeypatch, option, fragment):
     monkeypatch.setenv("KUNBENCH_CACHE", str(tmp_path / "cache"))
-    res = CliRunner().invoke(main, ["run", "--suite", "ne", "-b", "wukong", "--set", option, "--device", "cpu",
-                                    "--out", str(tmp_path / "res")])
+    res = CliRunner().invoke(main, ["run", "--suite", option.split(".")[0], "-b", "wukong", "--set", option,
+                                    "--device", "cpu", "--out", str(tmp_path / "res")])
     assert res.exit_code == 2, res.output
     assert fragment in res.output and "Traceback" not in res.output
 
