@@ -233,3 +233,26 @@ def test_manifest_with_columns_not_a_list_is_one_line(tiny_dataset, tmp_path):
     root = _copy_with_manifest(tiny_dataset, tmp_path, lambda m: m.__setitem__("columns", {"a": 1}))
     res = CliRunner().invoke(main, ["inspect", str(root)])
     assert res.exit_code == 2 and "'columns' must be a list" in res.output and "Traceback" not in res.output
+
+
+def test_generate_that_cannot_fit_on_the_disk_is_refused_first(tmp_path, monkeypatch):
+    import collections
+    import shutil
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))  # 1 MB free
+    res = CliRunner().invoke(main, ["generate", "--preset", "small", "--rows", "100000", "--out", str(tmp_path / "d")])
+    assert res.exit_code == 2 and "need about" in res.output and "free" in res.output
+    assert not (tmp_path / "d").exists()
+
+
+def test_disk_estimate_is_close_to_what_is_written(tiny_dataset):
+    from kunbench.data.manifest import load_manifest
+    from kunbench.generators.config import config_from_dict
+    from kunbench.generators.ctr import estimated_bytes
+
+    m = load_manifest(tiny_dataset)
+    written = sum(f["bytes"] for s in m.splits.values() for f in s["files"])
+    rows = sum(m.split_rows(s) for s in m.splits)
+    estimate = estimated_bytes(config_from_dict(m.data["config"]), rows)
+    assert 0.5 * written < estimate < 3.0 * written, (estimate, written)
