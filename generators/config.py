@@ -191,6 +191,9 @@ class GeneratorConfig:
             need(getattr(self, name) <= 36_500, f"{name} must be <= 36500 (100 years), got {getattr(self, name)}")
         need(self.session_minutes <= 525_600, f"session_minutes must be <= 525600 (a year), got {self.session_minutes}")
         need(self.latent_dim <= 4096, f"latent_dim must be <= 4096, got {self.latent_dim}")
+        # a few thousand context columns is already far past any ranking log (paper: 936 + 48 + 12)
+        for name, cap in (("num_categorical", 20_000), ("num_dense", 20_000), ("num_multihot", 1_000)):
+            need(getattr(self, name) <= cap, f"{name} must be <= {cap:,}, got {getattr(self, name):,}")
         need(0.0 <= self.eval_fraction < 1.0, f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         need(self.rows_per_shard >= 1, f"rows_per_shard must be >= 1, got {self.rows_per_shard}")
         need(self.row_group_rows >= 1, f"row_group_rows must be >= 1, got {self.row_group_rows}")
