@@ -79,15 +79,6 @@ QUICK_TRAIN = {"batch_size": 256, "eval_batch_size": 1024, "lr": 3e-3, "timing_w
 DEFAULT_BACKEND_ORDER = ("interformer", "wukong", "kunlun")
 
 # dense peak TFLOP/s (no sparsity) by dtype, from the vendors' data sheets
-GPU_PEAKS_TFLOPS: list[tuple[str, dict[str, float]]] = [
-    ("H100 PCIe", {"bf16": 756.0, "tf32": 378.0, "fp32": 51.2}),
-    ("H100", {"bf16": 989.0, "tf32": 494.7, "fp32": 66.9}),  # SXM (HBM3)
-    ("H200", {"bf16": 989.0, "tf32": 494.7, "fp32": 66.9}),
-    ("A100", {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5}),
-    ("B200", {"bf16": 2250.0, "tf32": 1100.0, "fp32": 80.0}),
-    ("L4", {"bf16": 121.0, "tf32": 60.0, "fp32": 30.3}),
-]
-UNKNOWN_GPU_NAMES = ("H100 NVL",)  # variants the table does not cover: say so rather than guess
 
 
 # ---- options and context -------------------------------------------------------------------------
@@ -497,14 +488,11 @@ def cpu_peak_flops(n: int = 1536, min_seconds: float = 1.5, min_reps: int = 8) -
 def gpu_peak_flops(name: str, dtype: str) -> dict[str, Any]:
     """Dense peak for a GPU name and run dtype: bf16 -> bf16; fp32 -> tf32 when torch lets matmuls use
     TF32, else fp32. Unknown GPUs: flops_per_s None and a reason (never a guess)."""
+    from kunbench.peaks import gpu_peak_tflops
+
     key = "bf16" if dtype == "bf16" else ("tf32" if _tf32_enabled() else "fp32")
-    if any(u in name for u in UNKNOWN_GPU_NAMES):
-        return {"flops_per_s": None, "source": f"unknown GPU {name!r}: no peak in the table", "dtype": key}
-    for pattern, peaks in GPU_PEAKS_TFLOPS:
-        if pattern in name:
-            return {"flops_per_s": peaks[key] * 1e12, "source": f"table: {pattern} dense {key} "
-                    f"{peaks[key]:g} TFLOP/s", "dtype": key}
-    return {"flops_per_s": None, "source": f"unknown GPU {name!r}: no peak in the table", "dtype": key}
+    tflops, source = gpu_peak_tflops(name, key)
+    return {"flops_per_s": None if tflops is None else tflops * 1e12, "source": source, "dtype": key}
 
 
 def _tf32_enabled() -> bool:

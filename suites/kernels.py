@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import math
-import re
 import statistics
 import time
 from pathlib import Path
@@ -40,17 +39,12 @@ from kunbench.kernels.gdpa_triton import triton_available
 SUITE_NAME = "kernels"
 SCHEMA_VERSION = 1
 
-# Dense bf16/fp16 peak TFLOP/s (measurement.md), first match of these patterns against
-# torch.cuda.get_device_name(); variants outside the table (H100/H200 NVL, L40...) get None.
-PEAK_BF16_TFLOPS = ((r"H100.*PCIe", 756.0), (r"H100.*NVL", None), (r"H100", 989.0), (r"H200.*NVL", None),
-                    (r"H200", 989.0), (r"A100", 312.0), (r"B200", 2250.0), (r"\bL4\b", 121.0))
-
-
 def gpu_peak_bf16_tflops(name: str) -> float | None:
-    for pattern, peak in PEAK_BF16_TFLOPS:
-        if re.search(pattern, name, flags=re.IGNORECASE):
-            return peak
-    return None
+    """Dense bf16/fp16 peak of a GPU name (kunbench.peaks); None when not in the table."""
+    from kunbench.peaks import gpu_peak_tflops
+
+    return gpu_peak_tflops(name, "bf16")[0]
+
 
 GPU_SHAPES: list[dict[str, Any]] = [
     dict(name="pffn_prod", mode="pffn", batch=1152, max_len=1000, fill=0.5, heads=4, head_dim=128, f=256,
@@ -84,10 +78,10 @@ def device_peak_tflops(device: torch.device, dtype: torch.dtype) -> tuple[float 
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         if dtype not in (torch.bfloat16, torch.float16):
-            return None, f"{name}: no {dtype} peak in the measurement.md table"
+            return None, f"{name}: no {dtype} peak in the kunbench.peaks table"
         peak = gpu_peak_bf16_tflops(name)
         if peak is not None:
-            return peak, f"{name} (measurement.md table, dense bf16/fp16)"
+            return peak, f"{name} (kunbench.peaks table, dense bf16/fp16)"
         return None, f"{name}: not in the peak table, no peak"
     if device.type == "cpu":
         return cpu_calibration_tflops(dtype), f"CPU calibration GEMM ({dtype}), measured now"

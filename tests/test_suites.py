@@ -207,6 +207,9 @@ def test_gpu_peaks():
     unknown = common.gpu_peak_flops("NVIDIA H100 NVL", "bf16")
     assert unknown["flops_per_s"] is None and "unknown GPU" in unknown["source"]
     assert common.gpu_peak_flops("Some Future GPU", "fp32")["flops_per_s"] is None
+    # one table for MFU and the kernel suite (kunbench.peaks): an L40S is not an L4, an H200 NVL not an H200
+    assert common.gpu_peak_flops("NVIDIA L40S", "bf16")["flops_per_s"] is None
+    assert common.gpu_peak_flops("NVIDIA H200 NVL", "bf16")["flops_per_s"] is None
 
 
 def test_cpu_peak_measured(monkeypatch):
