@@ -1,4 +1,4 @@
-"""GDPA (models.md 3.2) in its three modes over left-aligned padded sequences, behind one dispatcher.
+"""GDPA in its three modes over left-aligned padded sequences, behind one dispatcher.
 
 `GDPA_h(Q, K, V) = act_h(Q K_h^T) * s @ V_h` per head: no softmax, no normaliser; `act_h` per head;
 `s` after the activation (`post`) or before it (`pre`).

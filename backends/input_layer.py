@@ -278,10 +278,7 @@ class InputLayer(nn.Module):
         longest = batch.max_length(event_type)
         kept_longest = longest if cap is None else min(longest, cap)
         extra = self.debug_extra_pad if self.merge != "time" else 0
-        width = jagged.padded_width(longest, cap) + extra
-        index, mask, kept = jagged.padded_index(seq.offsets, cap, width=width)
-        g = lambda v: jagged.gather_padded(v, index, mask)  # noqa: E731
-        return jagged.PaddedStreams(g(seq.item), g(seq.category), g(seq.ts), None, mask, kept, kept_longest)
+        return jagged.pad_stream(seq, cap, jagged.padded_width(longest, cap) + extra, kept_longest)
 
     def flops_per_example(self) -> int:
         """Matmul FLOPs of the input layer: the grouped dense projection (as executed, padded group)."""

@@ -1,4 +1,4 @@
-"""Jagged helpers of the backends: keep the most recent events of a stream, merge streams by time,
+"""Jagged helpers of the backends: merge padded streams by time,
 index the last K events. The padded views themselves (`padded_index`, `gather_padded`,
 `jagged_to_padded`, `padded_to_jagged`) live in `kunbench.data.jagged`, shared with the kernels'
 reference path, and are re-exported here.
@@ -11,67 +11,19 @@ never matter (tests fill them with garbage to prove it).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from kunbench.data.batch import EventSequence
 from kunbench.data.jagged import (gather_padded, jagged_to_padded, lengths_of, padded_index, padded_to_jagged,
                                   padded_width)
 
-__all__ = ["MergedSequence", "PaddedStreams", "gather_padded", "jagged_to_padded", "lengths_of", "merge_by_time",
-           "merge_padded", "padded_index", "padded_to_jagged", "padded_width", "recent_index", "truncate_recent"]
-
-
-@dataclass
-class MergedSequence:
-    """All event streams of a batch merged by time into one jagged sequence."""
-
-    item: torch.Tensor  # [N]
-    category: torch.Tensor  # [N]
-    ts: torch.Tensor  # [N]
-    event_type: torch.Tensor  # [N] int64, index into the schema's event types
-    offsets: torch.Tensor  # [B+1]
-
-
-def truncate_recent(seq: EventSequence, max_len: int) -> EventSequence:
-    """Keep only the most recent `max_len` events of each row (still jagged)."""
-    index, mask, kept = padded_index(seq.offsets, max_len)
-    flat = index[mask]
-    offsets = torch.zeros_like(seq.offsets)
-    offsets[1:] = torch.cumsum(kept, 0)
-    return EventSequence(seq.item[flat], seq.category[flat], seq.ts[flat], offsets)
-
-
-def merge_by_time(seqs: list[EventSequence], max_len: int | None = None) -> MergedSequence:
-    """Merge event streams per row by timestamp (oldest first); ties keep stream order, then the
-    order within the stream. Each stream is first cut to its most recent `max_len` events, which
-    cannot change the most recent `max_len` events of the merge."""
-    if not seqs:
-        raise ValueError("merge_by_time needs at least one stream")
-    if max_len is not None:
-        seqs = [truncate_recent(s, max_len) for s in seqs]
-    device = seqs[0].offsets.device
-    batch = seqs[0].offsets.shape[0] - 1
-    rows, etypes = [], []
-    for e, s in enumerate(seqs):
-        lens = lengths_of(s.offsets)
-        rows.append(torch.repeat_interleave(torch.arange(batch, device=device), lens))
-        etypes.append(torch.full((s.item.shape[0],), e, dtype=torch.int64, device=device))
-    row = torch.cat(rows)
-    ts = torch.cat([s.ts for s in seqs])
-    order = torch.sort(ts, stable=True).indices
-    order = order[torch.sort(row[order], stable=True).indices]
-    total = sum(lengths_of(s.offsets) for s in seqs)
-    offsets = torch.zeros(batch + 1, dtype=torch.int64, device=device)
-    offsets[1:] = torch.cumsum(total, 0)
-    return MergedSequence(
-        item=torch.cat([s.item for s in seqs])[order],
-        category=torch.cat([s.category for s in seqs])[order],
-        ts=ts[order],
-        event_type=torch.cat(etypes)[order],
-        offsets=offsets,
-    )
+__all__ = ["PaddedStreams", "gather_padded", "jagged_to_padded", "lengths_of", "merge_padded", "pad_stream",
+           "padded_index",
+           "padded_to_jagged", "padded_width", "recent_index"]
 
 
 @dataclass
@@ -87,11 +39,23 @@ class PaddedStreams:
     longest: int | None = None  # the longest kept row when known on the host
 
 
+def pad_stream(seq: EventSequence, max_len: int | None, width: int | None = None,
+               longest: int | None = None) -> PaddedStreams:
+    """One event stream cut to its most recent `max_len` events, as padded `[B, width]` columns
+    (`width`: a host int at least the longest kept row; None reads it from the device)."""
+    index, mask, kept = padded_index(seq.offsets, max_len, width=width)
+    g = lambda v: gather_padded(v, index, mask)  # noqa: E731
+    return PaddedStreams(g(seq.item), g(seq.category), g(seq.ts), None, mask, kept, longest)
+
+
 def merge_padded(streams: list[PaddedStreams], max_len: int | None, width: int) -> PaddedStreams:
     """Merge padded streams per row by timestamp (oldest first) and keep the most recent `max_len`
     events in a `[B, width]` result (`width`: a host int at least the longest kept merge). Ties keep
-    stream order, then the order within the stream (a stable sort of the concatenation), as
-    `merge_by_time` does; no length is read on the host."""
+    stream order, then the order within the stream (a stable sort of the concatenation); no length
+    is read on the host."""
+    if sum(s.mask.shape[1] for s in streams) == 0:  # no events anywhere: one padding column to gather from
+        cols = ("item", "category", "ts", "mask")
+        streams = [dataclasses.replace(s, **{k: F.pad(getattr(s, k), (0, 1)) for k in cols}) for s in streams]
     cat = lambda name: torch.cat([getattr(s, name) for s in streams], dim=1)  # noqa: E731
     mask = cat("mask")
     ts = cat("ts")

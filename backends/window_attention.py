@@ -107,15 +107,18 @@ class WindowSelfAttention(nn.Module):
         q, k, v = self.qkv(self.ln(s)).view(b, t, 3, h, dh).unbind(2)  # [B, T, H, dh]
         if rot is not None:
             q, k = rotate(q, *rot).to(v.dtype), rotate(k, *rot).to(v.dtype)  # fp32 tables under autocast
+        return s + self.out(self._attend(q, k, v, mask, maxlen, plan).reshape(b, t, d))
+
+    def _attend(self, q, k, v, mask: torch.Tensor, maxlen, plan: dict) -> torch.Tensor:
+        """Padded `q, k, v [B, T, H, d_h]`: softmax windows, or GDPA's self-attention mode."""
         if self.attention_act is None:
-            o = softmax_window_attention(q, k, v, mask, self.window, self.kernel, plan)
-        else:
-            span = torch.as_tensor(maxlen) if self.window is None else torch.as_tensor(maxlen).clamp(
-                max=2 * self.window + 1)
-            o = gdpa_self_attention(q, k, v, mask, activations=[self.attention_act] * h,
-                                    scale=1.0 / span.clamp(min=1).to(torch.float32),
-                                    position=self.scale_position, window=self.window, impl=self.gdpa_impl)
-        return s + self.out(o.reshape(b, t, d))
+            return softmax_window_attention(q, k, v, mask, self.window, self.kernel, plan)
+        span = torch.as_tensor(maxlen)
+        if self.window is not None:
+            span = span.clamp(max=2 * self.window + 1)
+        return gdpa_self_attention(q, k, v, mask, activations=[self.attention_act] * self.h,
+                                   scale=1.0 / span.clamp(min=1).to(torch.float32),
+                                   position=self.scale_position, window=self.window, impl=self.gdpa_impl)
 
     def _packed(self, s: torch.Tensor, p: Packed, rot, maxlen, plan: dict) -> torch.Tensor:
         """Packed tokens `s [N, d]`: softmax windows run packed (`packed.window_attention`); full
@@ -128,17 +131,7 @@ class WindowSelfAttention(nn.Module):
         if self.attention_act is None and self.window is not None and self.kernel == "sdpa":
             o = packed_window_attention(q, k, v, p, self.window, plan)
         else:
-            qp, kp, vp = (to_padded(x, p) for x in (q, k, v))
-            m = padded_mask(p)
-            if self.attention_act is None:
-                op = softmax_window_attention(qp, kp, vp, m, self.window, self.kernel, {})
-            else:
-                span = torch.as_tensor(maxlen) if self.window is None else torch.as_tensor(maxlen).clamp(
-                    max=2 * self.window + 1)
-                op = gdpa_self_attention(qp, kp, vp, m, activations=[self.attention_act] * h,
-                                         scale=1.0 / span.clamp(min=1).to(torch.float32),
-                                         position=self.scale_position, window=self.window, impl=self.gdpa_impl)
-            o = from_padded(op, p)
+            o = from_padded(self._attend(*(to_padded(x, p) for x in (q, k, v)), padded_mask(p), maxlen, {}), p)
         return s + self.out(o.reshape(n, d))
 
     @staticmethod

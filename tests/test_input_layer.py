@@ -85,28 +85,27 @@ def test_recent_index():
     assert valid.tolist() == [[True, True], [False, True], [False, False]]
 
 
-def test_merge_by_time_matches_python_sort():
+def test_merge_padded_matches_python_sort():
+    # the merge InterFormer's input layer runs: each stream cut to its newest 10, merged by time
+    # (ties: stream order, then order in the stream), the newest 10 of the merge kept
     schema = make_schema()
     batch = make_batch(schema, 6, seed=3)
     streams = [batch.sequences[et] for et in schema.event_types]
-    m = jagged.merge_by_time(streams, max_len=10)
+    m = jagged.merge_padded([jagged.pad_stream(s, 10) for s in streams], 10, width=10)
+    total = sum(s.lengths.clamp(max=10) for s in streams)
+    assert m.kept.tolist() == total.clamp(max=10).tolist()
     for r in range(6):
         events = []
         for e, s in enumerate(streams):
             lo, hi = int(s.offsets[r]), int(s.offsets[r + 1])
-            for i in range(lo, hi):
+            for i in range(max(lo, hi - 10), hi):
                 events.append((int(s.ts[i]), e, i - lo, int(s.item[i])))
-        events.sort()
-        want = events[-10:]
-        lo, hi = int(m.offsets[r]), int(m.offsets[r + 1])
-        assert hi - lo == sum(min(int(s.lengths[r]), 10) for s in streams)  # each stream cut first
-        tail = slice(hi - len(want), hi)
-        assert m.ts[tail].tolist() == [w[0] for w in want]
-        assert m.event_type[tail].tolist() == [w[1] for w in want]
-        assert m.item[tail].tolist() == [w[3] for w in want]
-    _, kept, _ = jagged.jagged_to_padded(m.item, m.offsets, max_len=10)
-    total = sum(s.lengths for s in streams)
-    assert kept.tolist() == total.clamp(max=10).tolist()
+        want = sorted(events)[-10:]
+        n = int(m.kept[r])
+        assert n == len(want) and m.mask[r].tolist() == [True] * n + [False] * (10 - n)
+        assert m.ts[r, :n].tolist() == [w[0] for w in want]
+        assert m.event_type[r, :n].tolist() == [w[1] for w in want]
+        assert m.item[r, :n].tolist() == [w[3] for w in want]
 
 
 def test_multihot_sum_pooled_and_dense_tokens():
@@ -155,3 +154,12 @@ def test_empty_histories_are_fine():
     out = layer(batch)
     assert out.sequences[0].tokens.shape == (3, 0, 8)
     assert isinstance(batch.sequences["click"], EventSequence)
+
+
+def test_merge_padded_of_all_empty_streams():
+    # every stream empty in the whole batch while the merged width is positive (extra padding, or a
+    # compiled bound): nothing to gather, an all-padding result
+    schema = make_schema()
+    batch = make_batch(schema, 3, seed=1, lengths={et: [0, 0, 0] for et in schema.event_types})
+    m = jagged.merge_padded([jagged.pad_stream(batch.sequences[et], 4) for et in schema.event_types], 4, width=4)
+    assert m.mask.shape == (3, 4) and not m.mask.any() and m.kept.tolist() == [0, 0, 0]

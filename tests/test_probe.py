@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kunbench.backends.jagged import merge_by_time
+from kunbench.backends.jagged import merge_padded, pad_stream
 from kunbench.cli import main
 from kunbench.data.batch import EventSequence
 from kunbench.generators.chunk import EventColumns
@@ -50,11 +50,10 @@ def test_merged_view_keeps_exactly_the_events_the_backend_merge_keeps(events, t_
     kept = merged_last_t(events, t_max)
     seqs = [EventSequence(torch.from_numpy(c.item), torch.from_numpy(c.category), torch.from_numpy(c.ts),
                           torch.from_numpy(c.offsets)) for c in events.values()]
-    merged = merge_by_time(seqs)
-    off = merged.offsets.numpy()
-    for r in range(len(off) - 1):
-        lo, hi = off[r], off[r + 1]
-        want = sorted(merged.item[max(lo, hi - t_max):hi].tolist())
+    # the merge InterFormer's input layer runs: newest t_max of each stream, merged, newest t_max kept
+    merged = merge_padded([pad_stream(s, t_max) for s in seqs], t_max, width=t_max)
+    for r in range(merged.kept.shape[0]):
+        want = sorted(merged.item[r, :int(merged.kept[r])].tolist())
         got = sorted(np.concatenate([c.item[c.row == r] for c in kept.values()]).tolist())
         assert got == want
 
