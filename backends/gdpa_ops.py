@@ -7,8 +7,9 @@ Kernels (`GDPAKernel`), chosen per call by `resolve_gdpa(choice, device, dtype)`
 - `TRITON`: the fused Triton kernels of `kunbench.kernels` on the padded tensors themselves
   (`kunbench::gdpa_padded_fwd`, lengths in place of offsets): CUDA, or the Triton interpreter
   under TRITON_INTERPRET=1 in tests;
-- `TORCH`: the same math as batched matmuls over the padded tensors with masks (the reference,
-  and the CPU path; FlopCounterMode sees exactly `gdpa_flops` on equal lengths).
+- `TORCH`: the same math as batched matmuls over the padded tensors with masks (the CPU path,
+  built from the reference's `activate` and `banded_product`; FlopCounterMode sees exactly
+  `gdpa_flops` on equal lengths).
 A config names `auto`, `triton` or `torch` (`fused` and `naive`, the names of older configs, mean
 `auto` and `torch`). `auto` is TRITON for CUDA tensors when triton is installed, TORCH otherwise;
 the environment variable KUNBENCH_KERNELS=triton|torch changes only what `auto` picks.
@@ -29,10 +30,10 @@ from typing import Sequence
 
 import torch
 
-from kunbench.backends.banded import band_gather, band_mask
 from kunbench.errors import KunbenchError
 from kunbench.kernels import ACTIVATION_IDS, select_implementation
-from kunbench.kernels.gdpa_reference import activation_fn
+from kunbench.kernels.gdpa_reference import activate, activation_fn, banded_product
+from kunbench.ops.banded import band_mask
 
 
 class GDPAKernel(str, enum.Enum):
@@ -100,13 +101,6 @@ def _triton(q, k, v, q_lengths, kv_lengths, activations, scale, position, window
     return out
 
 
-def activate(x: torch.Tensor, names: Sequence[str], head_dim: int) -> torch.Tensor:
-    """Apply `names[h]` to head `h` of `x` along `head_dim`."""
-    if len(set(names)) == 1:
-        return activation_fn(names[0])(x)
-    return torch.stack([activation_fn(n)(x.select(head_dim, h)) for h, n in enumerate(names)], dim=head_dim)
-
-
 def _scores_to_weights(a: torch.Tensor, names, scale: float, position: str, head_dim: int) -> torch.Tensor:
     """`act(a * s)` for `pre`; for `post` just `act(a)` (the caller folds `s` into V)."""
     return activate(a * scale if position == "pre" else a, names, head_dim)
@@ -115,6 +109,18 @@ def _scores_to_weights(a: torch.Tensor, names, scale: float, position: str, head
 def _v_scaled(v: torch.Tensor, scale: float, position: str) -> torch.Tensor:
     # act(a) * s @ V == act(a) @ (s V): scale the smaller tensor
     return v * scale if position == "post" else v
+
+
+def head_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, activations: Sequence[str], scale,
+                 position: str, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """`act(q k^T) * s @ v` on head-major `q [B|1, H, Lq, d_h]`, `k, v [B, H, Lk, d_h]` as two
+    batched matmuls (`s` folded into V for `post`); `keep`, broadcastable to `[B, H, Lq, Lk]`,
+    zeroes the weights of keys a query must not see. The torch path of every mode, and
+    InterFormer's `NaivePFFN`."""
+    w = _scores_to_weights(torch.matmul(q, k.transpose(-1, -2)), activations, scale, position, head_dim=1)
+    if keep is not None:
+        w = w.masked_fill(~keep, 0.0)
+    return torch.matmul(w, _v_scaled(v, scale, position))
 
 
 def same_dtype(*tensors: torch.Tensor) -> list[torch.Tensor]:
@@ -144,11 +150,8 @@ def gdpa_pffn(q: torch.Tensor, mask: torch.Tensor, k: torch.Tensor, v: torch.Ten
             w = activation_fn(name)(a * scale if position == "pre" else a)
             outs.append(torch.matmul(w, _v_scaled(v[:, :, h], scale, position)))  # [B, T, dh]
         return torch.stack(outs, dim=2) * mask[:, :, None, None]
-    qh = q.transpose(1, 2)  # [B, H, T, dh]
-    a = torch.matmul(qh, k.permute(0, 2, 3, 1))  # [B, H, T, F]
-    w = _scores_to_weights(a, activations, scale, position, head_dim=1)
-    out = torch.matmul(w, _v_scaled(v.transpose(1, 2), scale, position))  # [B, H, T, dh]
-    return out.transpose(1, 2) * mask[:, :, None, None]
+    out = head_product(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), activations, scale, position)
+    return out.transpose(1, 2) * mask[:, :, None, None]  # [B, T, H, dh]
 
 
 def gdpa_seed_pool(seeds: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, *,
@@ -158,11 +161,8 @@ def gdpa_seed_pool(seeds: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
     (real rows where `mask`) -> `[B, n, H, d_h]`; a row without events pools to zero."""
     if _uses_triton(impl, k):
         return _triton(seeds, k, v, None, mask.sum(1), list(activations), scale, position, None, True)
-    qh = seeds.transpose(0, 1)[None]  # [1, H, n, dh]
-    a = torch.matmul(qh, k.permute(0, 2, 3, 1))  # [B, H, n, T]
-    w = _scores_to_weights(a, activations, scale, position, head_dim=1)
-    w = w.masked_fill(~mask[:, None, None, :], 0.0)
-    out = torch.matmul(w, _v_scaled(v.transpose(1, 2), scale, position))  # [B, H, n, dh]
+    out = head_product(seeds.transpose(0, 1)[None], k.transpose(1, 2), v.transpose(1, 2), activations, scale,
+                       position, keep=mask[:, None, None, :])  # [B, H, n, dh]
     return out.transpose(1, 2)
 
 
@@ -174,23 +174,15 @@ def gdpa_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
         lengths = mask.sum(1)
         return _triton(q, k, v, lengths, lengths, list(activations), scale, position, window, False)
     t = q.shape[1]
-    vs = _v_scaled(v, scale, position)
     if window is not None and 2 * window + 1 < t:
-        index, valid = band_gather(t, window, q.device)
-        k_band, v_band = k[:, index], vs[:, index]  # [B, T, W, H, dh]
-        a = torch.einsum("bqhd,bqwhd->bqwh", q, k_band)
-        w = _scores_to_weights(a, activations, scale, position, head_dim=3)
-        keep = valid[None] & mask[:, index]
-        w = w.masked_fill(~keep[..., None], 0.0)
-        out = torch.einsum("bqwh,bqwhd->bqhd", w, v_band)
+        out = banded_product(q, k, _v_scaled(v, scale, position), mask, window,
+                             lambda a: _scores_to_weights(a, activations, scale, position, head_dim=3))
     else:
-        a = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1))  # [B, H, T, T]
-        w = _scores_to_weights(a, activations, scale, position, head_dim=1)
-        keep = band_mask(t, window, q.device)[None] & mask[:, None, :]
-        w = w.masked_fill(~keep[:, None], 0.0)
-        out = torch.matmul(w, vs.transpose(1, 2)).transpose(1, 2)
+        keep = band_mask(t, window, q.device)[None] & mask[:, None, :]  # [B, T, T]
+        out = head_product(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), activations, scale, position,
+                           keep=keep[:, None]).transpose(1, 2)
     return out * mask[:, :, None, None]
 
 
-__all__ = ["GDPAKernel", "GDPA_CHOICES", "activate", "gdpa_pffn", "gdpa_seed_pool", "gdpa_self_attention",
+__all__ = ["GDPAKernel", "GDPA_CHOICES", "gdpa_pffn", "gdpa_seed_pool", "gdpa_self_attention", "head_product",
            "normalize_choice", "resolve_gdpa"]

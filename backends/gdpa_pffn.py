@@ -1,4 +1,4 @@
-"""The GDPA-enhanced PFFN block (models.md 3.2): `S <- S + RMSNorm(LN(S) + GDPA(LN(S), K, V))`.
+"""The GDPA-enhanced PFFN block (docs/models.md 3.2): `S <- S + RMSNorm(LN(S) + GDPA(LN(S), K, V))`.
 
 Per example and per head, `K, V [F, H, d_h]` are generated from the flattened non-sequence
 summary `X_sum` by an MLP (one generator per stream and per layer), exactly as InterFormer's

@@ -1,4 +1,4 @@
-"""HSP, hierarchical seed pooling (models.md 3.3), and the InterFormer PMA summary it replaces.
+"""HSP, hierarchical seed pooling (docs/models.md 3.3), and the InterFormer PMA summary it replaces.
 
 HSP: `n_seed = seed_factor * n_tok` learned seeds `[n_seed, d_e]` shared by the batch (Decision:
 the seeds are the queries directly -- a query projection of free parameters adds nothing) attend

@@ -1,4 +1,4 @@
-"""Shared input layer (models.md section 0).
+"""Shared input layer (docs/models.md section 0).
 
 - One fused embedding table `[R, d]` for every categorical ID space: each categorical or
   multi-hot field owns a segment of rows (per-field row offsets); the candidate ad field and the
@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kunbench.backends import jagged, packed
-from kunbench.data import jagged as data_jagged
 from kunbench.data.batch import Batch
 from kunbench.data.manifest import DatasetSchema
+from kunbench.ops.jagged import padded_width, segment_ids, truncate_recent_index
 
 HASH_PRIME = 2**31 - 1
 _HASH_A1, _HASH_B1, _HASH_A2 = 1_103_515_245, 12_345, 1_664_525
@@ -214,7 +214,7 @@ class InputLayer(nn.Module):
             if self.merge == "time":
                 cap = self.seq_max_len
                 longest = sum(batch.max_length(et) for et in self.schema.event_types)
-                width = jagged.padded_width(longest, cap) + self.debug_extra_pad
+                width = padded_width(longest, cap) + self.debug_extra_pad
                 padded = [jagged.merge_padded(padded, cap, width)]
             for p in padded:
                 it, ct = self.rows_for(item_seg, p.item), self.rows_for(cat_seg, p.category)
@@ -228,9 +228,7 @@ class InputLayer(nn.Module):
         ctx = [parts.pop(0).view(b, -1, d)]
         for col in self.schema.multihot:
             jag = batch.multihot[col.name]
-            # each value's row, from the offsets on the device (no host read of the lengths)
-            row = torch.searchsorted(jag.offsets, torch.arange(jag.values.shape[0], device=cat.device),
-                                     right=True) - 1
+            row = segment_ids(jag.offsets, jag.values.shape[0])  # from the offsets on the device: no host read
             pooled = torch.zeros(b, d, dtype=emb.dtype, device=emb.device)
             ctx.append(pooled.index_add(0, row, parts.pop(0))[:, None])
         if self.n_dense_tokens:
@@ -266,7 +264,7 @@ class InputLayer(nn.Module):
         longest = batch.max_length(event_type)
         item, category, ts, offsets = seq.item, seq.category, seq.ts, seq.offsets
         if cap is not None and longest > cap:
-            index, offsets = data_jagged.truncate_recent_index(offsets, cap)
+            index, offsets = truncate_recent_index(offsets, cap)
             item, category, ts = item[index], category[index], ts[index]
             longest = cap
         return item, category, ts, packed.plan(offsets, item.shape[0], longest)
@@ -278,11 +276,7 @@ class InputLayer(nn.Module):
         longest = batch.max_length(event_type)
         kept_longest = longest if cap is None else min(longest, cap)
         extra = self.debug_extra_pad if self.merge != "time" else 0
-        return jagged.pad_stream(seq, cap, jagged.padded_width(longest, cap) + extra, kept_longest)
-
-    def flops_per_example(self) -> int:
-        """Matmul FLOPs of the input layer: the grouped dense projection (as executed, padded group)."""
-        return 2 * self.n_dense_tokens * self.group * self.d if self.n_dense_tokens else 0
+        return jagged.pad_stream(seq, cap, padded_width(longest, cap) + extra, kept_longest)
 
 
 def input_layer_flops(schema: DatasetSchema, d: int, n_dense_tokens: int) -> int:

@@ -1,4 +1,4 @@
-"""InterFormer (models.md section 2): bidirectional sequence / non-sequence interaction.
+"""InterFormer (docs/models.md section 2): bidirectional sequence / non-sequence interaction.
 
 Inputs: `X [B, n_x, d]` (one token per categorical or multi-hot field, `n_dense_tokens` for the
 dense features) and one sequence `S`: all event streams merged by time (event-type embedding
@@ -11,7 +11,7 @@ prepended to `S` as `n_sum` CLS tokens (so `n_cls = n_sum`). Each layer, from th
 
 Head: `MLP([flatten(X_sum) || flatten(S_sum)])` with the summaries recomputed after the last layer.
 
-Decisions where models.md is silent: post-norm residuals in the sequence arch; recent-K slots of
+Decisions where docs/models.md is silent: post-norm residuals in the sequence arch; recent-K slots of
 rows with fewer than K events are zero tokens; PMA attends over CLS tokens and events (so it is
 never empty); merged events get a learned embedding of their distance to the newest kept event
 (`position_embedding = "recency"`: RoPE in the MHA is relative and PMA has no positions, so

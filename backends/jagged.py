@@ -1,7 +1,6 @@
-"""Jagged helpers of the backends: merge padded streams by time,
-index the last K events. The padded views themselves (`padded_index`, `gather_padded`,
-`jagged_to_padded`, `padded_to_jagged`) live in `kunbench.data.jagged`, shared with the kernels'
-reference path, and are re-exported here.
+"""Jagged helpers of the backends: one event stream as padded columns, streams merged by time,
+the last K events of a padded row. The padded views themselves (`padded_index`, `gather_padded`,
+`jagged_to_padded`, ...) are torch-only and shared with the kernels' reference: `kunbench.ops.jagged`.
 
 Convention everywhere in the backends: a padded sequence is left-aligned, position 0 is the oldest
 kept event and the most recent real event sits at `lengths[b] - 1`; positions `>= lengths[b]` are
@@ -18,12 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from kunbench.data.batch import EventSequence
-from kunbench.data.jagged import (gather_padded, jagged_to_padded, lengths_of, padded_index, padded_to_jagged,
-                                  padded_width)
+from kunbench.ops.jagged import gather_padded, padded_index
 
-__all__ = ["PaddedStreams", "gather_padded", "jagged_to_padded", "lengths_of", "merge_padded", "pad_stream",
-           "padded_index",
-           "padded_to_jagged", "padded_width", "recent_index"]
+__all__ = ["PaddedStreams", "merge_padded", "pad_stream", "recent_index"]
 
 
 @dataclass

@@ -1,10 +1,10 @@
-"""Kunlun (models.md section 3): InterFormer's two streams with every module replaced.
+"""Kunlun (docs/models.md section 3): InterFormer's two streams with every module replaced.
 
-Inputs (the shared input layer, models.md 0): non-sequence tokens `X [B, n_x, d]` and one
+Inputs (the shared input layer, docs/models.md 0): non-sequence tokens `X [B, n_x, d]` and one
 sequence per event type `e` (item + category embedding, the most recent `max_len_e` events,
 timestamps beside), projected `d -> d_e` when the stream is narrower or wider than `d`.
 
-Per layer `l` (models.md 3.8):
+Per layer `l` (docs/models.md 3.8):
 1. weight generation input `X_sum = Gate(LCE(X))` `[B, n_sum, d]` (only in layers where some
    stream runs the GDPA PFFN, its one consumer);
 2. per stream `e` active in layer `l` (`l < layers_e`), by CompSkip (3.5; `config.runs(l)`):
@@ -23,7 +23,7 @@ the GDPA modes) use a padded view. `padded`: left-aligned padded tensors with ma
 consumer masks padded keys and padded query rows are zeroed or never read, so padding changes no
 output. The two layouts compute the same logits (tests prove it).
 GDPA's scale `s = 1/maxlen` uses each stream's longest true length in the batch
-(`gdpa_scale = batch_maxlen`, models.md) or the stream's `max_len` (`t_max`, batch independent).
+(`gdpa_scale = batch_maxlen`, docs/models.md) or the stream's `max_len` (`t_max`, batch independent).
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ def build(config: KunlunConfig, schema: DatasetSchema) -> KunlunModel:
     return KunlunModel(config.validate(), schema)
 
 
-# ---- analytic FLOPs (models.md 4) --------------------------------------------------------------
+# ---- analytic FLOPs (docs/models.md 4) --------------------------------------------------------------
 def stream_flops(config: KunlunConfig, sc: StreamConfig, length: torch.Tensor) -> torch.Tensor:
     """Forward matmul FLOPs of one stream per example at true kept length `length` (float64 [B])."""
     d = config.d

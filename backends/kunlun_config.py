@@ -1,6 +1,6 @@
-"""Kunlun's config (models.md section 3): a frozen dataclass, its validation and size presets.
+"""Kunlun's config (docs/models.md section 3): a frozen dataclass, its validation and size presets.
 
-Every one of the seven components has a switch, named as in models.md (values in brackets):
+Every one of the seven components has a switch, named as in docs/models.md (values in brackets):
 `rote` [rote | rope | none], `gdpa` [auto | triton | torch], `summary` [hsp | pma], `sumkron` [on | off],
 `attention` [window | full], `compskip` [on | off], `event_personalization` [on | off] and
 `experts` [M >= 1]. The switches are plain strings so `--set compskip=off` parses as written
@@ -33,7 +33,7 @@ _FALSY = {"false", "no", "0", "off"}
 
 @dataclass(frozen=True)
 class StreamConfig:
-    """One event stream's sequence model (models.md 3.6)."""
+    """One event stream's sequence model (docs/models.md 3.6)."""
 
     d: int = 32  # stream width d_e (tokens are projected d -> d_e; summaries d_e -> d)
     heads: int = 2  # heads of the GDPA PFFN, the self-attention and the seed attention
@@ -141,8 +141,9 @@ class KunlunConfig:
         return {et: self.stream_for(et) for et in schema.event_types}
 
     @property
-    def max_lengths(self) -> int:
-        """An upper bound on every stream's kept length, for the loader's exact pre-truncation."""
+    def longest_stream_len(self) -> int:
+        """The largest `max_len` of any stream: an upper bound on every stream's kept length (the
+        loader's pre-truncation when no schema says which stream is which)."""
         return max([self.stream.max_len, *(s.max_len for s in self.streams.values())])
 
     def head_activation(self, h: int) -> str:
@@ -152,7 +153,7 @@ class KunlunConfig:
         return [self.head_activation(h) for h in range(heads)]
 
     def runs(self, layer: int) -> tuple[bool, bool, bool]:
-        """(GDPA PFFN, self-attention, fresh summary) in global layer `layer` (models.md 3.5)."""
+        """(GDPA PFFN, self-attention, fresh summary) in global layer `layer` (docs/models.md 3.5)."""
         if self.compskip == "off":
             return True, True, True
         even = layer % 2 == 0

@@ -2,7 +2,7 @@
 
 Each layer that does matmuls has a `flops(...)` static helper giving its forward matmul FLOPs
 (2 per multiply-add) so the backends' analytic counts are sums of the same terms the code runs.
-Not counted anywhere (models.md section 4 counts matmuls only, as FlopCounterMode does): layer
+Not counted anywhere (docs/models.md section 4 counts matmuls only, as FlopCounterMode does): layer
 norms, activations, softmax, masking, scaling, RoPE rotations, residual adds, biases, gating
 products, pooling and embedding lookups.
 """
@@ -14,6 +14,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from kunbench.backends.gdpa_ops import head_product
+from kunbench.backends.rote import apply_rope, rope_tables
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
@@ -151,27 +154,6 @@ class PMA(nn.Module):
         return 2 * n_seeds * d * d
 
 
-def rope_tables(length: int, dh: int, device, dtype, base: float = 10_000.0,
-                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin `[L, dh/2]` (or `[B, L, dh/2]` for per-row positions) for rotary embedding."""
-    half = dh // 2
-    inv = base ** (-torch.arange(half, device=device, dtype=torch.float32) / half)
-    pos = torch.arange(length, device=device, dtype=torch.float32) if positions is None else positions.float()
-    ang = pos[..., None] * inv
-    return ang.cos().to(dtype), ang.sin().to(dtype)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate `x [B, L, H, dh]` (token-major, the layout the QKV projection produces) by
-    half-split pairs `(x[:dh/2], x[dh/2:])`: `(x1 cos - x2 sin, x2 cos + x1 sin)`; `cos, sin` are
-    `[L, dh/2]` or `[B, L, dh/2]`. Written as `x * cos' + swap(x) * sin'` with full-width tables
-    expanded over heads, so the products run over contiguous memory (much faster on CPU)."""
-    h, dh = x.shape[-2], x.shape[-1]
-    cos_f = torch.cat([cos, cos], dim=-1).unsqueeze(-2).expand(*cos.shape[:-1], h, dh).contiguous()
-    sin_f = torch.cat([-sin, sin], dim=-1).unsqueeze(-2).expand(*sin.shape[:-1], h, dh).contiguous()
-    return x * cos_f + torch.roll(x, dh // 2, dims=-1) * sin_f  # roll by dh/2 swaps the halves
-
-
 class RopeMHA(nn.Module):
     """Multi-head self-attention with RoPE on Q and K (positions 0..L-1) and a key padding mask."""
 
@@ -198,7 +180,7 @@ class RopeMHA(nn.Module):
 
 
 class NaivePFFN(nn.Module):
-    """InterFormer's personalized FFN, the unfused reading (models.md 2 and 3.2):
+    """InterFormer's personalized FFN, the unfused reading (docs/models.md 2 and 3.2):
     per sample, `K, V [F, H, d_h]` are generated from `flatten(X_sum)` by an MLP, and per head
     `PFFN(S)_h = act(S_h K_h^T) * s @ V_h` (scale after the activation, `scale_position="post"`,
     or `act(S_h K_h^T * s) @ V_h` with `"pre"`), as plain batched matmuls."""
@@ -208,7 +190,7 @@ class NaivePFFN(nn.Module):
         super().__init__()
         self.d, self.h, self.n_kv, self.scale_position = d, n_heads, n_kv, scale_position
         self.weight_gen = MLP([n_in, hidden, 2 * n_kv * d], act="relu")
-        self.act = ACTIVATIONS[act]()
+        self.act_name = act
 
     def generate(self, x_sum_flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`[B, n_in]` -> K, V each `[B, H, F, d_h]`."""
@@ -217,13 +199,11 @@ class NaivePFFN(nn.Module):
         return kv[:, 0].transpose(1, 2), kv[:, 1].transpose(1, 2)
 
     def attend(self, s: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """GDPA's PFFN product (`gdpa_ops.head_product`, one activation for every head)."""
         b, t, d = s.shape
         sh = s.view(b, t, self.h, d // self.h).transpose(1, 2)  # [B, H, T, dh]
-        a = torch.matmul(sh, k.transpose(-1, -2))  # [B, H, T, F]
-        if self.scale_position == "post":
-            # act(a) * s @ V == act(a) @ (s V): scale the F x dh values, not the T x F activations
-            return torch.matmul(self.act(a), v * scale).transpose(1, 2).reshape(b, t, d)
-        return torch.matmul(self.act(a * scale), v).transpose(1, 2).reshape(b, t, d)
+        out = head_product(sh, k, v, [self.act_name] * self.h, scale, self.scale_position)
+        return out.transpose(1, 2).reshape(b, t, d)
 
     def forward(self, x_sum_flat: torch.Tensor, s: torch.Tensor, scale: float) -> torch.Tensor:
         k, v = self.generate(x_sum_flat)

@@ -1,4 +1,4 @@
-"""Mixture of Wukong Experts (models.md 3.7): global interaction over `[X || stream summaries]`.
+"""Mixture of Wukong Experts (docs/models.md 3.7): global interaction over `[X || stream summaries]`.
 
 `M` experts, each a stack of `layers` Wukong layers (`wukong.WukongLayer`: FMB + LCB + residual,
 LayerNorm) over the full token set. Decision: a dense ensemble -- every expert sees every example,

@@ -7,8 +7,9 @@ stream spends most of its work on padding that the analytic FLOPs never count.
 
 A `Packed` stream carries, beside its values, each token's row and position in the row, and the
 row offsets. Products that need a per-row shape (a row's own K/V, seed pooling) run on a padded
-view (`to_padded` / `from_padded`), which costs one scatter and one gather of the tokens. Every helper here reads only shapes on the host: N is the values' length, and the
-longest row is a host integer that the batch carries.
+view (`to_padded` / `from_padded`), which costs one scatter and one gather of the tokens. Every
+helper here reads only shapes on the host: N is the values' length, and the longest row is a host
+integer that the batch carries.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from kunbench.ops.jagged import lengths_of, segment_ids
 
 
 @dataclass
@@ -34,9 +37,9 @@ class Packed:
 
 def plan(offsets: torch.Tensor, n: int, longest: int) -> Packed:
     """Row and position of each of the `n` packed tokens (no host read of the offsets)."""
-    idx = torch.arange(n, device=offsets.device)
-    row = torch.searchsorted(offsets, idx, right=True) - 1
-    return Packed(row, idx - offsets[row], offsets, offsets[1:] - offsets[:-1], int(longest))
+    row = segment_ids(offsets, n)
+    pos = torch.arange(n, device=offsets.device) - offsets[row]
+    return Packed(row, pos, offsets, lengths_of(offsets), int(longest))
 
 
 def to_padded(x: torch.Tensor, p: Packed, width: int | None = None) -> torch.Tensor:

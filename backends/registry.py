@@ -2,12 +2,11 @@
 
 A backend is a `BackendSpec`: a typed config dataclass with named size presets, a builder from
 (config, dataset schema) to an `nn.Module` mapping a `Batch` to logits `[B]`, and an analytic
-forward-FLOPs function (models.md section 4).
+forward-FLOPs function (docs/models.md section 4).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Callable
@@ -78,7 +77,3 @@ def get_backend(name: str) -> BackendSpec:
                 raise KunbenchError(f"entry point {ep.value!r} for backend {name!r} is not a BackendSpec")
             return spec
     raise KunbenchError(f"unknown backend {name!r} (available: {', '.join(available_backends())})")
-
-
-def config_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)

@@ -1,4 +1,4 @@
-"""Sliding-window self-attention over one event stream (models.md 3.4), with ROTE on Q and K.
+"""Sliding-window self-attention over one event stream (docs/models.md 3.4), with ROTE on Q and K.
 
 Token `i` sees keys `|i - j| <= w` (symmetric: every token is history, nothing leaks);
 `window=None` is full attention (`attention = full`). Pre-norm residual block (Decision):
@@ -7,10 +7,10 @@ Token `i` sees keys `|i - j| <= w` (symmetric: every token is history, nothing l
 Softmax by default, two kernels:
 - `sdpa`: `torch.nn.functional.scaled_dot_product_attention` with a boolean band mask. Where the
   window is narrow against T (`T > 3w + 1`), queries are cut into chunks of `c = max(w, 8)` rows,
-  each attending to one key block of `c + 2w` rows (`banded.chunk_plan`): O(T w) work and memory,
-  about `(c + 2w) / (2w + 1)` (~1.5x) the exact band;
-- `naive`: explicit matmuls on exactly `min(T, 2w + 1)` keys per query (`banded.band_gather`), the
-  reference FlopCounterMode checks against.
+  each attending to one key block of `c + 2w` rows (`kunbench.ops.banded.chunk_plan`): O(T w)
+  work and memory, about `(c + 2w) / (2w + 1)` (~1.5x) the exact band;
+- `naive`: explicit matmuls on exactly `min(T, 2w + 1)` keys per query
+  (`kunbench.ops.banded.band_gather`), the reference FlopCounterMode checks against.
 `attention_act` set to an activation runs GDPA's self-attention mode instead (no softmax, scale
 `1 / min(maxlen, 2w + 1)` -- Decision: the most keys a query can see), fused or naive by `gdpa`.
 """
@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kunbench.backends.banded import band_gather, band_keep, chunk_plan, full_keep
 from kunbench.backends.gdpa_ops import gdpa_self_attention
 from kunbench.backends.modules import attention_flops
 from kunbench.backends.packed import Packed, from_padded, padded_mask, to_padded
 from kunbench.backends.packed import window_attention as packed_window_attention
 from kunbench.backends.rote import rotate
+from kunbench.ops.banded import band_gather, band_keep, chunk_plan, full_keep
 
 
 def softmax_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
@@ -136,6 +136,6 @@ class WindowSelfAttention(nn.Module):
 
     @staticmethod
     def flops(length, d: int, window: int | None):
-        """QKV and output projections + `4 T min(T, 2w + 1) d` (models.md 4)."""
+        """QKV and output projections + `4 T min(T, 2w + 1) d` (docs/models.md 4)."""
         keys = length if window is None else torch.clamp(torch.as_tensor(length), max=2 * window + 1)
         return 2 * 3 * length * d * d + 2 * length * d * d + attention_flops(length, keys, d)

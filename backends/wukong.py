@@ -1,4 +1,4 @@
-"""Wukong (models.md section 1): stacked FMB + LCB layers over a token set, MLP head.
+"""Wukong (docs/models.md section 1): stacked FMB + LCB layers over a token set, MLP head.
 
 Tokens `X_0 [B, n, d]`: the shared input layer's context tokens (categorical fields, multi-hot
 fields, dense groups) plus, per event type, the mean of the last `history_k` sequence tokens
@@ -31,7 +31,7 @@ class WukongConfig:
     n_F: int = 8  # FMB output tokens
     n_L: int = 8  # LCB output tokens
     k: int = 16  # optimized-FM rank (columns of Y)
-    fm_y: str = "static"  # Y [n, k]: static (learned, models.md's decision) | attentive (Y = X W_Y, W_Y [d, k])
+    fm_y: str = "static"  # Y [n, k]: static (learned, docs/models.md's decision) | attentive (Y = X W_Y, W_Y [d, k])
     fmb_mlp: tuple[int, ...] = (256,)  # hidden widths of the FMB MLP
     head_mlp: tuple[int, ...] = (256, 64)  # hidden widths of the head MLP
     history_k: int = 64  # K: mean of the last K item tokens per event type

@@ -47,7 +47,7 @@ V2_TERMS = ("repeat", "target_peak", "transition", "time_gap", "fatigue")
 @dataclass(frozen=True)
 class SignalConfig:
     """Strength of each of the twelve logit terms, in logit standard deviations (0 = off), and
-    the shape of the five nonlinear history terms (docs/world.md gives each formula)."""
+    the shape of the five nonlinear history terms (docs/data.md section 5 gives each formula)."""
 
     context: float = 0.5
     cross: float = 0.5

@@ -1,4 +1,4 @@
-"""The label: twelve logit terms (docs/world.md), z-scored on a calibration sample, plus a bias.
+"""The label: twelve logit terms (docs/data.md section 5), z-scored on a calibration sample, plus a bias.
 
 Every term is a deterministic function of the row's observed columns and the hidden world, so
 `p_true = sigmoid(logit)` is the Bayes-optimal prediction and its NE is the dataset's floor.

@@ -191,7 +191,7 @@ def run_cmd(suite, backends, preset, data, device, dtype, repeat, config_file, s
 
     from kunbench import overrides
     from kunbench.results.report import print_tables
-    from kunbench.suites.common import RunOptions
+    from kunbench.suites.context import RunOptions
     from kunbench.suites.registry import parse_suite_list
     from kunbench.suites.runner import check_options, run_suites
     from kunbench.train.distributed import resolve_device
@@ -222,7 +222,7 @@ def run_cmd(suite, backends, preset, data, device, dtype, repeat, config_file, s
     )
     check_options(opts)
     if opts.write:
-        from kunbench.train.results import preflight_out_dir
+        from kunbench.results import preflight_out_dir
 
         preflight_out_dir(opts.out)
     threads = threads or file_opts.get("threads")

@@ -104,7 +104,7 @@ def train_cmd(backend, data, preset, sets, device, dtype, steps, batch_size, lr,
                             verify_data=False if no_verify else None)
     if data is not None and not Path(data).is_dir():
         raise KunbenchError(f"--data {data}: no such dataset directory")
-    from kunbench.train.results import preflight_out_dir
+    from kunbench.results import preflight_out_dir
 
     preflight_out_dir(out_dir)
     if threads is not None:

@@ -1,4 +1,4 @@
-"""The environment stamp (measurement.md): software versions, host, CPU and GPU through NVML."""
+"""The environment stamp (docs/measurement.md): software versions, host, CPU and GPU through NVML."""
 
 from __future__ import annotations
 

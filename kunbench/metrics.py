@@ -1,4 +1,4 @@
-"""Quality metrics from summed sufficient statistics (measurement.md), so shards and ranks merge exactly."""
+"""Quality metrics from summed sufficient statistics (docs/measurement.md), so shards and ranks merge exactly."""
 
 from __future__ import annotations
 

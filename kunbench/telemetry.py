@@ -1,4 +1,4 @@
-"""Telemetry around measured windows (measurement.md): an NVML sampler thread for the GPU and
+"""Telemetry around measured windows (docs/measurement.md): an NVML sampler thread for the GPU and
 host figures (CPU model, cores, RSS peak).
 
     with Telemetry(device="cuda:0") as tel:

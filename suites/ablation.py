@@ -23,7 +23,7 @@ sampled labels stay in the table as their own columns (what a real dataset would
 
 Other columns: gap closed (sampled and expected), forward GFLOPs/example and ΔFLOPs %, train and
 inference examples/s (in-memory source, median over windows, interleaved across rows so machine
-drift hits every row alike) and Δ QPS %, training MFU (3 x forward FLOPs / peak), parameters; the
+drift hits every row alike) and Δ QPS %, training MFU (kunbench.hardware: training FLOPs / peak), parameters; the
 Kunlun paper's published deltas beside ours, converted to this table's direction (a row flips a
 switch *off*, the paper reports turning it *on*).
 
@@ -47,9 +47,11 @@ from kunbench.errors import KunbenchError
 from kunbench.backends.gdpa_ops import resolve_gdpa
 from kunbench.results import measurement
 from kunbench.train.evaluate import autocast_dtype
-from kunbench.suites.common import (SuiteContext, ThroughputProbe, bootstrap_expected_ne, bootstrap_ne, build_model,
-                                    device_peak, mean, resolve_backend, same_eval_rows, std, str_list,
-                                    train_and_predict, world_note)
+from kunbench.hardware import device_peak, flops_convention, mfu
+from kunbench.stats import bootstrap_expected_ne, bootstrap_ne, mean, std
+from kunbench.suites.context import SuiteContext, build_model, resolve_backend, str_list, world_note
+from kunbench.suites.throughput import ThroughputProbe
+from kunbench.suites.training import same_eval_rows, train_and_predict
 from kunbench.suites.registry import SuiteOutput, SuiteSpec
 
 NAME = "ablation"
@@ -253,10 +255,9 @@ def run(ctx: SuiteContext) -> SuiteOutput:
                     "infer_qps": tps["infer"].qps, "infer_qps_std": std(tps["infer"].window_qps),
                     "ops": tps["train"].ops.get("cuda_launches", tps["train"].ops.get("aten_ops")),
                     "kernels": ", ".join(f"{k}={v}" for k, v in tps["train"].kernels.items()) or "-"})
-        if peak.get("flops_per_s") and res["flops"]:
-            total_peak = peak["flops_per_s"] * ctx.world_size  # examples/s are global over ranks
-            res["mfu"] = 100.0 * 3.0 * res["flops"] * res["train_qps"] / total_peak
-            res["mfu_samples"] = [100.0 * 3.0 * res["flops"] * q / total_peak
+        if mfu(res["flops"], res["train_qps"], peak, training=True, world_size=ctx.world_size) is not None:
+            res["mfu"] = mfu(res["flops"], res["train_qps"], peak, training=True, world_size=ctx.world_size)
+            res["mfu_samples"] = [mfu(res["flops"], q, peak, training=True, world_size=ctx.world_size)
                                   for q in tps["train"].window_qps]
     for name, res in list(results.items()):
         if res.get("same_as_full"):
@@ -336,7 +337,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
         ]
         if res.get("mfu") is not None:
             ms.append(measurement(NAME, row.backend, variant, "train_mfu_pct", res["mfu"], unit="%", better="higher",
-                                  samples=res["mfu_samples"], flops_convention="training = 3 x forward",
+                                  samples=res["mfu_samples"], flops_convention=flops_convention(True),
                                   peak_source=peak.get("source")))
         dkind = "paired bootstrap over eval rows" if repeats < 2 else f"std over {repeats} seeds"
         if d.get("dne") is not None:
@@ -375,7 +376,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
         "rows": table_rows, "label_columns": 1,
         "notes": [world_note(ctx) + f"; throughput at batch {s['batch_size']} from the in-memory source, "
                   f"median of {s['windows']} windows",
-                  f"MFU: 3 x forward FLOPs x train ex/s / peak ({peak.get('source')})",
+                  f"MFU: {flops_convention(True)} FLOPs x train ex/s / peak ({peak.get('source')})",
                   "kernels that ran: " + "; ".join(
                       f"{k} ({', '.join(r['row'] for r in table_rows if r.get('kernels') == k)})"
                       for k in dict.fromkeys(r.get("kernels") for r in table_rows if r.get("kernels"))),
@@ -409,5 +410,5 @@ def run(ctx: SuiteContext) -> SuiteOutput:
 
 
 SUITE = SuiteSpec(NAME, "Kunlun with one switch flipped per row, plus InterFormer and Wukong: NE, ΔNE, FLOPs, QPS, "
-                        "MFU, params, beside the paper's deltas", run, trains=True,
+                        "MFU, params, beside the paper's deltas", run, data_parallel=True,
                   options=('batch_size', 'interleave', 'rows', 'warmup', 'window_s', 'windows'))

@@ -29,12 +29,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from kunbench.errors import KunbenchError
 from kunbench.results import measurement
-from kunbench.suites.common import (FULL_DATA_PRESET, QUICK_DATA_PRESET, SuiteContext, mean, quick_data_sets,
-                                    resolve_backend, std, str_list, train_and_predict, world_note)
+from kunbench.stats import bootstrap_expected_ne, mean, std
+from kunbench.suites.context import (FULL_DATA_PRESET, QUICK_DATA_PRESET, SuiteContext, quick_data_sets,
+                                     resolve_backend, str_list, world_note)
+from kunbench.suites.training import train_and_predict
 from kunbench.suites.registry import SuiteOutput, SuiteSpec
 
 NAME = "claims"
@@ -171,33 +172,6 @@ def _dataset(ctx: SuiteContext, preset: str, sets: dict[str, Any]) -> Path:
     return path
 
 
-# ---- statistics -----------------------------------------------------------------------------------
-def bootstrap_expected_gap(p_true: np.ndarray, probs: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> float | None:
-    """Std of the expected gap closed over eval-row resamples (label noise is already out of it)."""
-    from kunbench.metrics import EPS
-
-    pt = np.asarray(p_true, dtype=np.float64)
-    n = pt.size
-    if n < 2:
-        return None
-    q = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1 - EPS)
-    pc = np.clip(pt, EPS, 1 - EPS)
-    lm = -(pt * np.log(q) + (1 - pt) * np.log1p(-q))
-    lo = -(pt * np.log(pc) + (1 - pt) * np.log1p(-pc))
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        b = pt[idx].mean()
-        if not 0 < b < 1:
-            continue
-        h = -(b * math.log(b) + (1 - b) * math.log1p(-b))
-        denom = h - lo[idx].mean()
-        if denom > 0:
-            vals.append((h - lm[idx].mean()) / denom)
-    return std(vals)
-
-
 # ---- the suite ------------------------------------------------------------------------------------
 def run(ctx: SuiteContext) -> SuiteOutput:
     from kunbench.generators.probe import probe
@@ -273,7 +247,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
             if repeats >= 2:
                 spread, kind = std(gaps), f"std over {repeats} seeds"
             elif runs[0].p_true is not None:
-                spread, kind = bootstrap_expected_gap(runs[0].p_true, runs[0].probs), \
+                spread, kind = bootstrap_expected_ne(runs[0].p_true, runs[0].probs, n_boot=N_BOOT)["gap_std"], \
                     f"bootstrap std over eval rows ({N_BOOT} resamples)"
             else:
                 spread, kind = None, None
@@ -387,5 +361,6 @@ def _report(ctx: SuiteContext, out: SuiteOutput, s: dict[str, Any], terms: list[
 
 
 SUITE = SuiteSpec(NAME, "One dataset per history term (the others off): each backend's expected gap closed beside "
-                        "the signal probe's ceilings; which architecture captures which signal", run, trains=True,
+                        "the signal probe's ceilings; which architecture captures which signal", run,
+                  data_parallel=True,
                   options=("rows", "strength", "context_strength", "base_ctr", "data_rows", "probe_rows"))

@@ -1,9 +1,9 @@
 """mfu: model FLOPs utilization of the training step (and of inference).
 
 MFU = (analytic FLOPs per step / step time) / dense peak of the device for the dtype in use.
-Analytic FLOPs follow models.md section 4: the backend's forward FLOPs per example on true
-lengths; a training step counts 3 x forward (the Wukong convention, stated in every row).
-Peak: measurement.md's table on known GPUs (unknown GPUs: no MFU, said so); on CPU the peak of a
+Analytic FLOPs follow docs/models.md section 4: the backend's forward FLOPs per example on true
+lengths; a training step counts kunbench.hardware.TRAINING_FLOPS_MULTIPLIER x forward (stated in every row).
+Peak: docs/measurement.md's table on known GPUs (unknown GPUs: no MFU, said so); on CPU the peak of a
 calibration GEMM measured at the start of the run, printed as such.
 
 Options (mfu.KEY=V): batch_size (default 256 reduced, 1024 with --full or on CUDA), window_s, warmup.
@@ -12,8 +12,9 @@ Options (mfu.KEY=V): batch_size (default 256 reduced, 1024 with --full or on CUD
 from __future__ import annotations
 
 from kunbench.results import measurement
-from kunbench.suites.common import (SuiteContext, build_model, device_peak, measure_throughput, param_count,
-                                    resolve_backend, throughput_measurements, world_note)
+from kunbench.hardware import device_peak, flops_convention, model_flops
+from kunbench.suites.context import SuiteContext, build_model, param_count, resolve_backend, world_note
+from kunbench.suites.throughput import measure_throughput, throughput_measurements
 from kunbench.suites.registry import SuiteOutput, SuiteSpec
 
 NAME = "mfu"
@@ -43,8 +44,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
             ms = [m for m in throughput_measurements(NAME, b, f"bs={bs}", tp, peak=peak,
                                                      world_size=ctx.world_size)
                   if not m["name"].startswith("latency")]
-            mult = 3.0 if mode == "train" else 1.0
-            step_flops = tp.flops_per_example * mult * bs
+            step_flops = model_flops(tp.flops_per_example, training=mode == "train") * bs
             ms.append(measurement(NAME, b, f"bs={bs}", f"{mode}_step_ms", tp.step_s * 1000.0, unit="ms",
                                   better="lower", spread_kind="median per-iteration time"))
             ms.append(measurement(NAME, b, f"bs={bs}", f"{mode}_achieved_gflops", step_flops * tp.qps / bs / 1e9,
@@ -60,7 +60,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
         del model
     peak_txt = (f"{peak['flops_per_s'] / 1e9:,.1f} GFLOP/s" if peak.get("flops_per_s") else "unknown")
     out.tables.append({
-        "title": f"mfu: analytic FLOPs (train = 3 x forward) / step time / peak {peak_txt} (batch {bs})",
+        "title": f"mfu: analytic FLOPs ({flops_convention(True)}) / step time / peak {peak_txt} (batch {bs})",
         "columns": [{"key": "backend", "header": "backend"}, {"key": "preset", "header": "preset"},
                     {"key": "flops", "header": "fwd FLOPs/ex", "fmt": ",.0f"},
                     {"key": "train_step_ms", "header": "train step ms", "fmt": ".1f"},
@@ -81,6 +81,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
     return out
 
 
-SUITE = SuiteSpec(NAME, "Training-step MFU: analytic FLOPs (3x forward) vs device peak (CPU: measured GEMM peak)",
-                  run, trains=False,
+SUITE = SuiteSpec(NAME, f"Training-step MFU: analytic FLOPs ({flops_convention(True)}) vs device peak "
+                        "(CPU: measured GEMM peak)",
+                  run,
                   options=('batch_size', 'warmup', 'window_s'))

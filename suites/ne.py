@@ -1,7 +1,7 @@
 """ne: train and evaluate each backend on the same data; NE, AUC, log loss, calibration, oracle NE,
 gap closed, and NE relative to a baseline backend with its noise.
 
-Noise (measurement.md): with `--repeat N` (N >= 2) each backend trains N times with seeds 0..N-1
+Noise (docs/measurement.md): with `--repeat N` (N >= 2) each backend trains N times with seeds 0..N-1
 and the spread is the standard deviation over seeds (relative NE is paired by seed). With one
 repeat the spread is a bootstrap over eval rows (200 resamples; the relative change resamples the
 same rows for both models, so it is paired).
@@ -16,8 +16,9 @@ from typing import Any
 
 from kunbench.errors import KunbenchError
 from kunbench.results import measurement
-from kunbench.suites.common import (SuiteContext, bootstrap_ne, mean, resolve_backend, std, train_and_predict,
-                                    world_note)
+from kunbench.stats import bootstrap_ne, mean, std
+from kunbench.suites.context import SuiteContext, resolve_backend, world_note
+from kunbench.suites.training import train_and_predict
 from kunbench.suites.registry import SuiteOutput, SuiteSpec
 
 NAME = "ne"
@@ -88,7 +89,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
                     "steps": rs[0].train.steps, "examples": rs[0].train.examples})
         # relative NE vs the baseline
         if base_runs is not None and b != baseline:
-            rels = [100.0 * (r.ne - br.ne) / br.ne for r, br in zip(rs, base_runs)]
+            rels = [100.0 * (r.eval.ne - br.eval.ne) / br.eval.ne for r, br in zip(rs, base_runs)]
             if repeats >= 2:
                 rel_sp, kind = std(rels), f"std over {repeats} seeds (paired)"
             else:
@@ -150,5 +151,5 @@ def _asdict(obj: Any) -> Any:
 
 
 SUITE = SuiteSpec(NAME, "Train + eval each backend on the same data: NE, AUC, calibration, oracle NE, gap closed, "
-                        "relative NE vs a baseline with noise", run, trains=True,
+                        "relative NE vs a baseline with noise", run, data_parallel=True,
                   options=('baseline', 'bootstrap'))

@@ -16,8 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 from kunbench.results import measurement
-from kunbench.suites.common import (SuiteContext, build_model, device_peak, int_list, measure_throughput,
-                                    param_count, resolve_backend, str_list, throughput_measurements, world_note)
+from kunbench.hardware import device_peak
+from kunbench.suites.context import (SuiteContext, build_model, int_list, param_count, resolve_backend, str_list,
+                                     world_note)
+from kunbench.suites.throughput import measure_throughput, throughput_measurements
 from kunbench.suites.registry import SuiteOutput, SuiteSpec
 
 NAME = "qps"
@@ -86,5 +88,5 @@ def run(ctx: SuiteContext) -> SuiteOutput:
 
 
 SUITE = SuiteSpec(NAME, "Inference and training examples/s, latency p50/p99 at several batch sizes "
-                        "(in-memory on-device source)", run, trains=False,
+                        "(in-memory on-device source)", run,
                   options=('batch_sizes', 'modes', 'warmup', 'window_s'))

@@ -2,7 +2,7 @@
 entry-point group.
 
 A suite is a `SuiteSpec`: a name, a one-line description, and `run(ctx) -> SuiteOutput` where `ctx`
-is a `kunbench.suites.common.SuiteContext` (backends, presets, dataset, device, dtype, repeats,
+is a `kunbench.suites.context.SuiteContext` (backends, presets, dataset, device, dtype, repeats,
 `--set` overrides, telemetry windows) and `SuiteOutput` holds the measurements (see
 kunbench.results), presentation tables, notes and suite-specific extras. `kunbench run` wraps the
 output into one result document with the environment stamp and telemetry, and writes it.
@@ -22,9 +22,9 @@ from typing import Any, Callable
 from kunbench.errors import KunbenchError
 
 ENTRY_POINT_GROUP = "kunbench.suites"
-# suite name -> module under kunbench.suites holding its SUITE (kernels: the wiring of suites/kernels.py)
+# suite name -> module under kunbench.suites holding its SUITE
 BUILTIN_MODULES = {"ne": "ne", "qps": "qps", "mfu": "mfu", "scaling": "scaling", "ablation": "ablation",
-                   "selfcheck": "selfcheck", "kernels": "kernel_suite", "claims": "claims"}
+                   "selfcheck": "selfcheck", "kernels": "kernels", "claims": "claims"}
 
 
 @dataclass
@@ -43,7 +43,9 @@ class SuiteSpec:
     name: str
     description: str
     run: Callable[[Any], SuiteOutput]
-    trains: bool = False  # trains models (accepts torchrun / DDP)
+    # under torchrun, each rank trains on its own slice of the dataset (DDP) and rank 0 reports;
+    # False: every rank runs the whole suite on its own device
+    data_parallel: bool = False
     uses_data: bool = True  # needs a generated dataset (else only its schema, or none)
     # the `--set SUITE.KEY` keys it reads; a key outside them is rejected before any work (a typo
     # must not be ignored). None: not declared (plug-in suites), nothing checked.

@@ -11,8 +11,8 @@ from typing import Any, Callable
 import torch
 
 from kunbench.errors import KunbenchError
-from kunbench.results import make_document, write_document
-from kunbench.suites.common import RunOptions, SuiteContext
+from kunbench.results import make_document, write_result
+from kunbench.suites.context import RunOptions, SuiteContext
 from kunbench.suites.registry import get_suite
 
 
@@ -40,7 +40,7 @@ def run_suites(opts: RunOptions, *, log: Callable[[str], None] = lambda m: None,
     runs: list[SuiteRun] = []
     try:
         if dist.enabled:
-            not_training = [s.name for s in specs if not s.trains]
+            not_training = [s.name for s in specs if not s.data_parallel]
             if not_training and dist.is_main:
                 log(f"note: under torchrun every rank runs {', '.join(not_training)} on its own device; "
                     f"rank 0 reports (examples/s are summed over ranks where stated)")
@@ -62,7 +62,7 @@ def run_suites(opts: RunOptions, *, log: Callable[[str], None] = lambda m: None,
                                 timing={"total_s": seconds, "windows": len(ctx.windows)},
                                 telemetry=ctx.telemetry_summary(), tables=out.tables,
                                 notes=out.notes + ctx.notes + list(opts.notes), extra=out.extra)
-            path = write_document(doc, opts.out) if (opts.write and dist.is_main) else None
+            path = write_result(doc, opts.out) if (opts.write and dist.is_main) else None
             dist.barrier()
             run = SuiteRun(spec.name, doc, path, seconds)
             runs.append(run)
@@ -76,7 +76,7 @@ def run_suites(opts: RunOptions, *, log: Callable[[str], None] = lambda m: None,
 def check_options(opts: RunOptions) -> None:
     """Cheap validation before any heavy work: backends, presets, --set keys, device, dtype."""
     from kunbench.backends.registry import get_backend
-    from kunbench.suites.common import route_sets
+    from kunbench.suites.context import route_sets
     from kunbench.train.distributed import resolve_device
     from kunbench.train.runner import make_train_config
 

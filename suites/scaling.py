@@ -13,7 +13,7 @@ and stated; a span under 1.5 decades is flagged in the notes.
 The fit is on expected NE (p_true as soft labels), not on NE of the sampled clicks: the sizes
 share the eval rows, and at a 3 % CTR the label draw alone moves NE by about as much as the whole
 ladder does, so a fit on sampled NE mostly fits noise. Sampled NE stays in the
-per-size table. The reduced run trains on its own larger dataset (common.QUICK_DATA_SETS_BY_SUITE)
+per-size table. The reduced run trains on its own larger dataset (suites/context.py, QUICK_DATA_SETS_BY_SUITE)
 because with too few fresh rows the widest models stop improving and bend the curve. The ± per
 size is a bootstrap over eval rows (or the std over seeds with --repeat N); it does not include
 training-seed variance, which the fit's residuals do.
@@ -29,8 +29,9 @@ from typing import Any
 
 from kunbench.errors import KunbenchError
 from kunbench.results import measurement
-from kunbench.suites.common import (SuiteContext, bootstrap_expected_ne, bootstrap_ne, fit_log_compute, mean,
-                                    resolve_backend, std, train_and_predict, world_note)
+from kunbench.stats import bootstrap_expected_ne, bootstrap_ne, fit_log_compute, mean, std
+from kunbench.suites.context import SuiteContext, resolve_backend, world_note
+from kunbench.suites.training import train_and_predict
 from kunbench.suites.registry import SuiteOutput, SuiteSpec
 
 NAME = "scaling"
@@ -227,4 +228,5 @@ def _mk(p: Path) -> Path:
 
 
 SUITE = SuiteSpec(NAME, "Each backend at >=5 sizes over >=1.5 decades of FLOPs; fit NE = NE_0 - eta ln(C/C_0), "
-                        "eta CI, R^2, eta/eta_InterFormer; PNG plot", run, trains=True, options=('factors',))
+                        "eta CI, R^2, eta/eta_InterFormer; PNG plot", run, data_parallel=True,
+                  options=('factors',))

@@ -30,8 +30,9 @@ from typing import Any
 import torch
 
 from kunbench.results import measurement
-from kunbench.suites.common import (SuiteContext, build_model, device_peak, param_count, resolve_backend,
-                                    throughput_measurements, world_note)
+from kunbench.hardware import device_peak
+from kunbench.suites.context import SuiteContext, build_model, param_count, resolve_backend, world_note
+from kunbench.suites.throughput import throughput_measurements
 from kunbench.suites.registry import SuiteOutput, SuiteSpec
 
 NAME = "selfcheck"
@@ -139,19 +140,20 @@ def gdpa_checks(device: torch.device) -> list[dict[str, Any]]:
 
 
 def speed_grid(device: torch.device) -> tuple[list[dict[str, Any]], list[str]]:
-    from kunbench.suites.kernels import CPU_SHAPES, run_kernels_suite
+    from kunbench.suites.kernels import CPU_SHAPES, measure_grid
 
     cuda = device.type == "cuda"
-    doc = run_kernels_suite(device, torch.bfloat16 if cuda else torch.float32,
-                            shapes=SPEED_SHAPES if cuda else CPU_SHAPES, repeats=10 if cuda else 3,
-                            out_dir=None, implementations=("triton", "eager", "compile") if cuda else ("eager",))
+    dtype = "bf16" if cuda else "fp32"
+    rows = measure_grid(device, torch.bfloat16 if cuda else torch.float32, SPEED_SHAPES if cuda else CPU_SHAPES,
+                        ("triton", "eager", "compile") if cuda else ("eager",), repeats=10 if cuda else 3,
+                        peak_flops=device_peak(device, dtype).get("flops_per_s"))
     unchecked = [] if cuda else ["kernel speed of triton and torch.compile: needs a CUDA GPU (eager timed only)"]
-    return doc["rows"], unchecked
+    return rows, unchecked
 
 
 def backend_runs(ctx: SuiteContext, batch_size: int, window_s: float, compile_: bool, deadline: float
                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
-    from kunbench.suites.common import ThroughputProbe
+    from kunbench.suites.throughput import ThroughputProbe
 
     cuda = ctx.device.type == "cuda"
     peak = device_peak(ctx.device, ctx.dtype)
@@ -285,5 +287,5 @@ def run(ctx: SuiteContext) -> SuiteOutput:
 
 
 SUITE = SuiteSpec(NAME, "One-shot machine check: GDPA kernel correctness and speed, backend QPS/MFU/ops, compile",
-                  run, trains=False,
+                  run,
                   options=('batch_size', 'budget_s', 'compile', 'kernels', 'window_s'))

@@ -1,11 +1,19 @@
-"""Small DatasetSchema + random Batch for backend tests, without any files."""
+"""Small DatasetSchema + random Batch for backend tests, without any files, and the checks that
+several backend test files share (one-line config errors, preset FLOPs, one intra-op thread)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import pytest
 import torch
 
+from kunbench.backends.registry import get_backend
 from kunbench.data.batch import Batch, EventSequence, Jagged, with_max_lengths
 from kunbench.data.manifest import Column, DatasetSchema
+from kunbench.errors import KunbenchError
+from kunbench.ops.jagged import lengths_to_offsets
 
 EVENT_TYPES = ("impression", "click", "conversion")
 
@@ -34,12 +42,6 @@ def make_schema(n_cat: int = 6, n_dense: int = 3, n_multihot: int = 1, event_typ
     return DatasetSchema.from_columns(cols)
 
 
-def _offsets(lengths: torch.Tensor) -> torch.Tensor:
-    off = torch.zeros(lengths.shape[0] + 1, dtype=torch.int64)
-    off[1:] = torch.cumsum(lengths, 0)
-    return off
-
-
 def make_batch(schema: DatasetSchema, batch_size: int = 8, seed: int = 0, lengths: dict | None = None,
                max_len: int = 24, min_len: int = 0) -> Batch:
     """Random batch; `lengths[event_type]` (list of B ints) pins the sequence lengths."""
@@ -51,7 +53,8 @@ def make_batch(schema: DatasetSchema, batch_size: int = 8, seed: int = 0, length
     multihot = {}
     for c in schema.multihot:
         ln = torch.randint(0, 5, (b,), generator=g)
-        multihot[c.name] = Jagged(torch.randint(0, c.cardinality, (int(ln.sum()),), generator=g), _offsets(ln))
+        values = torch.randint(0, c.cardinality, (int(ln.sum()),), generator=g)
+        multihot[c.name] = Jagged(values, lengths_to_offsets(ln))
     request_ts = torch.full((b,), 1_800_000_000, dtype=torch.int64) + torch.randint(0, 1000, (b,), generator=g)
     seqs = {}
     for et in schema.event_types:
@@ -63,7 +66,7 @@ def make_batch(schema: DatasetSchema, batch_size: int = 8, seed: int = 0, length
         n = int(ln.sum())
         item = torch.randint(0, cols["item"].cardinality, (n,), generator=g)
         category = torch.randint(0, cols["category"].cardinality, (n,), generator=g)
-        off = _offsets(ln)
+        off = lengths_to_offsets(ln)
         ts = torch.empty(n, dtype=torch.int64)
         for r in range(b):
             k = int(ln[r])
@@ -81,7 +84,7 @@ def take_rows(batch: Batch, rows: list[int]) -> Batch:
     def jag(values_list, offsets):
         parts = [[v[offsets[r]:offsets[r + 1]] for r in rows] for v in values_list]
         ln = torch.tensor([int(offsets[r + 1] - offsets[r]) for r in rows], dtype=torch.int64)
-        return [torch.cat(p) if p else v[:0] for p, v in zip(parts, values_list)], _offsets(ln)
+        return [torch.cat(p) if p else v[:0] for p, v in zip(parts, values_list)], lengths_to_offsets(ln)
 
     mh = {}
     for k, j in batch.multihot.items():
@@ -93,3 +96,61 @@ def take_rows(batch: Batch, rows: list[int]) -> Batch:
         seqs[k] = EventSequence(item, cat, ts, off)
     return Batch(batch.context_categorical[idx], batch.context_dense[idx], mh, seqs, batch.request_ts[idx],
                  batch.labels[idx])
+
+
+# ---- shared checks --------------------------------------------------------------------------------
+def assert_one_line_error(make: Callable[[], object], fragment: str) -> None:
+    """`make()` raises a KunbenchError whose message is a single line containing `fragment`."""
+    with pytest.raises(KunbenchError) as exc:
+        make()
+    assert fragment in str(exc.value) and "\n" not in str(exc.value)
+
+
+def assert_presets_span_flops(backend: str, flops_of: Callable, seq_lengths: list[int] | None = None):
+    """Backend `backend` has presets tiny..large (default small) whose FLOPs per example increase and
+    span more than 50x on a wide schema. `flops_of(cfg, schema, batch)` gives one example's FLOPs;
+    `batch` has one row per entry of `seq_lengths` (that many events of every type), None without it.
+    Returns the BackendSpec."""
+    schema = make_schema(n_cat=90, n_dense=6, n_multihot=2)
+    spec = get_backend(backend)
+    assert set(spec.presets) >= {"tiny", "small", "medium", "large"} and spec.default_preset == "small"
+    batch = None
+    if seq_lengths is not None:
+        batch = make_batch(schema, len(seq_lengths), lengths={et: list(seq_lengths) for et in schema.event_types})
+    flops = [float(flops_of(spec.make_config(p), schema, batch)) for p in spec.presets]
+    assert flops == sorted(flops) and flops[-1] > 50 * flops[0]
+    return spec
+
+
+def logits_plain_and_padded(model, batch: Batch, extra_pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`model(batch)` (no grad), then again with `extra_pad` extra padded positions per sequence filled
+    with garbage; the input layer's debug padding is switched off again afterwards."""
+    layer = model.input_layer
+    with torch.no_grad():
+        ref = model(batch)
+        layer.debug_extra_pad, layer.debug_pad_garbage = extra_pad, True
+        try:
+            padded = model(batch)
+        finally:
+            layer.debug_extra_pad, layer.debug_pad_garbage = 0, False
+    return ref, padded
+
+
+@contextmanager
+def one_intra_op_thread():
+    """torch.set_num_threads(1) inside, the previous count restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def gdpa_heads_and_mask(seed: int, activation: str, h: int, lengths: list[int], t: int,
+                        mixed: tuple[str, ...]) -> tuple[list[str], torch.Tensor]:
+    """Seeds torch; returns the per-head activation names (`mixed` when `activation` is "mixed",
+    else `activation` on all `h` heads) and the [B, t] mask of rows with `lengths` valid positions."""
+    torch.manual_seed(seed)
+    names = list(mixed) if activation == "mixed" else [activation] * h
+    return names, torch.arange(t)[None, :] < torch.as_tensor(lengths)[:, None]

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backend_utils import make_batch, make_schema, take_rows
+from backend_utils import (assert_one_line_error, assert_presets_span_flops, logits_plain_and_padded, make_batch,
+                           make_schema, take_rows)
 from kunbench.backends.interformer import PRESETS, InterFormerConfig, build, flops_per_example
 from kunbench.backends.modules import PMA, NaivePFFN, RopeMHA, apply_rope, rope_tables
 from kunbench.backends.registry import get_backend
-from kunbench.errors import KunbenchError
 
 TINY = PRESETS["tiny"]
 
@@ -82,11 +82,7 @@ def test_padding_changes_nothing(attention):
     schema = make_schema()
     model = build(dataclasses.replace(TINY, attention=attention, seq_max_len=40), schema).eval()
     batch = make_batch(schema, 6, seed=7, max_len=20)
-    with torch.no_grad():
-        ref = model(batch)
-        model.input_layer.debug_extra_pad = 11
-        model.input_layer.debug_pad_garbage = True
-        padded = model(batch)
+    ref, padded = logits_plain_and_padded(model, batch, extra_pad=11)
     assert torch.allclose(ref, padded, atol=1e-5, rtol=0)
 
 
@@ -199,17 +195,10 @@ def test_recency_embedding_reaches_the_logits_and_is_switchable():
     ({"position_embedding": "absolute"}, "position_embedding must be"),
 ])
 def test_bad_config_is_one_line_error(sets, fragment):
-    spec = get_backend("interformer")
-    with pytest.raises(KunbenchError) as exc:
-        spec.make_config("tiny", sets)
-    assert fragment in str(exc.value) and "\n" not in str(exc.value)
+    assert_one_line_error(lambda: get_backend("interformer").make_config("tiny", sets), fragment)
 
 
 def test_presets_validate_and_span_flops():
-    schema = make_schema(n_cat=90, n_dense=6, n_multihot=2)
-    spec = get_backend("interformer")
-    assert set(spec.presets) >= {"tiny", "small", "medium", "large"} and spec.default_preset == "small"
-    batch = make_batch(schema, 2, lengths={et: [300, 50] for et in schema.event_types})
-    flops = [float(flops_per_example(spec.make_config(p), schema, batch)[0]) for p in spec.presets]
-    assert flops == sorted(flops) and flops[-1] > 50 * flops[0]
+    spec = assert_presets_span_flops("interformer", lambda cfg, schema, batch: flops_per_example(cfg, schema, batch)[0],
+                                     seq_lengths=[300, 50])
     assert isinstance(spec.make_config(None), InterFormerConfig)

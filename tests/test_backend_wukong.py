@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from backend_utils import make_batch, make_schema, take_rows
+from backend_utils import (assert_one_line_error, assert_presets_span_flops, logits_plain_and_padded, make_batch,
+                           make_schema, take_rows)
 from kunbench.backends.registry import get_backend
 from kunbench.backends.wukong import PRESETS, WukongConfig, WukongLayer, build, forward_flops
 from kunbench.backends.modules import optimized_fm
-from kunbench.errors import KunbenchError
 
 TINY = PRESETS["tiny"]
 
@@ -63,16 +63,10 @@ def test_padding_changes_nothing():
     schema = make_schema()
     model = build(dataclasses.replace(TINY, history_k=12), schema).eval()
     batch = make_batch(schema, 7, seed=4, max_len=20)
-    with torch.no_grad():
-        ref = model(batch)
-        model.input_layer.debug_extra_pad = 9
-        model.input_layer.debug_pad_garbage = True
-        padded = model(batch)
+    ref, padded = logits_plain_and_padded(model, batch, extra_pad=9)
     assert torch.allclose(ref, padded, atol=1e-6, rtol=0)
     # a row's logit does not depend on the other rows (so not on the batch's padded length)
     with torch.no_grad():
-        model.input_layer.debug_extra_pad = 0
-        model.input_layer.debug_pad_garbage = False
         sub = model(take_rows(batch, [2, 5]))
     assert torch.allclose(sub, ref[[2, 5]], atol=1e-6, rtol=0)
 
@@ -108,18 +102,11 @@ def test_events_older_than_last_k_change_nothing():
     ({"nope": 1}, "unknown config key"),
 ])
 def test_bad_config_is_one_line_error(sets, fragment):
-    spec = get_backend("wukong")
-    with pytest.raises(KunbenchError) as exc:
-        spec.make_config("tiny", sets)
-    assert fragment in str(exc.value) and "\n" not in str(exc.value)
+    assert_one_line_error(lambda: get_backend("wukong").make_config("tiny", sets), fragment)
 
 
 def test_presets_validate_and_span_flops():
-    schema = make_schema(n_cat=90, n_dense=6, n_multihot=2)
-    spec = get_backend("wukong")
-    assert set(spec.presets) >= {"tiny", "small", "medium", "large"} and spec.default_preset == "small"
-    flops = [forward_flops(spec.make_config(p), schema) for p in ("tiny", "small", "medium", "large")]
-    assert flops == sorted(flops) and flops[-1] > 50 * flops[0]
+    spec = assert_presets_span_flops("wukong", lambda cfg, schema, _batch: forward_flops(cfg, schema))
     cfg = spec.make_config(None, {"l": 3, "fmb_mlp": "32,32"})
     assert isinstance(cfg, WukongConfig) and cfg.l == 3 and cfg.fmb_mlp == (32, 32)
 

@@ -12,12 +12,12 @@ from kunbench.cli import main
 
 
 def _result_doc(tmp_path):
-    from kunbench.results import make_document, measurement, write_document
+    from kunbench.results import make_document, measurement, write_result
 
     doc = make_document("qps", [measurement("qps", "wukong", "bs=8", "train_qps", 10.0, unit="ex/s",
                                             better="higher")], backends=["wukong"], config={}, dataset=None,
                         environment={}, timing={})
-    return write_document(doc, tmp_path / "res")
+    return write_result(doc, tmp_path / "res")
 
 
 def _bad_toml(tmp_path):

@@ -14,7 +14,7 @@ from kunbench.data.manifest import load_manifest
 from kunbench.generators.probe import probe
 from kunbench.results import load
 from kunbench.suites import claims
-from kunbench.suites.common import RunOptions, SuiteContext
+from kunbench.suites.context import RunOptions, SuiteContext
 
 ROWS = 1500
 BACKEND = "wukong"

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from kunbench.cli import main
 from kunbench.errors import KunbenchError
-from kunbench.results import load, make_document, measurement, write_document
+from kunbench.results import load, make_document, measurement, write_result
 from kunbench.results.compare import compare, parse_rule
 
 
@@ -39,7 +39,7 @@ def doc(qps=1000.0, qps_samples=(990.0, 1000.0, 1010.0), ne=0.85, ne_spread=0.00
 
 def write(tmp_path, name, d):
     out = tmp_path / name
-    return write_document(d, out)
+    return write_result(d, out)
 
 
 def run(*args):
@@ -165,7 +165,7 @@ def test_missing_file(tmp_path):
 
 def test_train_documents_compare(tmp_path):
     """`kunbench train` results compare too (their scalar metrics, no spread)."""
-    from kunbench.train.results import write_result
+    from kunbench.results import write_result
 
     def train_doc(ne):
         return {"schema_version": 1, "kind": "train", "created": "2026-01-01T00:00:00+00:00", "backend": "wukong",

@@ -20,7 +20,7 @@ from kunbench.train.distributed import DistContext, init_distributed
 from kunbench.train.evaluate import evaluate
 from kunbench.train.loop import train
 from kunbench.train.runner import open_batches, run_training
-from kunbench.train.toy import ToyConfig, ToyModel, toy_batches, toy_schema, toy_spec
+from toy_backend import ToyConfig, ToyModel, toy_batches, toy_schema, toy_spec
 
 WORLD = 2
 SCHEMA = toy_schema()

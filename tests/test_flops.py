@@ -1,4 +1,4 @@
-"""Analytic forward FLOPs (models.md section 4) vs torch.utils.flop_counter.FlopCounterMode.
+"""Analytic forward FLOPs (docs/models.md section 4) vs torch.utils.flop_counter.FlopCounterMode.
 
 The comparison is honest about padding: the counter sees padded tensors, so it is run either on a
 batch whose rows all have the same (true) length, where padded == true, or on one-example

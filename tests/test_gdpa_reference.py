@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from kunbench.kernels import ACTIVATIONS, gdpa, gdpa_flops
 from kunbench.kernels.gdpa_reference import activation_fn
+from kunbench.ops.jagged import lengths_to_offsets
 
 
 def randn(*shape, requires_grad=False):
@@ -18,7 +18,7 @@ def randn(*shape, requires_grad=False):
 
 
 def offsets_of(lengths):
-    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int64)
+    return lengths_to_offsets(torch.tensor(lengths, dtype=torch.int64))
 
 
 def loop_gdpa(q, k, v, q_off, kv_off, acts, scale, pos, window=None, broadcast=False):

@@ -21,6 +21,7 @@ pytest.importorskip("triton")
 
 from kunbench.kernels import ACTIVATION_IDS, ACTIVATIONS, gdpa, gdpa_flops, select_implementation  # noqa: E402
 from kunbench.kernels import gdpa_triton  # noqa: E402
+from kunbench.ops.jagged import lengths_to_offsets  # noqa: E402
 
 ATOL, RTOL = 1e-4, 1e-4  # float32 kernel vs float32 reference; observed errors are ~1e-6
 
@@ -32,7 +33,7 @@ def interpret(monkeypatch):
 
 
 def offsets_of(lengths):
-    return torch.tensor([0, *torch.tensor(lengths, dtype=torch.int64).cumsum(0).tolist()], dtype=torch.int64)
+    return lengths_to_offsets(torch.tensor(lengths, dtype=torch.int64))
 
 
 def make(mode, lengths, heads, dh, f=19, seeds=7, seed=0, dtype=torch.float32, device="cpu"):

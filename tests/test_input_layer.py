@@ -1,4 +1,4 @@
-"""Shared input layer and jagged helpers (models.md section 0)."""
+"""Shared input layer and jagged helpers (docs/models.md section 0)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from backend_utils import make_batch, make_schema
 from kunbench.backends import jagged
 from kunbench.backends.input_layer import HASH_PRIME, InputLayer, hash_ids, plan_segments
 from kunbench.data.batch import EventSequence
+from kunbench.ops.jagged import jagged_to_padded, padded_to_jagged
 
 
 def test_hash_is_deterministic_in_range_and_pinned():
@@ -67,15 +68,15 @@ def test_ad_and_history_item_share_rows():
 def test_jagged_to_padded_keeps_most_recent():
     values = torch.arange(10)
     offsets = torch.tensor([0, 3, 3, 10])  # rows of length 3, 0, 7
-    padded, kept, mask = jagged.jagged_to_padded(values, offsets, max_len=4, pad_value=-1)
+    padded, kept, mask = jagged_to_padded(values, offsets, max_len=4, pad_value=-1)
     assert kept.tolist() == [3, 0, 4]
     assert padded.tolist() == [[0, 1, 2, -1], [-1, -1, -1, -1], [6, 7, 8, 9]]
     assert mask.tolist() == [[True] * 3 + [False], [False] * 4, [True] * 4]
-    padded, kept, mask = jagged.jagged_to_padded(values, offsets, pad_to=9)
+    padded, kept, mask = jagged_to_padded(values, offsets, pad_to=9)
     assert padded.shape == (3, 9) and kept.tolist() == [3, 0, 7]
-    vals, off = jagged.padded_to_jagged(padded, mask)
+    vals, off = padded_to_jagged(padded, mask)
     assert torch.equal(vals, values) and torch.equal(off, offsets)
-    empty, kept, mask = jagged.jagged_to_padded(torch.zeros(0, 4), torch.zeros(3, dtype=torch.int64))
+    empty, kept, mask = jagged_to_padded(torch.zeros(0, 4), torch.zeros(3, dtype=torch.int64))
     assert empty.shape == (2, 0, 4) and kept.tolist() == [0, 0]
 
 

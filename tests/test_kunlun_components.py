@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from backend_utils import gdpa_heads_and_mask, one_intra_op_thread
 from kunbench.backends.gdpa_ops import gdpa_pffn, gdpa_seed_pool, gdpa_self_attention
 from kunbench.backends.hsp import HSP, FullTokenLinear, PMASummary, SumKronLinear
 from kunbench.backends.rote import age_phi, apply_rope, full_tables, rotary_tables, rotate, rote_tables
@@ -26,10 +27,8 @@ def lengths_mask(lengths, t):
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny tensors: one intra-op thread avoids contention on a busy machine (60x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_intra_op_thread():
+        yield
 
 # ---- SumKronLinear ------------------------------------------------------------------------------
 def test_sumkron_equals_full_linear_map_with_kron_weight():
@@ -122,11 +121,9 @@ def loop_pffn(q, lengths, k, v, names, scale, position):
 @pytest.mark.parametrize("position", ["post", "pre"])
 @pytest.mark.parametrize("activation", list(ACTIVATIONS) + ["mixed"])
 def test_gdpa_pffn_naive_equals_loop_and_fused(activation, position):
-    torch.manual_seed(3)
     b, t, h, dh, f = 3, 7, 2, 4, 5
-    names = ["gelu", "relu"] if activation == "mixed" else [activation] * h
     lengths = [7, 3, 0]
-    mask = lengths_mask(lengths, t)
+    names, mask = gdpa_heads_and_mask(3, activation, h, lengths, t, mixed=("gelu", "relu"))
     q = torch.randn(b, t, h, dh, dtype=D)
     q = torch.where(mask[..., None, None], q, torch.full_like(q, 1e3))  # garbage in padding
     k, v = torch.randn(b, f, h, dh, dtype=D), torch.randn(b, f, h, dh, dtype=D)
@@ -140,11 +137,9 @@ def test_gdpa_pffn_naive_equals_loop_and_fused(activation, position):
 @pytest.mark.parametrize("position", ["post", "pre"])
 @pytest.mark.parametrize("activation", ["silu", "gelu_tanh", "mixed"])
 def test_gdpa_seed_pool_naive_equals_loop_and_fused(activation, position):
-    torch.manual_seed(4)
     b, t, h, dh, n = 3, 6, 2, 4, 5
-    names = ["identity", "silu"] if activation == "mixed" else [activation] * h
     lengths = [6, 2, 0]
-    mask = lengths_mask(lengths, t)
+    names, mask = gdpa_heads_and_mask(4, activation, h, lengths, t, mixed=("identity", "silu"))
     seeds = torch.randn(n, h, dh, dtype=D)
     k, v = torch.randn(b, t, h, dh, dtype=D), torch.randn(b, t, h, dh, dtype=D)
     want = torch.zeros(b, n, h, dh, dtype=D)

@@ -1,4 +1,4 @@
-"""Kunlun model: CompSkip runs exactly the modules models.md 3.5 names, event personalization off
+"""Kunlun model: CompSkip runs exactly the modules docs/models.md 3.5 names, event personalization off
 means one config, padding changes nothing, analytic FLOPs == FlopCounterMode on the reference path
 for every switch, FLOP deltas point where the paper's do, every switch trains a step, config/--set."""
 
@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from backend_utils import make_batch, make_schema, take_rows
+from backend_utils import (assert_one_line_error, assert_presets_span_flops, make_batch, make_schema,
+                           one_intra_op_thread, take_rows)
 from kunbench.backends.gdpa_pffn import GDPAPFFNBlock
 from kunbench.backends.hsp import HSP, PMASummary
 from kunbench.backends.kunlun import (PRESETS, KunlunConfig, StreamConfig, build, flops_breakdown,
@@ -20,7 +21,6 @@ from kunbench.backends.modules import Gate, TokenLinear
 from kunbench.backends.mowe import MixtureOfWukongExperts
 from kunbench.backends.registry import get_backend
 from kunbench.backends.window_attention import WindowSelfAttention
-from kunbench.errors import KunbenchError
 
 TINY = PRESETS["tiny"]
 TOL = 0.02
@@ -70,10 +70,8 @@ def counted(model, batch) -> float:
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny tensors: one intra-op thread avoids contention on a busy machine (60x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_intra_op_thread():
+        yield
 
 # ---- CompSkip -----------------------------------------------------------------------------------
 def record_calls(model):
@@ -159,7 +157,7 @@ def test_event_personalization_off_gives_every_stream_the_same_config():
 def test_streams_set_per_event_type():
     cfg = tiny({"streams.click.window": 7, "stream.max_len": 40, "streams.view.layers": 1})
     assert cfg.streams["click"].window == 7 and cfg.streams["click"].d == TINY.streams["click"].d
-    assert cfg.stream.max_len == 40 and cfg.max_lengths == 40
+    assert cfg.stream.max_len == 40 and cfg.longest_stream_len == 40
     assert cfg.streams["view"] == dataclasses.replace(cfg.stream, layers=1)
 
 
@@ -366,18 +364,12 @@ def test_set_values_parse():
     ({"streams.click.colour": 3}, "unknown config key"),
 ])
 def test_bad_config_is_one_line_error(sets, fragment):
-    with pytest.raises(KunbenchError) as exc:
-        tiny(sets)
-    assert fragment in str(exc.value) and "\n" not in str(exc.value)
+    assert_one_line_error(lambda: tiny(sets), fragment)
 
 
 def test_presets_validate_and_span_flops():
-    schema = make_schema(n_cat=90, n_dense=6, n_multihot=2)
-    spec = get_backend("kunlun")
-    assert set(spec.presets) >= {"tiny", "small", "medium", "large"} and spec.default_preset == "small"
-    batch = make_batch(schema, 2, lengths={et: [600, 80] for et in schema.event_types})
-    flops = [float(flops_per_example(spec.make_config(p), schema, batch)[0]) for p in spec.presets]
-    assert flops == sorted(flops) and flops[-1] > 50 * flops[0]
+    spec = assert_presets_span_flops("kunlun", lambda cfg, schema, batch: flops_per_example(cfg, schema, batch)[0],
+                                     seq_lengths=[600, 80])
     assert isinstance(spec.make_config(None), KunlunConfig)
     assert isinstance(spec.make_config(None).stream, StreamConfig)
 

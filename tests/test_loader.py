@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections import Counter
 
@@ -15,10 +14,10 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from dataset_fixture import row_id_of, write_contract_dataset
-from kunbench.data.jagged import (arrow_list_to_numpy, concat_jagged_np, slice_jagged_np, to_padded,
-                                  truncate_recent, truncate_recent_np)
+from kunbench.data.jagged import arrow_list_to_numpy, lengths_to_offsets_np, truncate_recent_index_np
 from kunbench.data.loader import ParquetBatches, make_dataloader, measure_loader
 from kunbench.errors import KunbenchError
+from kunbench.ops.jagged import lengths_to_offsets, segment_ids, to_padded, truncate_recent
 
 TRAIN_FILES = (300, 0, 250, 90)
 EVAL_FILES = (130, 70)
@@ -254,16 +253,16 @@ lists = st.lists(st.lists(st.integers(-1000, 1000), max_size=12), max_size=10)
 
 def _jag(rows):
     lengths = np.array([len(r) for r in rows], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     values = np.array([x for r in rows for x in r], dtype=np.int64)
-    return values, offsets
+    return values, lengths_to_offsets_np(lengths)
 
 
 @settings(max_examples=60, deadline=None)
 @given(rows=lists, n=st.integers(0, 14))
 def test_truncate_recent_keeps_the_newest(rows, n):
     values, offsets = _jag(rows)
-    v, o = truncate_recent_np(values, offsets, n)
+    index, o = truncate_recent_index_np(offsets, n)
+    v = values if index is None else values[index]
     got = [v[o[i]:o[i + 1]].tolist() for i in range(len(rows))]
     assert got == [r[max(len(r) - n, 0):] for r in rows]
     tv, to = truncate_recent(torch.from_numpy(values), torch.from_numpy(offsets), n)
@@ -271,8 +270,19 @@ def test_truncate_recent_keeps_the_newest(rows, n):
 
 
 @settings(max_examples=40, deadline=None)
+@given(rows=lists)
+def test_offsets_and_segment_ids_in_numpy_and_torch_agree(rows):
+    values, offsets = _jag(rows)
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
+    assert lengths_to_offsets(lengths).tolist() == offsets.tolist()
+    rows_of = [i for i, r in enumerate(rows) for _ in r]  # empty rows own no value
+    off = torch.from_numpy(offsets)
+    assert segment_ids(off).tolist() == rows_of and segment_ids(off, len(values)).tolist() == rows_of
+
+
+@settings(max_examples=40, deadline=None)
 @given(rows=lists, n=st.integers(1, 14), split=st.integers(0, 10))
-def test_padded_slice_concat_and_arrow_views(rows, n, split):
+def test_padded_and_arrow_views(rows, n, split):
     values, offsets = _jag(rows)
     pad, mask = to_padded(torch.from_numpy(values), torch.from_numpy(offsets), max_len=n)
     for i, r in enumerate(rows):
@@ -280,9 +290,6 @@ def test_padded_slice_concat_and_arrow_views(rows, n, split):
         assert pad[i][mask[i]].tolist() == keep
         assert mask[i].tolist() == [False] * (pad.shape[1] - len(keep)) + [True] * len(keep)
     k = min(split, len(rows))
-    a, b = slice_jagged_np(values, offsets, 0, k), slice_jagged_np(values, offsets, k, len(rows))
-    v, o = concat_jagged_np([a, b])
-    assert v.tolist() == values.tolist() and o.tolist() == offsets.tolist()
     arr = pa.array(rows, pa.list_(pa.int64())).slice(k)
     av, ao = arrow_list_to_numpy(arr)
     assert [av[ao[i]:ao[i + 1]].tolist() for i in range(len(ao) - 1)] == rows[k:]

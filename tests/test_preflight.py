@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from kunbench.cli import main
-from kunbench.train.results import preflight_out_dir, write_result
+from kunbench.results import preflight_out_dir, write_result
 
 
 @pytest.mark.parametrize("argv", [
@@ -47,7 +47,7 @@ def test_read_only_out_is_one_line(tmp_path):
 def test_result_files_are_world_readable(tmp_path):
     doc = {"schema_version": 1, "kind": "train", "backend": "x", "config": {}, "metrics": {}, "environment": {},
            "created": "now", "dataset": {}, "train_config": {}, "preset": "p", "timing": {}}
-    from kunbench.train.results import REQUIRED_KEYS
+    from kunbench.results import REQUIRED_KEYS
 
     doc.update({k: doc.get(k, {}) for k in REQUIRED_KEYS})
     path = write_result(doc, tmp_path)

@@ -79,7 +79,7 @@ def test_fit_logistic_recovers_known_weights():
 
 def test_probe_recomputes_p_true_and_orders_the_views(tiny_dataset):
     r = probe(tiny_dataset)
-    assert r.max_abs_p_error < 1e-9  # the floor is a function of the observed row, as data.md promises
+    assert r.max_abs_p_error < 1e-9  # the floor is a function of the observed row, as docs/data.md promises
     ceilings = {v.view: v.expected_gap_closed for v in r.views}
     assert set(ceilings) == {"context", "pooled_last_64", "merged_mean_256", "merged_last_256", "categories_only",
                              "unordered", "exact", *(f"pooled+{t}" for t in V2_TERMS)}

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from kunbench.cli import main
-from kunbench.results import make_document, measurement, write_document
+from kunbench.results import make_document, measurement, write_result
 from kunbench.results.report import csv_text, fmt_cell, markdown, pivot
 
 ENV = {"python": "3.11", "torch": "2.4", "cpu": "AMD EPYC", "cpu_count": 2,
@@ -84,8 +84,8 @@ def test_markdown_and_csv():
 
 @pytest.mark.parametrize("fmt", ["table", "md", "csv"])
 def test_report_cli_formats(tmp_path, fmt):
-    p1 = write_document(qps_doc(), tmp_path)
-    p2 = write_document(table_doc(), tmp_path)
+    p1 = write_result(qps_doc(), tmp_path)
+    p2 = write_result(table_doc(), tmp_path)
     res = CliRunner().invoke(main, ["report", str(p1), str(p2), "--format", fmt])
     assert res.exit_code == 0, res.output
     assert "interformer" in res.output
@@ -96,7 +96,7 @@ def test_report_cli_formats(tmp_path, fmt):
 
 
 def test_report_directory_and_output(tmp_path):
-    write_document(qps_doc(), tmp_path / "r")
+    write_result(qps_doc(), tmp_path / "r")
     out = tmp_path / "report.md"
     res = CliRunner().invoke(main, ["report", str(tmp_path / "r"), "--format", "md", "-o", str(out)])
     assert res.exit_code == 0, res.output
@@ -105,7 +105,7 @@ def test_report_directory_and_output(tmp_path):
 
 def test_report_plots(tmp_path):
     pytest.importorskip("matplotlib")
-    paths = [write_document(d, tmp_path / "r") for d in (qps_doc(), table_doc(), scaling_doc())]
+    paths = [write_result(d, tmp_path / "r") for d in (qps_doc(), table_doc(), scaling_doc())]
     res = CliRunner().invoke(main, ["report", *map(str, paths), "--format", "csv", "--plot", str(tmp_path / "plots")])
     assert res.exit_code == 0, res.output
     pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))

@@ -9,11 +9,12 @@ import pytest
 
 from dataset_fixture import write_contract_dataset
 from kunbench.errors import KunbenchError
-from kunbench.train import results
+from kunbench.results import store as results
 from kunbench.train.config import TrainConfig
-from kunbench.train.results import RESULT_SCHEMA_VERSION, REQUIRED_KEYS, read_result, write_result
+from kunbench.results import RESULT_SCHEMA_VERSION, REQUIRED_KEYS, write_result
+from kunbench.results import load as read_result
 from kunbench.train.runner import run_training
-from kunbench.train.toy import toy_spec
+from toy_backend import toy_spec
 
 
 def _doc(**kw):
@@ -69,6 +70,7 @@ def test_train_result_schema(tmp_path):
                        out_dir=tmp_path / "out", device="cpu")
     assert run.path.parent == tmp_path / "out"
     doc = read_result(run.path)
+    assert doc.pop("_source") == str(run.path)
     assert doc == json.loads(json.dumps(results._jsonable(run.document)))
     for key in REQUIRED_KEYS:
         assert key in doc

@@ -10,12 +10,17 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from kunbench.cli import main
+from kunbench.data.batch import Batch
 from kunbench.errors import KunbenchError
 from kunbench.results import load
-from kunbench.suites import common
+from kunbench.metrics import ne
+from kunbench.suites.context import route_sets
+from kunbench.suites.training import TrainedRun, same_eval_rows
+from kunbench.train.evaluate import evaluate
 from kunbench.suites.registry import available_suites, get_suite, parse_suite_list
 
 BUILTIN = ("ne", "qps", "mfu", "scaling", "ablation", "kernels")
@@ -28,7 +33,7 @@ def test_builtin_suites_registered():
         assert n in names
         spec = get_suite(n)
         assert spec.name == n and callable(spec.run) and spec.description
-    assert get_suite("ne").trains and get_suite("ablation").trains and not get_suite("qps").trains
+    assert get_suite("ne").data_parallel and get_suite("ablation").data_parallel and not get_suite("qps").data_parallel
 
 
 def test_unknown_suite_one_line():
@@ -107,117 +112,50 @@ def test_broken_plugin_is_one_line(tmp_path, monkeypatch):
 
 # ---- --set routing ----------------------------------------------------------------------------------
 def test_route_sets():
-    r = common.route_sets({"train.steps": 5, "data.rows": 100, "qps.batch_sizes": [8], "wukong.d": 8, "d": 16,
+    r = route_sets({"train.steps": 5, "data.rows": 100, "qps.batch_sizes": [8], "wukong.d": 8, "d": 16,
                            "stream.window": 4})
     assert r["train"] == {"steps": 5} and r["data"] == {"rows": 100}
     assert r["suite:qps"] == {"batch_sizes": [8]} and r["backend:wukong"] == {"d": 8}
     assert r["all_backends"] == {"d": 16, "stream.window": 4}
 
 
-# ---- statistics -------------------------------------------------------------------------------------
-def test_eta_fit_exact():
-    c = np.logspace(5, 7, 6)
-    ne = 0.9 - 0.015 * np.log(c / 1e6)
-    fit = common.fit_log_compute(list(c), list(ne))
-    assert fit["eta"] == pytest.approx(0.015, rel=1e-9)
-    assert fit["r2"] == pytest.approx(1.0)
-    assert fit["decades"] == pytest.approx(2.0)
-    assert fit["ne0"] - fit["eta"] * math.log(1e6 / fit["c0"]) == pytest.approx(0.9)
-
-
-def test_eta_fit_recovers_known_eta_with_noise():
-    """Over many synthetic data sets the 95 % interval covers the true eta about 95 % of the time."""
-    rng = np.random.default_rng(0)
-    eta_true, covered, trials = 0.02, 0, 200
-    c = np.logspace(5, 6.8, 7)
-    estimates = []
-    for _ in range(trials):
-        ne = 0.95 - eta_true * np.log(c / c[0]) + rng.normal(0, 0.003, c.size)
-        fit = common.fit_log_compute(list(c), list(ne))
-        lo, hi = fit["eta_ci"]
-        covered += lo <= eta_true <= hi
-        estimates.append(fit["eta"])
-    assert abs(np.mean(estimates) - eta_true) < 0.001
-    assert 0.88 <= covered / trials <= 0.99
-    assert common.fit_log_compute([1e5], [0.9])["eta"] is None
-    assert common.fit_log_compute([1e5, 1e5, 1e5], [0.9, 0.8, 0.7])["eta"] is None
-
-
-def test_t_quantiles():
-    assert common.t975(1) == pytest.approx(12.706)
-    assert common.t975(3) == pytest.approx(3.182)
-    assert 1.96 < common.t975(100) < 2.0
-
-
-def test_bootstrap_paired():
-    rng = np.random.default_rng(1)
-    y = (rng.random(4000) < 0.1).astype(float)
-    p = np.clip(0.1 + 0.05 * rng.standard_normal(4000), 0.01, 0.99)
-    b = common.bootstrap_ne(y, p, p, n_boot=50)
-    assert b["ne_std"] > 0 and b["rel_pct_std"] == pytest.approx(0.0, abs=1e-12)
-    b2 = common.bootstrap_ne(y, p, np.full(4000, 0.1), n_boot=50)
-    assert b2["rel_pct_std"] > 0
-
-
-def test_bootstrap_expected_ne():
-    rng = np.random.default_rng(2)
-    n = 8000
-    p_true = np.clip(np.exp(rng.normal(np.log(0.03), 0.8, n)), 1e-4, 0.9)
-    y = (rng.random(n) < p_true).astype(float)
-    # the oracle against itself: no change and no spread
-    same = common.bootstrap_expected_ne(p_true, p_true, p_true, n_boot=50)
-    assert same["rel_pct"] == pytest.approx(0.0, abs=1e-12)
-    assert same["rel_pct_std"] == pytest.approx(0.0, abs=1e-12)
-    assert same["ne"] == pytest.approx(common.ne_of(p_true, p_true)) and 0 < same["ne"] < 1
-    # identical models: zero paired change, whatever the model
-    q = np.clip(p_true * np.exp(rng.normal(0.0, 0.5, n)), 1e-4, 0.99)
-    ident = common.bootstrap_expected_ne(p_true, q, q.copy(), n_boot=50)
-    assert ident["rel_pct"] == pytest.approx(0.0, abs=1e-12) and ident["rel_pct_std"] == pytest.approx(0.0, abs=1e-12)
-    # a strictly better prediction (closer to p_true on every row) has a negative delta, well outside the spread
-    better = np.exp(0.5 * np.log(p_true) + 0.5 * np.log(q))
-    r = common.bootstrap_expected_ne(p_true, better, q, n_boot=100)
-    assert r["rel_pct"] < 0 and abs(r["rel_pct"]) > 5 * r["rel_pct_std"]
-    assert r["ne"] == pytest.approx(common.ne_of(p_true, better))
-    # the same pair on sampled labels is far noisier: that noise is what expected NE removes
-    sampled = common.bootstrap_ne(y, better, q, n_boot=100)
-    assert sampled["rel_pct_std"] > 2 * r["rel_pct_std"]
-
-
 def test_trained_run_expected_ne():
     rng = np.random.default_rng(3)
     pt = rng.uniform(0.01, 0.1, 500)
     y = (rng.random(500) < pt).astype(float)
-    run = common.TrainedRun("x", "tiny", None, 0, None, y, pt * 1.1, pt, None, 0.0, 0, None, None)
+    run = _trained_run(y, pt * 1.1, pt)
     m = run.metrics()
-    assert run.expected_ne == pytest.approx(m["expected_ne"]) and run.ne == pytest.approx(m["ne"])
-    other = common.TrainedRun("y", "tiny", None, 0, None, y.copy(), pt, pt.copy(), None, 0.0, 0, None, None)
-    assert common.same_eval_rows(run, other)
-    shuffled = common.TrainedRun("z", "tiny", None, 0, None, y[::-1].copy(), pt, pt[::-1].copy(), None, 0.0, 0,
-                                 None, None)
-    assert not common.same_eval_rows(run, shuffled)
+    assert m["expected_ne"] == pytest.approx(ne(pt, pt * 1.1)) and m["ne"] == pytest.approx(ne(y, pt * 1.1))
+    assert m["oracle_ne"] == pytest.approx(ne(y, pt))
+    other = _trained_run(y.copy(), pt, pt.copy())
+    assert same_eval_rows(run, other)
+    assert not same_eval_rows(run, _trained_run(y[::-1].copy(), pt, pt[::-1].copy()))
 
 
-def test_gpu_peaks():
-    assert common.gpu_peak_flops("NVIDIA H100 80GB HBM3", "bf16")["flops_per_s"] == 989e12
-    assert common.gpu_peak_flops("NVIDIA H100 PCIe", "bf16")["flops_per_s"] == 756e12
-    assert common.gpu_peak_flops("NVIDIA H200", "bf16")["flops_per_s"] == 989e12
-    assert common.gpu_peak_flops("NVIDIA A100-SXM4-80GB", "bf16")["flops_per_s"] == 312e12
-    assert common.gpu_peak_flops("NVIDIA B200", "bf16")["flops_per_s"] == 2250e12
-    assert common.gpu_peak_flops("NVIDIA L4", "bf16")["flops_per_s"] == 121e12
-    unknown = common.gpu_peak_flops("NVIDIA H100 NVL", "bf16")
-    assert unknown["flops_per_s"] is None and "unknown GPU" in unknown["source"]
-    assert common.gpu_peak_flops("Some Future GPU", "fp32")["flops_per_s"] is None
-    # one table for MFU and the kernel suite (kunbench.peaks): an L40S is not an L4, an H200 NVL not an H200
-    assert common.gpu_peak_flops("NVIDIA L40S", "bf16")["flops_per_s"] is None
-    assert common.gpu_peak_flops("NVIDIA H200 NVL", "bf16")["flops_per_s"] is None
+def _trained_run(y, probs, p_true):
+    """A TrainedRun whose evaluation is the one `kunbench train` computes on these rows."""
+    class Rows:
+        def __iter__(self):
+            for i in range(0, len(y), 128):
+                yield _batch(y[i:i + 128], probs[i:i + 128], p_true[i:i + 128])
+
+    result = evaluate(_EchoModel(), Rows(), keep_rows=True)
+    return TrainedRun("x", "tiny", None, 0, None, result, 0, None, None)
 
 
-def test_cpu_peak_measured(monkeypatch):
-    monkeypatch.setattr(common, "_CPU_PEAK", {})
-    peak = common.cpu_peak_flops(n=128, min_seconds=0.05, min_reps=3)
-    assert peak["flops_per_s"] > 1e6 and peak["source"].startswith("measured")
-    assert peak["flops_per_s"] >= peak["median_flops_per_s"]  # the peak is the best window
-    assert common.cpu_peak_flops(n=128) is peak  # measured once per process and thread count
+class _EchoModel(torch.nn.Module):
+    """Predicts the probability a test batch carries in its dense context."""
+
+    def forward(self, batch):
+        return torch.logit(batch.context_dense[:, 0].double())
+
+
+def _batch(y, probs, p_true):
+    n = len(y)
+    return Batch(context_categorical=torch.zeros(n, 0, dtype=torch.int64),
+                 context_dense=torch.as_tensor(probs, dtype=torch.float64)[:, None], multihot={}, sequences={},
+                 request_ts=torch.zeros(n, dtype=torch.int64), labels=torch.as_tensor(y, dtype=torch.float32),
+                 p_true=torch.as_tensor(p_true, dtype=torch.float64))
 
 
 def test_scaling_ladder_spans_decades(tiny_dataset):
@@ -315,12 +253,17 @@ def test_smoke_mfu_scaling_ablation(tiny_dataset, tmp_path):
             "train_mfu_pct"} <= names
     cols = [c["key"] for c in ab["tables"][0]["columns"]]
     assert {"expected_ne", "dne", "ne", "dne_sampled"} <= set(cols)
-    if "kunlun" not in __import__("kunbench.backends.registry", fromlist=["x"]).available_backends():
-        assert any("Kunlun rows skipped" in n for n in ab["notes"])
+    # kunlun is registered: --backend leaves its rows out, they are not "skipped" as unregistered
+    # (the unregistered case: test_ablation_deltas_on_expected_ne)
+    assert not any("Kunlun rows skipped" in n for n in ab["notes"])
     json.dumps(ab)  # plain JSON all the way down
 
 
-def test_ablation_deltas_on_expected_ne(tiny_dataset, tmp_path):
+def test_ablation_deltas_on_expected_ne(tiny_dataset, tmp_path, monkeypatch):
+    from kunbench.backends import registry
+
+    # no kunlun backend registered: its rows are skipped with a note, deltas are against InterFormer
+    monkeypatch.setattr(registry, "available_backends", lambda: ["interformer", "wukong"])
     out = tmp_path / "res"
     res = CliRunner().invoke(main, ["run", "--suite", "ablation", "--backend", "interformer,wukong", "--data",
                                     str(tiny_dataset), "--device", "cpu", "--set", "train.steps=2",
@@ -332,6 +275,7 @@ def test_ablation_deltas_on_expected_ne(tiny_dataset, tmp_path):
     (ab,) = _docs(out, "ablation")
     rows = {r["row"]: r for r in ab["tables"][0]["rows"]}
     assert list(rows) == ["InterFormer", "Wukong"]  # no Kunlun rows here: deltas against InterFormer
+    assert any("Kunlun rows skipped" in n for n in ab["notes"])
     w = rows["Wukong"]
     assert w["dne"] == pytest.approx(100.0 * (w["expected_ne"] / rows["InterFormer"]["expected_ne"] - 1.0))
     assert w["dne_sampled"] == pytest.approx(100.0 * (w["ne"] / rows["InterFormer"]["ne"] - 1.0))

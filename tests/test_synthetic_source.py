@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from dataset_fixture import write_contract_dataset
 from kunbench.data.loader import ParquetBatches
-from kunbench.data.synthetic import LengthLaw, _contract_columns, SyntheticBatches, columns_from_config, schema_from_config
+from kunbench.data.synthetic import LengthLaw, SyntheticBatches, columns_from_config, schema_from_config
 from kunbench.errors import KunbenchError
 from kunbench.generators.config import PRESETS
 
@@ -97,10 +97,6 @@ def test_config_schema_follows_the_contract():
     assert all(c.cardinality and c.cardinality >= 2 for c in schema.categorical + schema.multihot)
     assert schema.event_types == tuple(cfg.events)
     assert {c.role for c in cols} >= {"request_ts", "label", "oracle"}
-    # the no-generator fallback follows the same contract (names, roles, entities, parts)
-    fallback = [(d["name"], d["role"], d.get("entity"), d.get("event_type"), d.get("part"))
-                for d in _contract_columns(cfg)]
-    assert fallback == [(c.name, c.role, c.entity, c.event_type, c.part) for c in cols]
 
 
 def test_deterministic_with_seed():

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from dataset_fixture import write_contract_dataset
 from kunbench.backends import registry
 from kunbench.cli import main
-from kunbench.train.toy import toy_spec
+from toy_backend import toy_spec
 
 
 @pytest.fixture()

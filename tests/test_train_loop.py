@@ -10,7 +10,7 @@ from kunbench.train.config import TrainConfig
 from kunbench.train.evaluate import evaluate
 from kunbench.train.loop import TrainingDiverged, train
 from kunbench.train.optim import Optimizers, RowWiseAdagrad, WeightAverage, lr_scale, split_parameters
-from kunbench.train.toy import ToyConfig, ToyModel, toy_batches, toy_schema
+from toy_backend import ToyConfig, ToyModel, toy_batches, toy_schema
 
 SCHEMA = toy_schema()
 TRAIN = toy_batches(SCHEMA, n_batches=120, batch_size=128, seed=0)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from kunbench.ops.jagged import lengths_of, longest_row
+
 
 @dataclass
 class Jagged:
@@ -22,7 +24,7 @@ class Jagged:
 
     @property
     def lengths(self) -> torch.Tensor:
-        return self.offsets[1:] - self.offsets[:-1]
+        return lengths_of(self.offsets)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Jagged":
         return Jagged(self.values.to(device, non_blocking=non_blocking),
@@ -43,7 +45,7 @@ class EventSequence:
 
     @property
     def lengths(self) -> torch.Tensor:
-        return self.offsets[1:] - self.offsets[:-1]
+        return lengths_of(self.offsets)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "EventSequence":
         return EventSequence(*(t.to(device, non_blocking=non_blocking)
@@ -107,12 +109,6 @@ class Batch:
             p_true=pin(self.p_true),
             extras={k: pin(v) for k, v in self.extras.items()},
         )
-
-
-def longest_row(offsets: torch.Tensor) -> int:
-    if offsets.numel() < 2:
-        return 0
-    return int((offsets[1:] - offsets[:-1]).max())
 
 
 def with_max_lengths(batch: Batch) -> Batch:

@@ -419,13 +419,6 @@ def make_dataloader(dataset: ParquetBatches, num_workers: int = 0, pin_memory: b
                                        persistent_workers=persistent_workers and num_workers > 0, **kwargs)
 
 
-def measure_loader_rows_per_s(root: str | os.PathLike, split: str = "train", num_workers: int = 0,
-                              batch_size: int = 512, max_lengths: int | Mapping[str, int] | None = None,
-                              max_rows: int | None = None, **dataset_kwargs) -> float:
-    """Rows/s of one pass over a split through a DataLoader (worker start-up included)."""
-    return measure_loader(root, split, num_workers, batch_size, max_lengths, max_rows, **dataset_kwargs)["rows_per_s"]
-
-
 def _cpu_seconds() -> float:
     """CPU time of this process plus its reaped children (DataLoader workers)."""
     import resource

@@ -190,3 +190,9 @@ def require_intact(m: "Manifest", skip_hint: str = "") -> None:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise KunbenchError(f"dataset {m.root} is damaged: {problems[0]}{more}; regenerate it"
                             + (f", or {skip_hint}" if skip_hint else ""))
+
+
+def manifest_fingerprint(root: str | Path) -> str:
+    """sha256 (16 hex) of the dataset's manifest.json bytes: it holds the config, seed and checksums,
+    so two results with the same fingerprint trained and evaluated on the same rows."""
+    return hashlib.sha256(Path(root, "manifest.json").read_bytes()).hexdigest()[:16]

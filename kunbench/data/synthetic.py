@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from kunbench.data.batch import Batch, EventSequence, Jagged
-from kunbench.data.jagged import lengths_to_offsets, segment_ids
 from kunbench.data.manifest import Column, DatasetSchema, load_manifest
 from kunbench.errors import KunbenchError
+from kunbench.ops.jagged import lengths_to_offsets, segment_ids
 
 DEFAULT_START_TS = 1_767_225_600
 DEFAULT_CARDINALITY = 1 << 20  # for columns whose manifest entry carries no cardinality
@@ -61,47 +61,12 @@ class LengthLaw:
 
 # ---- schemas without files -----------------------------------------------------------------
 def columns_from_config(config: Any) -> list[Column]:
-    """The manifest columns a generator run with `config` writes, without writing anything.
+    """The manifest columns a generator run with `config` writes, without writing anything: the
+    generator's own column builder, so names, roles and cardinalities match the files."""
+    from kunbench.generators.schema import column_entries
+    from kunbench.generators.world import build_world
 
-    Uses the generator's own column builder when it has one, so names, roles and cardinalities
-    match; otherwise follows the documented contract with cardinalities drawn here.
-    """
-    try:
-        from kunbench.generators.schema import column_entries
-        from kunbench.generators.world import build_world
-    except ImportError:  # generator not available: the documented contract, cardinalities drawn here
-        return [Column.from_dict(d) for d in _contract_columns(config)]
     return [Column.from_dict(d) for d in column_entries(build_world(config))]
-
-
-def _contract_columns(cfg: Any) -> list[dict]:
-    rng = np.random.default_rng([int(cfg.seed), 0x53594E])
-    lo, hi = math.log(cfg.cardinality_min), math.log(cfg.cardinality_max)
-    cat_card = [int(round(math.exp(v))) for v in rng.uniform(lo, hi, cfg.num_categorical)]
-    mh_card = [int(round(math.exp(v))) for v in rng.uniform(lo, min(hi, math.log(100_000)), cfg.num_multihot)]
-    items = int(cfg.num_items)
-    cols: list[dict] = [{"name": "request_ts", "role": "request_ts", "dtype": "int64"},
-                        {"name": "click", "role": "label", "dtype": "int8"},
-                        {"name": "p_true", "role": "oracle", "dtype": "float64"}]
-    for name, entity, card in (("user_id", "user", cfg.num_users), ("ad_id", "item", items),
-                               ("ad_category", "item_category", cfg.num_item_categories),
-                               ("surface", "surface", cfg.num_surfaces)):
-        cols.append({"name": name, "role": "context_categorical", "dtype": "int64", "cardinality": int(card),
-                     "entity": entity})
-    cols += [{"name": f"ctx_cat_{i:03d}", "role": "context_categorical", "dtype": "int64", "cardinality": c}
-             for i, c in enumerate(cat_card)]
-    cols += [{"name": f"ctx_dense_{i:03d}", "role": "context_dense", "dtype": "float32"}
-             for i in range(cfg.num_dense)]
-    cols += [{"name": f"ctx_multihot_{i:02d}", "role": "context_multihot", "dtype": "list<int64>", "cardinality": c}
-             for i, c in enumerate(mh_card)]
-    for e in cfg.events:
-        cols += [{"name": f"seq_{e}_item", "role": "sequence", "dtype": "list<int64>", "cardinality": items,
-                  "entity": "item", "event_type": e, "part": "item"},
-                 {"name": f"seq_{e}_category", "role": "sequence", "dtype": "list<int64>",
-                  "cardinality": int(cfg.num_item_categories), "entity": "item_category", "event_type": e,
-                  "part": "category"},
-                 {"name": f"seq_{e}_ts", "role": "sequence", "dtype": "list<int64>", "event_type": e, "part": "ts"}]
-    return cols
 
 
 def schema_from_config(config: Any) -> DatasetSchema:

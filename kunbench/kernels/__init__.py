@@ -112,13 +112,14 @@ def gdpa(
         raise ValueError(f"scale_position must be 'pre' or 'post', got {scale_position!r}")
     common = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     impl = select_implementation(q.device, implementation, common)
+    if broadcast_q and q.dim() != 3:
+        raise ValueError(f"broadcast q must be [Lq, H, d_h], got {tuple(q.shape)}")
+    q_offsets = None if broadcast_q else q_offsets
+    scale = None if scale is None else float(scale)
     if impl == "triton":
-        if broadcast_q and q.dim() != 3:
-            raise ValueError(f"broadcast q must be [Lq, H, d_h], got {tuple(q.shape)}")
         q, k, v = q.to(common), k.to(common), v.to(common)  # one dtype for the kernels' dots (e.g. autocast)
-        return torch.ops.kunbench.gdpa_fwd(
-            q, k, v, None if broadcast_q else q_offsets, kv_offsets, [ACTIVATION_IDS[n] for n in names],
-            None if scale is None else float(scale), scale_position == "pre", -1 if window is None else int(window),
-            bool(broadcast_q))
-    return gdpa_reference(q, k, v, q_offsets=q_offsets, kv_offsets=kv_offsets, activation=activation,
-                          scale=scale, scale_position=scale_position, window=window, broadcast_q=broadcast_q)
+        return torch.ops.kunbench.gdpa_fwd(q, k, v, q_offsets, kv_offsets, [ACTIVATION_IDS[n] for n in names], scale,
+                                           scale_position == "pre", -1 if window is None else int(window),
+                                           bool(broadcast_q))
+    return gdpa_reference(q, k, v, q_offsets, kv_offsets, names, scale, scale_position == "pre", window,
+                          bool(broadcast_q))

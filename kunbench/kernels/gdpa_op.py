@@ -5,161 +5,26 @@ FlopCounterMode.
                      broadcast_q) -> out
   kunbench::gdpa_bwd(grad_out, q, k, v, ...same...) -> (dq, dk, dv)
   kunbench::gdpa_padded_fwd / gdpa_padded_bwd: the same kernels on padded [B, T, H, d] tensors with
-      [B] lengths in place of offsets (what the models call: no host read of any length)
+      [B] lengths in place of offsets (what the models call: no host read of any length); rows
+      past a sample's length read as absent and come out zero, and `scale` is always given
 
 `activations` are per-head ids (`gdpa_triton_kernels.ACT_IDS`), `window` < 0 means none and
 `scale` None means 1 / max q length (computed inside the op, so no data-dependent host value
 leaks into a compiled graph). FLOPs: forward 4 d_h H sum_b Lq_b Lk_b (windowed self-attention
-counts min(L, 2w+1) keys per query), backward 2.5x forward, as `gdpa_flops` (models.md 4).
+counts min(L, 2w+1) keys per query), backward 2.5x forward, as `gdpa_flops` (docs/models.md 4).
+Both layouts are registered by one `_define`, so their fake, autograd and FLOP rules cannot drift.
 """
 
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 
 from kunbench.kernels.gdpa_reference import gdpa_flops
+from kunbench.ops.jagged import lengths_of
 
-
-@torch.library.custom_op("kunbench::gdpa_fwd", mutates_args=())
-def gdpa_fwd(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    q_offsets: Optional[torch.Tensor],
-    kv_offsets: Optional[torch.Tensor],
-    activations: list[int],
-    scale: Optional[float],
-    scale_pre: bool,
-    window: int,
-    broadcast_q: bool,
-) -> torch.Tensor:
-    from kunbench.kernels.gdpa_triton import gdpa_triton_forward
-
-    _require_runnable(q)
-    return gdpa_triton_forward(q, k, v, q_offsets, kv_offsets, activations, scale, scale_pre,
-                               None if window < 0 else window, broadcast_q)
-
-
-def _batch(k: torch.Tensor, kv_offsets: Optional[torch.Tensor]) -> int:
-    return kv_offsets.shape[0] - 1 if kv_offsets is not None else k.shape[0]
-
-
-@gdpa_fwd.register_fake
-def _gdpa_fwd_fake(q, k, v, q_offsets, kv_offsets, activations, scale, scale_pre, window, broadcast_q):
-    if broadcast_q:
-        return q.new_empty((_batch(k, kv_offsets), q.shape[0], q.shape[1], q.shape[2]))
-    return torch.empty_like(q)
-
-
-@torch.library.custom_op("kunbench::gdpa_bwd", mutates_args=())
-def gdpa_bwd(
-    grad_out: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    q_offsets: Optional[torch.Tensor],
-    kv_offsets: Optional[torch.Tensor],
-    activations: list[int],
-    scale: Optional[float],
-    scale_pre: bool,
-    window: int,
-    broadcast_q: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from kunbench.kernels.gdpa_triton import gdpa_triton_backward
-
-    _require_runnable(q)
-    return gdpa_triton_backward(grad_out, q, k, v, q_offsets, kv_offsets, activations, scale, scale_pre,
-                                None if window < 0 else window, broadcast_q)
-
-
-@gdpa_bwd.register_fake
-def _gdpa_bwd_fake(grad_out, q, k, v, q_offsets, kv_offsets, activations, scale, scale_pre, window, broadcast_q):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, q_offsets, kv_offsets, activations, scale, scale_pre, window, broadcast_q = inputs
-    ctx.save_for_backward(q, k, v, q_offsets, kv_offsets)
-    ctx.params = (list(activations), scale, scale_pre, window, broadcast_q)
-
-
-def _backward(ctx, grad_out):
-    q, k, v, q_offsets, kv_offsets = ctx.saved_tensors
-    dq, dk, dv = torch.ops.kunbench.gdpa_bwd(grad_out, q, k, v, q_offsets, kv_offsets, *ctx.params)
-    return dq, dk, dv, None, None, None, None, None, None, None
-
-
-gdpa_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-# ---- padded layout: q [B, Tq, H, d] (or a broadcast [Lq, H, d] set), k/v [B, Tk, H, d] -------------
-@torch.library.custom_op("kunbench::gdpa_padded_fwd", mutates_args=())
-def gdpa_padded_fwd(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    q_lengths: Optional[torch.Tensor],
-    kv_lengths: Optional[torch.Tensor],
-    activations: list[int],
-    scale: float,
-    scale_pre: bool,
-    window: int,
-    broadcast_q: bool,
-) -> torch.Tensor:
-    """Lengths `[B]` stand in for offsets (None: every row of a dense k/v, or a broadcast q); rows
-    past a sample's length read as absent and come out zero. Shapes alone size the launch, so no
-    length is read on the host."""
-    from kunbench.kernels.gdpa_triton import gdpa_triton_forward
-
-    _require_runnable(q)
-    return gdpa_triton_forward(q, k, v, q_lengths, kv_lengths, activations, scale, scale_pre,
-                               None if window < 0 else window, broadcast_q, padded=True)
-
-
-@gdpa_padded_fwd.register_fake
-def _gdpa_padded_fwd_fake(q, k, v, q_lengths, kv_lengths, activations, scale, scale_pre, window, broadcast_q):
-    if broadcast_q:
-        return q.new_empty((k.shape[0], q.shape[0], q.shape[1], q.shape[2]))
-    return torch.empty_like(q)
-
-
-@torch.library.custom_op("kunbench::gdpa_padded_bwd", mutates_args=())
-def gdpa_padded_bwd(
-    grad_out: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    q_lengths: Optional[torch.Tensor],
-    kv_lengths: Optional[torch.Tensor],
-    activations: list[int],
-    scale: float,
-    scale_pre: bool,
-    window: int,
-    broadcast_q: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from kunbench.kernels.gdpa_triton import gdpa_triton_backward
-
-    _require_runnable(q)
-    return gdpa_triton_backward(grad_out, q, k, v, q_lengths, kv_lengths, activations, scale, scale_pre,
-                                None if window < 0 else window, broadcast_q, padded=True)
-
-
-@gdpa_padded_bwd.register_fake
-def _gdpa_padded_bwd_fake(grad_out, q, k, v, q_lengths, kv_lengths, activations, scale, scale_pre, window,
-                          broadcast_q):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-
-
-def _padded_backward(ctx, grad_out):
-    q, k, v, q_lengths, kv_lengths = ctx.saved_tensors
-    dq, dk, dv = torch.ops.kunbench.gdpa_padded_bwd(grad_out, q, k, v, q_lengths, kv_lengths, *ctx.params)
-    return dq, dk, dv, None, None, None, None, None, None, None
-
-
-gdpa_padded_fwd.register_autograd(_padded_backward, setup_context=_setup_context)
+_PARAMS = ("Tensor q, Tensor k, Tensor v, Tensor? {q_rows}, Tensor? {kv_rows}, int[] activations, {scale} scale, "
+           "bool scale_pre, int window, bool broadcast_q")
 
 
 def _require_runnable(q: torch.Tensor) -> None:
@@ -172,14 +37,74 @@ def _require_runnable(q: torch.Tensor) -> None:
                            "TRITON_INTERPRET=1 to run them in the Triton interpreter on CPU")
 
 
-def _lengths(offsets: torch.Tensor) -> torch.Tensor:
-    return (offsets[1:] - offsets[:-1]).to("cpu")
+def _batch(k: torch.Tensor, kv_rows: torch.Tensor | None, padded: bool) -> int:
+    return kv_rows.shape[0] - 1 if kv_rows is not None and not padded else k.shape[0]
 
 
-def forward_flops(q, k, v, q_offsets, kv_offsets, window, broadcast_q) -> float:
+def _define(name: str, padded: bool, flops) -> None:
+    """Register `kunbench::{name}_fwd` and `_bwd` (with fake, autograd and FLOP rules) for one layout:
+    jagged q/k/v with offsets (`padded=False`), or padded tensors with lengths (`padded=True`)."""
+    rows = ("q_lengths", "kv_lengths") if padded else ("q_offsets", "kv_offsets")
+    params = _PARAMS.format(q_rows=rows[0], kv_rows=rows[1], scale="float" if padded else "float?")
+
+    def forward(q, k, v, q_rows, kv_rows, activations, scale, scale_pre, window, broadcast_q):
+        from kunbench.kernels.gdpa_triton import gdpa_triton_forward
+
+        _require_runnable(q)
+        return gdpa_triton_forward(q, k, v, q_rows, kv_rows, activations, scale, scale_pre,
+                                   None if window < 0 else window, broadcast_q, padded=padded)
+
+    def backward(grad_out, q, k, v, q_rows, kv_rows, activations, scale, scale_pre, window, broadcast_q):
+        from kunbench.kernels.gdpa_triton import gdpa_triton_backward
+
+        _require_runnable(q)
+        return gdpa_triton_backward(grad_out, q, k, v, q_rows, kv_rows, activations, scale, scale_pre,
+                                    None if window < 0 else window, broadcast_q, padded=padded)
+
+    fwd = torch.library.custom_op(f"kunbench::{name}_fwd", forward, mutates_args=(), schema=f"({params}) -> Tensor")
+    bwd = torch.library.custom_op(f"kunbench::{name}_bwd", backward, mutates_args=(),
+                                  schema=f"(Tensor grad_out, {params}) -> (Tensor, Tensor, Tensor)")
+
+    @fwd.register_fake
+    def _fwd_fake(q, k, v, q_rows, kv_rows, activations, scale, scale_pre, window, broadcast_q):
+        if broadcast_q:
+            return q.new_empty((_batch(k, kv_rows, padded), *q.shape))
+        return torch.empty_like(q)
+
+    @bwd.register_fake
+    def _bwd_fake(grad_out, q, k, v, q_rows, kv_rows, activations, scale, scale_pre, window, broadcast_q):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, q_rows, kv_rows, activations, scale, scale_pre, window, broadcast_q = inputs
+        ctx.save_for_backward(q, k, v, q_rows, kv_rows)
+        ctx.params = (list(activations), scale, scale_pre, window, broadcast_q)
+
+    def autograd_backward(ctx, grad_out):
+        q, k, v, q_rows, kv_rows = ctx.saved_tensors
+        dq, dk, dv = bwd(grad_out, q, k, v, q_rows, kv_rows, *ctx.params)
+        return dq, dk, dv, None, None, None, None, None, None, None
+
+    fwd.register_autograd(autograd_backward, setup_context=setup_context)
+
+    fwd_op, bwd_op = getattr(torch.ops.kunbench, f"{name}_fwd"), getattr(torch.ops.kunbench, f"{name}_bwd")
+    if fwd_op not in flop_registry:
+        @register_flop_formula(fwd_op, get_raw=True)
+        def _fwd_flops(q, k, v, q_rows, kv_rows, activations, scale, scale_pre, window, broadcast_q,
+                       *args, out_val=None, **kwargs) -> int:
+            return int(flops(q, k, q_rows, kv_rows, window, broadcast_q))
+
+    if bwd_op not in flop_registry:
+        @register_flop_formula(bwd_op, get_raw=True)
+        def _bwd_flops(grad_out, q, k, v, q_rows, kv_rows, activations, scale, scale_pre, window, broadcast_q,
+                       *args, out_val=None, **kwargs) -> int:
+            return int(2.5 * flops(q, k, q_rows, kv_rows, window, broadcast_q))
+
+
+def forward_flops(q, k, q_offsets, kv_offsets, window, broadcast_q) -> float:
     """Forward FLOPs of one gdpa_fwd call (true lengths; reads the offsets when they are real)."""
     heads, dh = q.shape[-2], q.shape[-1]
-    batch = _batch(k, kv_offsets)
+    batch = _batch(k, kv_offsets, padded=False)
     if batch == 0:
         return 0.0
     w = None if window is None or window < 0 else window
@@ -187,8 +112,8 @@ def forward_flops(q, k, v, q_offsets, kv_offsets, window, broadcast_q) -> float:
         if broadcast_q:
             lq = torch.full((batch,), q.shape[0])
         else:
-            lq = _lengths(q_offsets)
-        lk = _lengths(kv_offsets) if kv_offsets is not None else torch.full((batch,), k.shape[1])
+            lq = lengths_of(q_offsets).to("cpu")
+        lk = lengths_of(kv_offsets).to("cpu") if kv_offsets is not None else torch.full((batch,), k.shape[1])
         return float(gdpa_flops(lq, lk, heads, dh, window=w).sum())
     except Exception:  # fake/meta offsets (tracing): data-free estimate, exact except self-attention
         n_q = q.shape[0] * (batch if broadcast_q else 1)
@@ -217,32 +142,5 @@ def padded_forward_flops(q, k, q_lengths, kv_lengths, window, broadcast_q) -> fl
         return 4.0 * dh * heads * batch * tq * tk
 
 
-def _register_flops() -> None:
-    pfwd, pbwd = torch.ops.kunbench.gdpa_padded_fwd, torch.ops.kunbench.gdpa_padded_bwd
-    if pfwd not in flop_registry:
-        @register_flop_formula(pfwd, get_raw=True)
-        def _pfwd_flops(q, k, v, q_lengths, kv_lengths, activations, scale, scale_pre, window, broadcast_q,
-                        *args, out_val=None, **kwargs) -> int:
-            return int(padded_forward_flops(q, k, q_lengths, kv_lengths, window, broadcast_q))
-
-    if pbwd not in flop_registry:
-        @register_flop_formula(pbwd, get_raw=True)
-        def _pbwd_flops(grad_out, q, k, v, q_lengths, kv_lengths, activations, scale, scale_pre, window,
-                        broadcast_q, *args, out_val=None, **kwargs) -> int:
-            return int(2.5 * padded_forward_flops(q, k, q_lengths, kv_lengths, window, broadcast_q))
-
-    fwd, bwd = torch.ops.kunbench.gdpa_fwd, torch.ops.kunbench.gdpa_bwd
-    if fwd not in flop_registry:
-        @register_flop_formula(fwd, get_raw=True)
-        def _fwd_flops(q, k, v, q_offsets, kv_offsets, activations, scale, scale_pre, window, broadcast_q,
-                       *args, out_val=None, **kwargs) -> int:
-            return int(forward_flops(q, k, v, q_offsets, kv_offsets, window, broadcast_q))
-
-    if bwd not in flop_registry:
-        @register_flop_formula(bwd, get_raw=True)
-        def _bwd_flops(grad_out, q, k, v, q_offsets, kv_offsets, activations, scale, scale_pre, window,
-                       broadcast_q, *args, out_val=None, **kwargs) -> int:
-            return int(2.5 * forward_flops(q, k, v, q_offsets, kv_offsets, window, broadcast_q))
-
-
-_register_flops()
+_define("gdpa", padded=False, flops=forward_flops)
+_define("gdpa_padded", padded=True, flops=padded_forward_flops)

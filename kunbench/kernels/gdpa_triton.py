@@ -20,6 +20,8 @@ from types import ModuleType
 
 import torch
 
+from kunbench.ops.jagged import lengths_of
+
 _KERNEL_MODULE = "kunbench.kernels.gdpa_triton_kernels"
 _INTERPRETED_NAME = "kunbench.kernels._gdpa_triton_kernels_interpreted"
 _lock = threading.Lock()
@@ -172,9 +174,9 @@ class Problem:
         self.nk = 0 if self.jagged_kv else k.shape[1]
         maxima = []
         if not self.broadcast_q:
-            maxima.append((self.q_off[1:] - self.q_off[:-1]).max() if self.batch else empty[0])
+            maxima.append(lengths_of(self.q_off).max() if self.batch else empty[0])
         if self.jagged_kv:
-            maxima.append((self.kv_off[1:] - self.kv_off[:-1]).max() if self.batch else empty[0])
+            maxima.append(lengths_of(self.kv_off).max() if self.batch else empty[0])
         got = torch.stack(maxima).tolist() if maxima else []  # one host sync for both maxima
         self.max_q = self.nq if self.broadcast_q else int(got.pop(0))
         self.max_k = int(got.pop(0)) if self.jagged_kv else self.nk

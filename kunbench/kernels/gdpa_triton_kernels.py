@@ -1,4 +1,4 @@
-"""Triton kernels for GDPA (models.md 3.2): act(Q K^T) * s @ V, no softmax.
+"""Triton kernels for GDPA (docs/models.md 3.2): act(Q K^T) * s @ V, no softmax.
 
 Only long-standing `triton.language` APIs are used (masked pointer arithmetic, tl.dot, tl.trans,
 tl.exp, tl.math.erf, tl.where), no block pointers and no inline asm, so the same source runs under
@@ -21,6 +21,8 @@ Rows beyond a sequence load as zeros; every activation maps 0 to 0 and zero q/k/
 nothing to any product, so only the window needs an explicit mask on the score tile.
 Activations: 0 identity, 1 relu, 2 gelu (erf), 3 gelu_tanh, 4 silu (a constexpr per launch; mixed
 heads are launched as one group per activation through the HEADS index table).
+The three kernels share their addressing through small @triton.jit helpers (`_program`, `_tile`,
+`_load_pair`, `_weights_and_grad`, `_span`, `_windowed`), which Triton inlines into each kernel.
 """
 
 from __future__ import annotations
@@ -73,9 +75,15 @@ def _act_and_grad(x, ACT: tl.constexpr):
 
 
 @triton.jit
-def _sample_ranges(b, QOFF, KOFF, NQ, NK, BROADCAST_Q: tl.constexpr, JAGGED_KV: tl.constexpr,
-                   PADDED: tl.constexpr):
-    """(q row start, q length, output/dO row start, k row start, k length) of sample b."""
+def _program(QOFF, KOFF, HEADS, NH, NQ, NK, BLOCK: tl.constexpr, BROADCAST_Q: tl.constexpr,
+             JAGGED_KV: tl.constexpr, PADDED: tl.constexpr):
+    """(first row of this program's block, its BLOCK rows, head, q row start, q length, output/dO
+    row start, k row start, k length): grid axis 0 walks the row blocks (of q or of k), axis 1
+    walks (sample, head in the group)."""
+    start = tl.program_id(0) * BLOCK
+    pid_bh = tl.program_id(1)
+    b = pid_bh // NH
+    h = tl.load(HEADS + pid_bh % NH).to(tl.int64)
     b64 = b.to(tl.int64)
     if BROADCAST_Q:
         q_start = b64 * 0
@@ -98,7 +106,54 @@ def _sample_ranges(b, QOFF, KOFF, NQ, NK, BROADCAST_Q: tl.constexpr, JAGGED_KV: 
     else:
         k_start = b64 * NK
         k_len = b * 0 + NK
-    return q_start, q_len, o_start, k_start, k_len
+    return start, start + tl.arange(0, BLOCK), h, q_start, q_len, o_start, k_start, k_len
+
+
+@triton.jit
+def _weights_and_grad(a, b, da, db, scale_in, scale_out, ACT: tl.constexpr):
+    """The weights `act(a b^T s_in) s_out` and the score gradient `(da db^T) act'(a b^T s_in) s_in s_out`
+    of one tile: (a, b, da, db) = (q, k, dO, v) for dQ, or (k, q, v, dO) for the transposed dK/dV tile."""
+    p, dact = _act_and_grad(tl.dot(a, tl.trans(b)) * scale_in, ACT)
+    ds = tl.dot(da, tl.trans(db)) * dact * (scale_in * scale_out)
+    return p * scale_out, ds
+
+
+@triton.jit
+def _tile(PTR, rows, stride_n, h, stride_h, offs_d):
+    """Pointers of a [rows, d] tile of head h in a row-major [N, H, d] tensor."""
+    return PTR + rows[:, None] * stride_n + h * stride_h + offs_d[None, :]
+
+
+@triton.jit
+def _load_pair(A, B, a_start, b_start, offs, length, stride_an, stride_ah, stride_bn, stride_bh, h, offs_d, D):
+    """Head h of rows `offs` of two row-major [N, H, d] tensors that share their row index (q and dO,
+    or k and v), rows past `length` and columns past D read as 0; and that [rows, d] mask."""
+    mask = (offs < length)[:, None] & (offs_d < D)[None, :]
+    a = tl.load(_tile(A, a_start + offs, stride_an, h, stride_ah, offs_d), mask=mask, other=0.0)
+    b = tl.load(_tile(B, b_start + offs, stride_bn, h, stride_bh, offs_d), mask=mask, other=0.0)
+    return a, b, mask
+
+
+@triton.jit
+def _span(start, BLOCK: tl.constexpr, own_len, other_len, window, HAS_WINDOW: tl.constexpr):
+    """[lo, hi) of the other side's rows that the block of rows start .. start + BLOCK - 1 meets
+    (within the window when there is one); empty for a block past its sample's end."""
+    lo = start * 0
+    hi = other_len
+    if HAS_WINDOW:
+        lo = tl.maximum(start - window, 0)
+        hi = tl.minimum(start + BLOCK + window, other_len)
+    hi = tl.where(start < own_len, hi, lo)
+    return lo, hi
+
+
+@triton.jit
+def _windowed(x, rows, cols, window, HAS_WINDOW: tl.constexpr):
+    """The [rows, cols] tile `x` with 0 where |row - col| > window (unchanged without a window)."""
+    if HAS_WINDOW:
+        diff = rows[:, None] - cols[None, :]
+        x = tl.where((diff <= window) & (diff >= -window), x, 0.0)
+    return x
 
 
 @triton.jit
@@ -110,44 +165,22 @@ def gdpa_fwd_kernel(
     ACT: tl.constexpr, BROADCAST_Q: tl.constexpr, JAGGED_KV: tl.constexpr, HAS_WINDOW: tl.constexpr,
     PADDED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // NH
-    h = tl.load(HEADS + pid_bh % NH).to(tl.int64)
-    q_start, q_len, o_start, k_start, k_len = _sample_ranges(b, QOFF, KOFF, NQ, NK, BROADCAST_Q, JAGGED_KV, PADDED)
-
-    m_start = pid_m * BLOCK_M
-    offs_m = m_start + tl.arange(0, BLOCK_M)
+    m_start, offs_m, h, q_start, q_len, o_start, k_start, k_len = _program(QOFF, KOFF, HEADS, NH, NQ, NK, BLOCK_M,
+                                                                         BROADCAST_Q, JAGGED_KV, PADDED)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    m_mask = offs_m < q_len
-    d_mask = offs_d < D
-    q = tl.load(Q + (q_start + offs_m)[:, None] * stride_qn + h * stride_qh + offs_d[None, :],
-                mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+    md_mask = (offs_m < q_len)[:, None] & (offs_d < D)[None, :]
+    q = tl.load(_tile(Q, q_start + offs_m, stride_qn, h, stride_qh, offs_d), mask=md_mask, other=0.0)
     acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
 
-    lo = m_start * 0
-    hi = k_len
-    if HAS_WINDOW:
-        lo = tl.maximum(m_start - window, 0)
-        hi = tl.minimum(m_start + BLOCK_M + window, k_len)
-    hi = tl.where(m_start < q_len, hi, lo)  # a block past this sample's end does no work
+    lo, hi = _span(m_start, BLOCK_M, q_len, k_len, window, HAS_WINDOW)
     for n0 in range(lo, hi, BLOCK_N):
         offs_k = n0 + offs_n
-        n_mask = offs_k < k_len
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(K + (k_start + offs_k)[:, None] * stride_kn + h * stride_kh + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
-        v = tl.load(V + (k_start + offs_k)[:, None] * stride_vn + h * stride_vh + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k))
-        p = _act(s * scale_in, ACT) * scale_out
-        if HAS_WINDOW:
-            diff = offs_m[:, None] - offs_k[None, :]
-            p = tl.where((diff <= window) & (diff >= -window), p, 0.0)
+        k, v, _ = _load_pair(K, V, k_start, k_start, offs_k, k_len, stride_kn, stride_kh, stride_vn, stride_vh, h,
+                             offs_d, D)
+        p = _windowed(_act(tl.dot(q, tl.trans(k)) * scale_in, ACT) * scale_out, offs_m, offs_k, window, HAS_WINDOW)
         acc += tl.dot(p.to(v.dtype), v)
-    tl.store(O + (o_start + offs_m)[:, None] * stride_on + h * stride_oh + offs_d[None, :],
-             acc.to(O.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+    tl.store(_tile(O, o_start + offs_m, stride_on, h, stride_oh, offs_d), acc.to(O.dtype.element_ty), mask=md_mask)
 
 
 @triton.jit
@@ -162,54 +195,28 @@ def gdpa_bwd_dq_kernel(
 ):
     """dQ for one (q block, sample, head). With BROADCAST_Q, DQ is a [B * NQ] partial buffer
     (row b * NQ + i) that the host sums over the batch."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // NH
-    h = tl.load(HEADS + pid_bh % NH).to(tl.int64)
-    q_start, q_len, o_start, k_start, k_len = _sample_ranges(b, QOFF, KOFF, NQ, NK, BROADCAST_Q, JAGGED_KV, PADDED)
-
-    m_start = pid_m * BLOCK_M
-    offs_m = m_start + tl.arange(0, BLOCK_M)
+    m_start, offs_m, h, q_start, q_len, o_start, k_start, k_len = _program(QOFF, KOFF, HEADS, NH, NQ, NK, BLOCK_M,
+                                                                         BROADCAST_Q, JAGGED_KV, PADDED)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    m_mask = offs_m < q_len
-    d_mask = offs_d < D
-    md_mask = m_mask[:, None] & d_mask[None, :]
-    q = tl.load(Q + (q_start + offs_m)[:, None] * stride_qn + h * stride_qh + offs_d[None, :],
-                mask=md_mask, other=0.0)
-    do = tl.load(DO + (o_start + offs_m)[:, None] * stride_on + h * stride_oh + offs_d[None, :],
-                 mask=md_mask, other=0.0)
+    q, do, md_mask = _load_pair(Q, DO, q_start, o_start, offs_m, q_len, stride_qn, stride_qh, stride_on, stride_oh, h,
+                                offs_d, D)
     acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
-    ds_scale = scale_in * scale_out
 
-    lo = m_start * 0
-    hi = k_len
-    if HAS_WINDOW:
-        lo = tl.maximum(m_start - window, 0)
-        hi = tl.minimum(m_start + BLOCK_M + window, k_len)
-    hi = tl.where(m_start < q_len, hi, lo)
+    lo, hi = _span(m_start, BLOCK_M, q_len, k_len, window, HAS_WINDOW)
     for n0 in range(lo, hi, BLOCK_N):
         offs_k = n0 + offs_n
-        n_mask = offs_k < k_len
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(K + (k_start + offs_k)[:, None] * stride_kn + h * stride_kh + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
-        v = tl.load(V + (k_start + offs_k)[:, None] * stride_vn + h * stride_vh + offs_d[None, :],
-                    mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k))
-        _, dact = _act_and_grad(s * scale_in, ACT)
-        dp = tl.dot(do, tl.trans(v))
-        ds = dp * dact * ds_scale
-        if HAS_WINDOW:
-            diff = offs_m[:, None] - offs_k[None, :]
-            ds = tl.where((diff <= window) & (diff >= -window), ds, 0.0)
+        k, v, _ = _load_pair(K, V, k_start, k_start, offs_k, k_len, stride_kn, stride_kh, stride_vn, stride_vh, h,
+                             offs_d, D)
+        _, ds = _weights_and_grad(q, k, do, v, scale_in, scale_out, ACT)
+        ds = _windowed(ds, offs_m, offs_k, window, HAS_WINDOW)
         acc += tl.dot(ds.to(k.dtype), k)
     if BROADCAST_Q:
         dq_start = o_start
     else:
         dq_start = q_start
-    tl.store(DQ + (dq_start + offs_m)[:, None] * stride_dqn + h * stride_dqh + offs_d[None, :],
-             acc.to(DQ.dtype.element_ty), mask=md_mask)
+    tl.store(_tile(DQ, dq_start + offs_m, stride_dqn, h, stride_dqh, offs_d), acc.to(DQ.dtype.element_ty),
+             mask=md_mask)
 
 
 @triton.jit
@@ -224,53 +231,24 @@ def gdpa_bwd_dkdv_kernel(
 ):
     """dK, dV for one (k block, sample, head), accumulated over that sample's q rows; one program
     owns its tile (dense PFFN K/V included), so no atomics."""
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // NH
-    h = tl.load(HEADS + pid_bh % NH).to(tl.int64)
-    q_start, q_len, o_start, k_start, k_len = _sample_ranges(b, QOFF, KOFF, NQ, NK, BROADCAST_Q, JAGGED_KV, PADDED)
-
-    n_start = pid_n * BLOCK_N
-    offs_k = n_start + tl.arange(0, BLOCK_N)
+    n_start, offs_k, h, q_start, q_len, o_start, k_start, k_len = _program(QOFF, KOFF, HEADS, NH, NQ, NK, BLOCK_N,
+                                                                         BROADCAST_Q, JAGGED_KV, PADDED)
     offs_mb = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    n_mask = offs_k < k_len
-    d_mask = offs_d < D
-    kv_mask = n_mask[:, None] & d_mask[None, :]
-    k = tl.load(K + (k_start + offs_k)[:, None] * stride_kn + h * stride_kh + offs_d[None, :],
-                mask=kv_mask, other=0.0)
-    v = tl.load(V + (k_start + offs_k)[:, None] * stride_vn + h * stride_vh + offs_d[None, :],
-                mask=kv_mask, other=0.0)
+    k, v, kv_mask = _load_pair(K, V, k_start, k_start, offs_k, k_len, stride_kn, stride_kh, stride_vn, stride_vh, h,
+                               offs_d, D)
     dk = tl.full([BLOCK_N, BLOCK_D], 0.0, tl.float32)
     dv = tl.full([BLOCK_N, BLOCK_D], 0.0, tl.float32)
-    ds_scale = scale_in * scale_out
 
-    lo = n_start * 0
-    hi = q_len
-    if HAS_WINDOW:
-        lo = tl.maximum(n_start - window, 0)
-        hi = tl.minimum(n_start + BLOCK_N + window, q_len)
-    hi = tl.where(n_start < k_len, hi, lo)
+    lo, hi = _span(n_start, BLOCK_N, k_len, q_len, window, HAS_WINDOW)
     for m0 in range(lo, hi, BLOCK_M):
         offs_m = m0 + offs_mb
-        md_mask = (offs_m < q_len)[:, None] & d_mask[None, :]
-        q = tl.load(Q + (q_start + offs_m)[:, None] * stride_qn + h * stride_qh + offs_d[None, :],
-                    mask=md_mask, other=0.0)
-        do = tl.load(DO + (o_start + offs_m)[:, None] * stride_on + h * stride_oh + offs_d[None, :],
-                     mask=md_mask, other=0.0)
-        st = tl.dot(k, tl.trans(q))  # [BLOCK_N, BLOCK_M] = (Q K^T)^T
-        pt, dact = _act_and_grad(st * scale_in, ACT)
-        pt = pt * scale_out
-        dpt = tl.dot(v, tl.trans(do))
-        dst = dpt * dact * ds_scale
-        if HAS_WINDOW:
-            diff = offs_m[None, :] - offs_k[:, None]
-            keep = (diff <= window) & (diff >= -window)
-            pt = tl.where(keep, pt, 0.0)
-            dst = tl.where(keep, dst, 0.0)
+        q, do, _ = _load_pair(Q, DO, q_start, o_start, offs_m, q_len, stride_qn, stride_qh, stride_on, stride_oh, h,
+                              offs_d, D)
+        pt, dst = _weights_and_grad(k, q, v, do, scale_in, scale_out, ACT)  # [BLOCK_N, BLOCK_M]: (Q K^T)^T
+        pt = _windowed(pt, offs_k, offs_m, window, HAS_WINDOW)  # |i - j| is symmetric
+        dst = _windowed(dst, offs_k, offs_m, window, HAS_WINDOW)
         dv += tl.dot(pt.to(do.dtype), do)
         dk += tl.dot(dst.to(q.dtype), q)
-    tl.store(DK + (k_start + offs_k)[:, None] * stride_dkn + h * stride_dkh + offs_d[None, :],
-             dk.to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + (k_start + offs_k)[:, None] * stride_dvn + h * stride_dvh + offs_d[None, :],
-             dv.to(DV.dtype.element_ty), mask=kv_mask)
+    tl.store(_tile(DK, k_start + offs_k, stride_dkn, h, stride_dkh, offs_d), dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(_tile(DV, k_start + offs_k, stride_dvn, h, stride_dvh, offs_d), dv.to(DV.dtype.element_ty), mask=kv_mask)

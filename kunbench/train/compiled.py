@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from kunbench.data.batch import Batch
-from kunbench.data.jagged import bucket_length
+from kunbench.ops.jagged import bucket_length
 from kunbench.errors import KunbenchError
 
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")

@@ -1,4 +1,4 @@
-"""Evaluation on the eval split (measurement.md): NE, AUC, log loss, calibration, oracle NE, gap closed.
+"""Evaluation on the eval split (docs/measurement.md): NE, AUC, log loss, calibration, oracle NE, gap closed.
 
 Exactness across ranks: each rank accumulates float64 sufficient statistics (`LogLossSums`) for the
 model and, from the loader's `p_true` on the same rows, for the oracle; the sums are all-reduced,
@@ -25,8 +25,18 @@ import torch
 from torch import nn
 
 from kunbench.data.batch import Batch
+from kunbench.hardware import sync
 from kunbench.metrics import LogLossSums, auc, gap_closed
 from kunbench.train.distributed import DistContext
+
+
+@dataclass
+class EvalRows:
+    """Per-row eval predictions, gathered over ranks in rank order: what a paired bootstrap between
+    two models on the same rows needs."""
+    labels: np.ndarray
+    probs: np.ndarray
+    p_true: np.ndarray | None
 
 
 @dataclass
@@ -44,16 +54,17 @@ class EvalResult:
     expected_ne: float | None  # soft labels p_true: no label-sampling noise
     expected_oracle_ne: float | None
     expected_gap_closed: float | None
-    flops_per_example: float | None  # forward FLOPs, mean over eval examples (models.md section 4)
+    flops_per_example: float | None  # forward FLOPs, mean over eval examples (docs/models.md section 4)
     seconds: float  # forward-pass wall time (the slowest rank)
     examples_per_s: float  # global eval examples / seconds
     model_sums: LogLossSums | None = None
     oracle_sums: LogLossSums | None = None
+    rows: EvalRows | None = None  # with evaluate(keep_rows=True)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("model_sums")
-        d.pop("oracle_sums")
+        for k in ("model_sums", "oracle_sums", "rows"):
+            d.pop(k)
         return {k: _clean(v) for k, v in d.items()}
 
 
@@ -74,11 +85,6 @@ def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
     return torch.bfloat16 if dtype == "bf16" and device.type == "cuda" else torch.float32
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def sums_vector(s: LogLossSums) -> list[float]:
     return [float(s.count), s.positives, s.logloss_sum, s.prediction_sum]
 
@@ -90,8 +96,10 @@ def sums_from_vector(v: np.ndarray) -> LogLossSums:
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches: Iterable[Batch], ctx: DistContext | None = None, *,
              dtype: str = "fp32", flops_fn: Callable[[Batch], torch.Tensor] | None = None,
-             max_batches: int | None = None, progress: Callable[[int], None] | None = None) -> EvalResult:
-    """Run the model over `batches` (this rank's slice) and reduce the metrics over all ranks."""
+             max_batches: int | None = None, progress: Callable[[int], None] | None = None,
+             keep_rows: bool = False) -> EvalResult:
+    """Run the model over `batches` (this rank's slice) and reduce the metrics over all ranks;
+    `keep_rows` also returns every row's label, probability and p_true (`EvalResult.rows`)."""
     ctx = ctx or DistContext()
     inner = getattr(model, "module", model)
     was_training = inner.training
@@ -102,6 +110,7 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], ctx: DistContext | None
     has_oracle = True
     scores: list[np.ndarray] = []
     labels: list[np.ndarray] = []
+    probs_kept: list[np.ndarray] = []
     oracle_scores: list[np.ndarray] = []
     flops_sum, flops_n = 0.0, 0
     seconds = 0.0
@@ -113,7 +122,7 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], ctx: DistContext | None
                 f = flops_fn(batch)
                 flops_sum += float(torch.as_tensor(f, dtype=torch.float64).sum())
                 flops_n += batch.batch_size
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             dev_batch = batch.to(device, non_blocking=True)
             with autocast_context(device, dtype):
@@ -124,6 +133,8 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], ctx: DistContext | None
             sums.add(y, probs)
             scores.append(logits.detach().double().cpu().numpy())
             labels.append(y)
+            if keep_rows:
+                probs_kept.append(probs)
             if batch.p_true is None:
                 has_oracle = False
             elif has_oracle:
@@ -150,9 +161,10 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], ctx: DistContext | None
     all_labels = np.concatenate(ctx.all_gather_arrays(cat(labels)))
     model_auc = auc(all_labels, all_scores) if all_labels.size else float("nan")
     o_ne = o_auc = o_ll = gap = e_ne = e_o_ne = e_gap = None
+    all_oracle = np.concatenate(ctx.all_gather_arrays(cat(oracle_scores))) if has_oracle else None
     if has_oracle and oracle.count:
         o_ne, o_ll = oracle.ne, oracle.logloss
-        o_auc = auc(all_labels, np.concatenate(ctx.all_gather_arrays(cat(oracle_scores))))
+        o_auc = auc(all_labels, all_oracle)
         gap = gap_closed(sums.ne, o_ne)
         e_ne, e_o_ne = soft.ne, soft_oracle.ne
         e_gap = gap_closed(e_ne, e_o_ne)
@@ -164,4 +176,6 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], ctx: DistContext | None
         flops_per_example=(flops_sum / flops_n) if flops_n else None,
         seconds=seconds, examples_per_s=(sums.count / seconds) if seconds > 0 else float("nan"),
         model_sums=sums, oracle_sums=oracle if has_oracle else None,
+        rows=EvalRows(all_labels, np.concatenate(ctx.all_gather_arrays(cat(probs_kept))), all_oracle)
+        if keep_rows else None,
     )

@@ -1,9 +1,8 @@
 """One training loop for every backend: a single streaming pass over this rank's train batches.
 
-Per step: forward (bf16 autocast on CUDA when asked), binary cross-entropy on the logits in fp32,
-one small all-reduce that carries [has batch, loss not finite, loss sum, examples] so every rank
-takes the same decision, backward (DDP all-reduces gradients), clip the dense gradient norm, AdamW
-on dense parameters and the embedding optimizer on tables (optim.py).
+Per step: the loss of the shared TrainStep (step.py), one small all-reduce that carries [has batch,
+loss not finite, loss sum, examples] so every rank takes the same decision, then the step's update
+(backward, dense gradient clipping, both optimizers).
 
 Unequal batch counts across ranks: the step agreement above stops every rank as soon as one rank
 runs out of batches, so no rank waits in a collective that another never enters (the few batches
@@ -22,7 +21,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kunbench.data.batch import Batch
@@ -30,8 +28,9 @@ from kunbench.errors import KunbenchError
 from kunbench.train.compiled import CompileClock
 from kunbench.train.config import TrainConfig
 from kunbench.train.distributed import DistContext
-from kunbench.train.evaluate import autocast_context
-from kunbench.train.optim import Optimizers, WeightAverage, has_sparse_embeddings, split_parameters
+from kunbench.hardware import sync
+from kunbench.train.optim import WeightAverage
+from kunbench.train.step import make_train_step
 
 
 class TrainingDiverged(KunbenchError):
@@ -58,15 +57,6 @@ class TrainStats:
 ProgressFn = Callable[[int, int, float, float], None]  # step, examples, loss EMA, examples/s
 
 
-def wrap_ddp(model: nn.Module, ctx: DistContext) -> nn.Module:
-    if not ctx.enabled:
-        return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    return DDP(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
-               broadcast_buffers=False, find_unused_parameters=True)
-
-
 @contextlib.contextmanager
 def deterministic_cpu(enabled: bool, device: torch.device):
     """On CPU, turn on torch's deterministic algorithms for the block (restored afterwards): with more
@@ -84,11 +74,6 @@ def deterministic_cpu(enabled: bool, device: torch.device):
         torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: DistContext | None = None,
           *, progress: ProgressFn | None = None, total_steps: int | None = None) -> TrainStats:
     """Train `model` (already on ctx.device) in place on this rank's `batches`. `total_steps` (the
@@ -101,16 +86,10 @@ def train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: Dis
 def _train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: DistContext,
            progress: ProgressFn | None, total_steps: int | None) -> TrainStats:
     device = ctx.device
-    groups = split_parameters(model)
-    opts = Optimizers(groups, cfg, sparse_grads=has_sparse_embeddings(model))
-    average = WeightAverage(groups.dense, cfg.weight_ema) if cfg.weight_ema > 0 and groups.dense else None
-    net = wrap_ddp(model, ctx)
-    if cfg.compile:
-        from kunbench.train.compiled import compile_model
-
-        net = compile_model(net)
+    ts = make_train_step(model, cfg, ctx)
+    average = WeightAverage(ts.groups.dense, cfg.weight_ema) if cfg.weight_ema > 0 and ts.groups.dense else None
     clock = CompileClock()
-    net.train()
+    ts.net.train()
 
     step = examples = 0
     loss_total = 0.0
@@ -128,10 +107,7 @@ def _train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: Di
         loss_val = 0.0
         if batch is not None:
             n = batch.batch_size
-            b = batch.to(device, non_blocking=True)
-            with autocast_context(device, cfg.dtype):
-                logits = net(b)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), b.labels.float())
+            loss = ts.loss(batch.to(device, non_blocking=True))
             loss_val = float(loss.detach())
         finite = math.isfinite(loss_val)
         agreed = ctx.all_reduce_sum([1.0 if batch is not None else 0.0, 0.0 if finite else 1.0,
@@ -146,14 +122,9 @@ def _train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: Di
         step_loss = float(agreed[2] / agreed[3])
         step_examples = int(agreed[3])
 
-        opts.set_step(step, total_steps)
-        loss.backward()
-        if cfg.clip_grad_norm is not None and groups.dense:
-            norm = float(torch.nn.utils.clip_grad_norm_(groups.dense, cfg.clip_grad_norm, foreach=True))
-            if not math.isfinite(norm):
-                raise TrainingDiverged(f"training stopped at step {step}: gradient norm is not finite")
-        opts.step()
-        opts.zero_grad()
+        norm = ts.update(loss, step, total_steps)
+        if norm is not None and not math.isfinite(float(norm)):
+            raise TrainingDiverged(f"training stopped at step {step}: gradient norm is not finite")
         if average is not None:
             average.update()
 
@@ -165,7 +136,7 @@ def _train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: Di
                                    f"divergence_loss={cfg.divergence_loss} (try a lower --lr)")
         compiled = cfg.compile and clock.stop(time.perf_counter() - t_step)
         if step == cfg.timing_warmup_steps:
-            _sync(device)
+            sync(device)
             t_timed, ex_timed = time.perf_counter(), 0
         elif t_timed is not None:
             if compiled:  # a recompilation: its time is compile time, not throughput
@@ -177,7 +148,7 @@ def _train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: Di
             rate = ex_timed / (now - t_timed) if t_timed is not None and now > t_timed and ex_timed else \
                 examples / max(now - t_start, 1e-9)
             progress(step, examples, ema, rate)
-    _sync(device)
+    sync(device)
     t_end = time.perf_counter()
     if t_timed is not None and ex_timed > 0:
         rate = ex_timed / (t_end - t_timed)

@@ -1,7 +1,7 @@
 """The whole `kunbench train` path as one library call: build, train one pass, evaluate, record.
 
 `--set` keys go to the backend config, except `train.KEY` which go to `TrainConfig`
-(e.g. `--set train.embedding_lr=0.1 --set wukong_layers=3`).
+(e.g. `kunbench train --backend wukong --set train.embedding_lr=0.1 --set l=3`: three Wukong layers).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from kunbench import overrides
-from kunbench.data.manifest import Manifest, load_manifest, require_intact
+from kunbench.data.manifest import Manifest, load_manifest, manifest_fingerprint, require_intact
 from kunbench.backends.common import kernels_of
 from kunbench.errors import KunbenchError
 from kunbench.train.config import TrainConfig
@@ -27,7 +27,7 @@ from kunbench.train.distributed import DistContext, init_distributed
 from kunbench.train.evaluate import EvalResult, autocast_dtype, evaluate
 from kunbench.train.loop import TrainStats, deterministic_cpu, train
 from kunbench.train.optim import split_parameters
-from kunbench.train.results import RESULT_SCHEMA_VERSION, manifest_fingerprint, write_result
+from kunbench.results import RESULT_SCHEMA_VERSION, write_result
 
 TRAIN_PREFIX = "train."
 
@@ -73,7 +73,7 @@ def backend_max_lengths(config: Any, schema: Any = None) -> Any:
     the loader is exact and saves decoding and copies, and a packed stream arrives already cut."""
     if schema is not None and callable(getattr(config, "stream_configs", None)):
         return {et: sc.max_len for et, sc in config.stream_configs(schema).items()}
-    for name in ("max_lengths", "seq_max_len", "history_k"):
+    for name in ("max_lengths", "longest_stream_len", "seq_max_len", "history_k"):
         value = getattr(config, name, None)
         if value:
             return dict(value) if isinstance(value, dict) else int(value)
@@ -136,7 +136,11 @@ def run_training(backend: str, data: str | Path | None = None, *, preset: str | 
                  sets: dict[str, Any] | None = None, train_cfg: TrainConfig | None = None,
                  device: str = "auto", out_dir: str | Path | None = None, show_progress: bool = False,
                  write: bool = True, console=None, log: Callable[[str], None] | None = None,
-                 ctx: DistContext | None = None, spec=None, eval_max_batches: int | None = None) -> TrainRun:
+                 ctx: DistContext | None = None, spec=None, eval_max_batches: int | None = None,
+                 keep_eval_rows: bool = False) -> TrainRun:
+    """Build, train one pass, evaluate and (with `write`) record one result document.
+    `keep_eval_rows` keeps every eval row's prediction in `TrainRun.eval.rows` for paired
+    comparisons (the suites)."""
     from kunbench.backends.registry import get_backend
 
     t_total = time.perf_counter()
@@ -193,7 +197,8 @@ def run_training(backend: str, data: str | Path | None = None, *, preset: str | 
             with deterministic_cpu(cfg.deterministic, ctx.device):
                 result = evaluate(model, eval_batches, ctx, dtype=cfg.dtype,
                                   flops_fn=lambda b: spec.flops_per_example(model_cfg, schema, b),
-                                  max_batches=eval_max_batches, progress=eval_cb(manifest.split_rows("eval")))
+                                  max_batches=eval_max_batches, progress=eval_cb(manifest.split_rows("eval")),
+                                  keep_rows=keep_eval_rows)
 
         manifest_oracle = manifest.splits["eval"].get("oracle_ne")
         metrics = {

@@ -1,8 +1,9 @@
 """Band index plans for symmetric-window self-attention over left-aligned padded sequences.
 
-A query at position `i` sees keys `j` with `|i - j| <= w` (models.md 3.4). Two plans:
+A query at position `i` sees keys `j` with `|i - j| <= w` (docs/models.md 3.4). Two plans:
 - `band_gather(T, w)`: for each query the `2w + 1` key slots `i - w .. i + w` (clamped, with a
-  validity mask) -- the exact O(T w) work `gdpa_flops` counts, used by the reference paths;
+  validity mask) -- the exact O(T w) work `gdpa_flops` counts, used by the reference paths (the
+  GDPA reference in `kunbench.kernels` and the models' naive kernels);
 - `chunk_plan(T, w, c)`: query chunks of `c` rows, each with one contiguous key block of
   `c + 2w` rows -- fewer, larger matmuls for SDPA (about `(c + 2w) / (2w + 1)` times the exact work).
 Every query row also keeps its own position (the diagonal), so a padded query never sees an
@@ -14,12 +15,14 @@ from __future__ import annotations
 import torch
 
 
-def band_mask(t: int, window: int | None, device) -> torch.Tensor:
-    """`[T, T]` bool: `|i - j| <= window` (all True for `window=None`)."""
+def band_mask(t: int, window: int | None, device, queries: int | None = None) -> torch.Tensor:
+    """`[Tq, T]` bool (`Tq = queries`, default `t`): `|i - j| <= window` (all True for `window=None`)."""
+    tq = t if queries is None else queries
     if window is None:
-        return torch.ones(t, t, dtype=torch.bool, device=device)
-    i = torch.arange(t, device=device)
-    return (i[:, None] - i[None, :]).abs() <= window
+        return torch.ones(tq, t, dtype=torch.bool, device=device)
+    i = torch.arange(tq, device=device)
+    j = torch.arange(t, device=device)
+    return (i[:, None] - j[None, :]).abs() <= window
 
 
 def full_keep(key_mask: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -29,10 +32,11 @@ def full_keep(key_mask: torch.Tensor, window: int | None) -> torch.Tensor:
     return (band_mask(t, window, key_mask.device)[None] & key_mask[:, None, :]) | eye[None]
 
 
-def band_gather(t: int, window: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(index [T, 2w+1], valid [T, 2w+1])`: key slot `r` of query `i` is `i - w + r`."""
+def band_gather(t: int, window: int, device, queries: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(index [Tq, 2w+1], valid [Tq, 2w+1])` over `t` keys (`Tq = queries`, default `t`): key
+    slot `r` of query `i` is `i - w + r`."""
     rel = torch.arange(-window, window + 1, device=device)
-    idx = torch.arange(t, device=device)[:, None] + rel[None, :]
+    idx = torch.arange(t if queries is None else queries, device=device)[:, None] + rel[None, :]
     valid = (idx >= 0) & (idx < t)
     return idx.clamp(0, t - 1), valid
 

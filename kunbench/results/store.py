@@ -1,10 +1,9 @@
-"""Result documents (measurement.md): one schema-versioned JSON per run, written atomically
-(temp file in the same directory, fsync, os.replace) under a name that never collides."""
+"""Where result documents live: the one writer (validated, atomic, under a name that never
+collides) and the readers that `report` and `compare` use."""
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -12,14 +11,12 @@ import re
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from kunbench.errors import KunbenchError
+from kunbench.results.schema import REQUIRED_KEYS, SUITE_KIND, validate
 
-RESULT_SCHEMA_VERSION = 1
 DEFAULT_RESULTS_DIR = "results"
-REQUIRED_KEYS = ("schema_version", "kind", "created", "backend", "config", "dataset", "metrics",
-                 "environment", "timing")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -90,32 +87,74 @@ def atomic_write_json(path: str | Path, doc: Any) -> Path:
 
 
 def write_result(doc: dict[str, Any], out_dir: str | Path | None = None) -> Path:
-    """Write `doc` under out_dir (default ./results) with a fresh unique name; returns the path."""
+    """Validate `doc`, then write it atomically under out_dir (default ./results) as
+    KIND[-SUITE]-BACKENDS-<UTC stamp>-<random>.json; returns the path."""
     missing = [k for k in REQUIRED_KEYS if k not in doc]
     if missing:
         raise KunbenchError(f"result document lacks {', '.join(missing)}")
+    validate(doc, "<new result>")
     out = Path(out_dir) if out_dir is not None else Path(DEFAULT_RESULTS_DIR)
     if out.exists() and not out.is_dir():
         raise KunbenchError(f"--out {out} exists and is not a directory")
+    kind = f"{SUITE_KIND}-{doc['suite']}" if doc["kind"] == SUITE_KIND else str(doc["kind"])
     for _ in range(100):
-        path = out / result_name(doc["kind"], str(doc.get("backend") or "run"))
+        path = out / result_name(kind, str(doc.get("backend") or "run"))
         if not path.exists():
             return atomic_write_json(path, doc)
     raise KunbenchError(f"could not find a free result name in {out}")  # pragma: no cover
 
 
-def read_result(path: str | Path) -> dict[str, Any]:
+def load(path: str | Path) -> dict[str, Any]:
+    """Read and validate one result file; errors are one line naming the file."""
+    p = Path(path)
+    if p.is_dir():
+        raise KunbenchError(f"{p} is a directory; pass result files (or use load_many)")
     try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise KunbenchError(f"{path} is not a readable result JSON: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("schema_version") != RESULT_SCHEMA_VERSION:
-        raise KunbenchError(f"{path}: unsupported result schema_version "
-                            f"{doc.get('schema_version') if isinstance(doc, dict) else None!r}")
-    return doc
+        raw = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise KunbenchError(f"{p}: no such result file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise KunbenchError(f"{p}: not a readable result JSON ({exc})") from None
+    validate(raw, str(p))
+    raw["_source"] = str(p)
+    return raw
 
 
-def manifest_fingerprint(root: str | Path) -> str:
-    """sha256 (16 hex) of the dataset's manifest.json bytes: it holds the config, seed and checksums."""
-    h = hashlib.sha256(Path(root, "manifest.json").read_bytes())
-    return h.hexdigest()[:16]
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given; directories expand to their *.json files (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.glob("*.json"))
+            if not found:
+                raise KunbenchError(f"{p}: no result files (*.json) in this directory")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
+def load_many(paths: Iterable[str | Path], skipped: list[str] | None = None) -> list[dict[str, Any]]:
+    """Result files as given, and every *.json of a given directory. A file found in a directory
+    that cannot be read (say, truncated by a killed run) is skipped with its reason appended to
+    `skipped`, so one bad file does not hide the rest; a file named explicitly must load."""
+    docs: list[dict[str, Any]] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            docs.append(load(p))
+            continue
+        found = expand_paths([p])
+        loaded = []
+        for f in found:
+            try:
+                loaded.append(load(f))
+            except KunbenchError as exc:
+                if skipped is None:
+                    raise
+                skipped.append(str(exc))
+        if not loaded:
+            raise KunbenchError(f"{p}: none of its {len(found)} result files could be read")
+        docs += loaded
+    return docs
+
+

@@ -1,6 +1,8 @@
 """A deliberately small backend and in-memory data for testing the training path on its own.
 
-`ToyConfig` / `build_toy`: logistic regression over hashed categorical embeddings (one fused table)
+Test-only: it lives in tests/ (imported as `toy_backend`, like `backend_utils`), not in the package.
+
+`ToyConfig` / `ToyModel`: logistic regression over hashed categorical embeddings (one fused table)
 plus, per event type, the dot product between the candidate ad's item embedding and the mean
 of the history's item embeddings. It exercises everything the loop relies on (embedding vs dense
 parameters, jagged sequences) in milliseconds. `toy_spec()` wraps it as a BackendSpec; it is not
