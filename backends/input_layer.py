@@ -146,7 +146,7 @@ class InputLayer(nn.Module):
         self.mh_segs = mh_segs
 
         self.n_dense = len(schema.dense)
-        self.n_dense_tokens = min(n_dense_tokens, self.n_dense) if self.n_dense else 0
+        self.n_dense_tokens = dense_token_count(schema, n_dense_tokens)
         if self.n_dense_tokens:
             self.group = math.ceil(self.n_dense / self.n_dense_tokens)
             self.dense_w = nn.Parameter(torch.randn(self.n_dense_tokens, self.group, d) / math.sqrt(self.group))
@@ -161,7 +161,7 @@ class InputLayer(nn.Module):
 
     @property
     def n_context_tokens(self) -> int:
-        return len(self.schema.categorical) + len(self.schema.multihot) + self.n_dense_tokens
+        return context_token_count(self.schema, self.n_dense_tokens)
 
     @property
     def n_sequences(self) -> int:
@@ -279,9 +279,20 @@ class InputLayer(nn.Module):
         return jagged.pad_stream(seq, cap, padded_width(longest, cap) + extra, kept_longest)
 
 
+def dense_token_count(schema: DatasetSchema, n_dense_tokens: int) -> int:
+    """Dense features are grouped into at most `n_dense_tokens` tokens (none without dense features)."""
+    return min(n_dense_tokens, len(schema.dense)) if schema.dense else 0
+
+
+def context_token_count(schema: DatasetSchema, n_dense_tokens: int) -> int:
+    """Non-sequence tokens: one per categorical and multi-hot field, plus the dense tokens. The
+    input layer builds exactly these, and every backend's FLOPs count uses this number."""
+    return len(schema.categorical) + len(schema.multihot) + dense_token_count(schema, n_dense_tokens)
+
+
 def input_layer_flops(schema: DatasetSchema, d: int, n_dense_tokens: int) -> int:
     n_dense = len(schema.dense)
-    g = min(n_dense_tokens, n_dense) if n_dense else 0
+    g = dense_token_count(schema, n_dense_tokens)
     if not g:
         return 0
     return 2 * g * math.ceil(n_dense / g) * d

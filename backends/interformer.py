@@ -30,7 +30,7 @@ from torch import nn
 
 from kunbench.backends import jagged
 from kunbench.backends.common import RankingModel, check_dims, check_positive, need
-from kunbench.backends.input_layer import InputLayer, input_layer_flops
+from kunbench.backends.input_layer import InputLayer, context_token_count, input_layer_flops
 from kunbench.backends.modules import (MLP, PMA, DHENLayer, Gate, NaivePFFN, RopeMHA, TokenLinear, TokenMLP)
 from kunbench.backends.registry import BackendSpec
 from kunbench.data.batch import Batch
@@ -110,8 +110,7 @@ class Dims:
 
 
 def dims(config: InterFormerConfig, schema: DatasetSchema) -> Dims:
-    n_dense = min(config.n_dense_tokens, len(schema.dense)) if schema.dense else 0
-    n_x = len(schema.categorical) + len(schema.multihot) + n_dense
+    n_x = context_token_count(schema, config.n_dense_tokens)
     n_ssum = config.n_sum + config.pma_seeds + config.recent_k
     return Dims(n_x, config.n_sum, n_ssum, n_x + n_ssum, config.token_mlp_hidden or n_x)
 
@@ -289,4 +288,6 @@ SPEC = BackendSpec(
     default_preset="small",
     build=build,
     flops_per_example=flops_per_example,
+    max_lengths_of=lambda config, schema: config.seq_max_len,
+    width_keys=("d", "dcn_rank", "head_mlp", "pffn_hidden", "pffn_kv"),
 )

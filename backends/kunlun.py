@@ -37,7 +37,7 @@ from kunbench.backends.common import RankingModel
 from kunbench.backends.gdpa_ops import resolve_gdpa
 from kunbench.backends.gdpa_pffn import GDPAPFFNBlock
 from kunbench.backends.hsp import HSP, PMASummary
-from kunbench.backends.input_layer import InputLayer, SeqTokens, input_layer_flops
+from kunbench.backends.input_layer import InputLayer, SeqTokens, context_token_count, input_layer_flops
 from kunbench.backends.kunlun_config import PRESETS, KunlunConfig, StreamConfig
 from kunbench.backends.modules import MLP, PMA, Gate, TokenLinear
 from kunbench.backends.mowe import MixtureOfWukongExperts
@@ -254,8 +254,7 @@ def flops_breakdown(config: KunlunConfig, schema: DatasetSchema, batch: Batch) -
     projections (summary = pma) are split over the batch."""
     config = config.validate()
     d, b = config.d, batch.batch_size
-    n_dense = min(config.n_dense_tokens, len(schema.dense)) if schema.dense else 0
-    n_x = len(schema.categorical) + len(schema.multihot) + n_dense
+    n_x = context_token_count(schema, config.n_dense_tokens)
     n_w = config.n_F + config.n_L
     scs = config.stream_configs(schema)
     n_summ = sum(sc.n_tok for sc in scs.values())
@@ -284,6 +283,13 @@ def flops_per_example(config: KunlunConfig, schema: DatasetSchema, batch: Batch)
     return sum(flops_breakdown(config, schema, batch).values())
 
 
+def max_lengths(config: KunlunConfig, schema: DatasetSchema | None) -> int | dict[str, int]:
+    """Each stream's own `max_len` (the longest one without a schema to name the streams)."""
+    if schema is None:
+        return config.longest_stream_len
+    return {et: sc.max_len for et, sc in config.stream_configs(schema).items()}
+
+
 SPEC = BackendSpec(
     name="kunlun",
     description="Kunlun: ROTE, GDPA PFFN, HSP summaries, sliding-window attention, CompSkip, "
@@ -293,4 +299,6 @@ SPEC = BackendSpec(
     default_preset="small",
     build=build,
     flops_per_example=flops_per_example,
+    max_lengths_of=max_lengths,
+    width_keys=("d", "dff", "fm_k", "fmb_mlp", "head_mlp", "kv_hidden", "n_F", "n_L", "stream.d", "streams.*.d"),
 )

@@ -8,7 +8,6 @@ forward-FLOPs function (docs/models.md section 4).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any, Callable
 
 from torch import nn
@@ -17,6 +16,7 @@ from kunbench import overrides
 from kunbench.data.batch import Batch
 from kunbench.data.manifest import DatasetSchema
 from kunbench.errors import KunbenchError
+from kunbench.plugins import load_plugin, plugin_names
 
 ENTRY_POINT_GROUP = "kunbench.backends"
 
@@ -31,6 +31,13 @@ class BackendSpec:
     build: Callable[[Any, DatasetSchema], nn.Module]
     # forward FLOPs per example for each example of `batch` (true lengths) -> tensor [B] float64
     flops_per_example: Callable[[Any, DatasetSchema, Batch], Any]
+    # the per-event-type truncation to the most recent N events the model applies itself: an int
+    # for every type, a dict by type, or None (whole histories). Loaders cut there, which is exact
+    # and saves decoding and copies.
+    max_lengths_of: Callable[[Any, DatasetSchema | None], int | dict[str, int] | None] | None = None
+    # the config keys that size the model, which the scaling suite multiplies: dotted paths into
+    # nested configs, `*` for every entry of a dict of configs (`streams.*.d`)
+    width_keys: tuple[str, ...] = ()
 
     def make_config(self, preset: str | None = None, sets: dict[str, Any] | None = None) -> Any:
         name = preset or self.default_preset
@@ -41,39 +48,66 @@ class BackendSpec:
         validate = getattr(cfg, "validate", None)
         return validate() if validate is not None else cfg
 
+    def max_lengths(self, config: Any, schema: DatasetSchema | None = None) -> int | dict[str, int] | None:
+        return self.max_lengths_of(config, schema) if self.max_lengths_of is not None else None
 
-def _builtin() -> dict[str, Callable[[], BackendSpec]]:
-    """Lazily imported so `kunbench list` stays fast and one broken backend breaks only itself."""
-    def wukong() -> BackendSpec:
-        from kunbench.backends.wukong import SPEC
-        return SPEC
+    def scale(self, config: Any, factor: float) -> dict[str, Any]:
+        """`--set` changes that multiply every width key by `factor`: integers round (at least 2; a
+        width `d` to a multiple of 2 x its config's heads, which keeps RoPE's halves whole), tuples
+        of integers (MLP widths) scale element-wise (at least 4)."""
+        if not self.width_keys:
+            raise KunbenchError(f"backend {self.name!r} declares no width_keys, so it cannot be scaled")
+        if not factor > 0:
+            raise KunbenchError(f"scale factor must be > 0, got {factor!r}")
+        changes: dict[str, Any] = {}
+        for key in self.width_keys:
+            for path, owner, leaf in _expand(config, key.split("."), ""):
+                v = getattr(owner, leaf)
+                if isinstance(v, bool) or not (isinstance(v, int) or _int_tuple(v)):
+                    raise KunbenchError(f"backend {self.name!r}: width key {path} is {v!r}, not an integer width")
+                if isinstance(v, int):
+                    heads = getattr(owner, "n_heads", getattr(owner, "heads", None))
+                    nv = max(2, int(round(v * factor)))
+                    if leaf == "d" and isinstance(heads, int) and heads > 0:
+                        nv = max(2 * heads, int(round(v * factor / (2 * heads))) * 2 * heads)
+                    changes[path] = nv
+                else:
+                    changes[path] = [max(4, int(round(x * factor))) for x in v]
+        return changes
 
-    def interformer() -> BackendSpec:
-        from kunbench.backends.interformer import SPEC
-        return SPEC
 
-    def kunlun() -> BackendSpec:
-        from kunbench.backends.kunlun import SPEC
-        return SPEC
+def _int_tuple(v: Any) -> bool:
+    return isinstance(v, tuple) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
 
-    return {"wukong": wukong, "interformer": interformer, "kunlun": kunlun}
+
+def _expand(config: Any, parts: list[str], prefix: str):
+    """(dotted path, object holding the leaf, leaf name) for a width key; `*` walks a dict."""
+    head, rest = parts[0], parts[1:]
+    if not rest:
+        if not hasattr(config, head):
+            raise KunbenchError(f"width key {prefix}{head}: {type(config).__name__} has no field {head!r}")
+        yield f"{prefix}{head}", config, head
+        return
+    if head == "*":
+        if not isinstance(config, dict):
+            raise KunbenchError(f"width key {prefix}*: not a dict of configs")
+        for name, sub in config.items():
+            yield from _expand(sub, rest, f"{prefix}{name}.")
+        return
+    if not hasattr(config, head):
+        raise KunbenchError(f"width key {prefix}{head}: {type(config).__name__} has no field {head!r}")
+    yield from _expand(getattr(config, head), rest, f"{prefix}{head}.")
+
+
+# backend name -> module holding its SPEC
+BUILTIN_MODULES = {"wukong": "kunbench.backends.wukong", "interformer": "kunbench.backends.interformer",
+                   "kunlun": "kunbench.backends.kunlun"}
 
 
 def available_backends() -> list[str]:
-    names = set(_builtin())
-    names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
-    return sorted(names)
+    return plugin_names(BUILTIN_MODULES, ENTRY_POINT_GROUP)
 
 
 def get_backend(name: str) -> BackendSpec:
-    builtin = _builtin()
-    if name in builtin:
-        return builtin[name]()
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            spec = ep.load()
-            spec = spec() if callable(spec) and not isinstance(spec, BackendSpec) else spec
-            if not isinstance(spec, BackendSpec):
-                raise KunbenchError(f"entry point {ep.value!r} for backend {name!r} is not a BackendSpec")
-            return spec
-    raise KunbenchError(f"unknown backend {name!r} (available: {', '.join(available_backends())})")
+    return load_plugin(name, builtin=BUILTIN_MODULES, attr="SPEC", group=ENTRY_POINT_GROUP, cls=BackendSpec,
+                       kind="backend")

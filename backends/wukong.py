@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from kunbench.backends.common import (RankingModel, check_dims, check_positive, constant_flops, need)
-from kunbench.backends.input_layer import InputLayer, input_layer_flops
+from kunbench.backends.input_layer import InputLayer, context_token_count, input_layer_flops
 from kunbench.backends.modules import MLP, TokenLinear, optimized_fm
 from kunbench.backends.registry import BackendSpec
 from kunbench.data.batch import Batch
@@ -103,8 +103,7 @@ class WukongLayer(nn.Module):
 
 
 def n_input_tokens(schema: DatasetSchema, config: WukongConfig) -> int:
-    n_dense = min(config.n_dense_tokens, len(schema.dense)) if schema.dense else 0
-    return len(schema.categorical) + len(schema.multihot) + n_dense + len(schema.event_types)
+    return context_token_count(schema, config.n_dense_tokens) + len(schema.event_types)
 
 
 class WukongModel(RankingModel):
@@ -168,4 +167,6 @@ SPEC = BackendSpec(
     default_preset="small",
     build=build,
     flops_per_example=flops_per_example,
+    max_lengths_of=lambda config, schema: config.history_k or None,
+    width_keys=("d", "fmb_mlp", "head_mlp", "k", "n_F", "n_L"),
 )

@@ -48,20 +48,22 @@ class ShardSpec:
     rows: int
 
     @property
+    def name(self) -> str:
+        return f"{self.split}-{self.split_index:05d}"
+
+    @property
     def path(self) -> str:
         return f"{self.split}/part-{self.split_index:05d}.parquet"
 
     @property
     def temp_path(self) -> str:
-        return f"{self.split}/.part-{self.split_index:05d}.parquet.tmp"
+        """Hidden beside the shard it becomes (os.replace within one directory is atomic)."""
+        directory, file = self.path.split("/")
+        return f"{directory}/.{file}.tmp"
 
     @property
     def sidecar(self) -> str:
-        return f"{SIDECAR_DIR}/{self.split}-{self.split_index:05d}.json"
-
-    @property
-    def name(self) -> str:
-        return f"{self.split}-{self.split_index:05d}"
+        return f"{SIDECAR_DIR}/{self.name}.json"
 
 
 def plan_shards(cfg: GeneratorConfig) -> list[ShardSpec]:

@@ -127,13 +127,13 @@ def _entry_point_names(group: str) -> list[tuple[str, str]]:
 @friendly_errors
 def list_cmd():
     """List backends, data generators and suites."""
-    from kunbench.backends.registry import _builtin, available_backends, get_backend
+    from kunbench.backends.registry import BUILTIN_MODULES, available_backends, get_backend
 
     table = Table(title="kunbench components")
     table.add_column("kind")
     table.add_column("name")
     table.add_column("details")
-    builtin = _builtin()
+    builtin = BUILTIN_MODULES
     for name in available_backends():
         try:
             spec = get_backend(name)

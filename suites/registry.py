@@ -16,15 +16,16 @@ A third-party package registers a suite in its pyproject.toml:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, Callable
 
 from kunbench.errors import KunbenchError
+from kunbench.plugins import load_plugin, plugin_names
 
 ENTRY_POINT_GROUP = "kunbench.suites"
 # suite name -> module under kunbench.suites holding its SUITE
 BUILTIN_MODULES = {"ne": "ne", "qps": "qps", "mfu": "mfu", "scaling": "scaling", "ablation": "ablation",
                    "selfcheck": "selfcheck", "kernels": "kernels", "claims": "claims"}
+_MODULES = {name: f"kunbench.suites.{module}" for name, module in BUILTIN_MODULES.items()}
 
 
 @dataclass
@@ -52,40 +53,12 @@ class SuiteSpec:
     options: tuple[str, ...] | None = None
 
 
-def _builtin() -> dict[str, Callable[[], SuiteSpec]]:
-    """Lazily imported so one broken suite breaks only itself."""
-    def lazy(module: str) -> Callable[[], SuiteSpec]:
-        def load() -> SuiteSpec:
-            import importlib
-
-            return importlib.import_module(f"kunbench.suites.{module}").SUITE
-        return load
-
-    return {name: lazy(module) for name, module in BUILTIN_MODULES.items()}
-
-
 def available_suites() -> list[str]:
-    names = set(_builtin())
-    names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
-    return sorted(names)
+    return plugin_names(_MODULES, ENTRY_POINT_GROUP)
 
 
 def get_suite(name: str) -> SuiteSpec:
-    builtin = _builtin()
-    if name in builtin:
-        return builtin[name]()
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            try:
-                spec = ep.load()
-            except Exception as exc:
-                raise KunbenchError(f"suite {name!r}: entry point {ep.value!r} failed to load: {exc}") from None
-            if callable(spec) and not isinstance(spec, SuiteSpec):
-                spec = spec()
-            if not isinstance(spec, SuiteSpec):
-                raise KunbenchError(f"entry point {ep.value!r} for suite {name!r} is not a SuiteSpec")
-            return spec
-    raise KunbenchError(f"unknown suite {name!r} (available: {', '.join(available_suites())})")
+    return load_plugin(name, builtin=_MODULES, attr="SUITE", group=ENTRY_POINT_GROUP, cls=SuiteSpec, kind="suite")
 
 
 def parse_suite_list(text: str | None) -> list[str]:

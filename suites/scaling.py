@@ -4,9 +4,9 @@ squares; report eta with a 95 % t interval, R^2, and eta / eta_InterFormer, the 
 "scaling efficiency" (it reports Kunlun at about 2x InterFormer). `kunbench report --plot DIR`
 draws the curve; the run itself writes the PNG next to the result when plotting is available.
 
-Sizes: a width ladder over the backend's preset (after --set overrides): every width-like integer
-key (d, pffn_kv, pffn_hidden, dcn_rank, k, n_F, n_L, and any d_* / *_dim key) and every *_mlp
-tuple is multiplied by the factor (d rounded to a multiple of 2 x n_heads). Factors default to
+Sizes: a width ladder over the backend's preset (after --set overrides): the keys the backend
+declares as its widths (`BackendSpec.width_keys`) are multiplied by the factor
+(`BackendSpec.scale`: d rounded to a multiple of 2 x heads, MLP tuples element-wise). Factors default to
 0.25, 0.5, 1, 2, 4 (scaling.factors=[...] to change). The FLOP span actually reached is checked
 and stated; a span under 1.5 decades is flagged in the notes.
 
@@ -36,40 +36,7 @@ from kunbench.suites.registry import SuiteOutput, SuiteSpec
 
 NAME = "scaling"
 DEFAULT_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
-WIDTH_KEYS = {"d", "pffn_kv", "pffn_hidden", "dcn_rank", "k", "n_F", "n_L", "dff", "d_ff", "d_model", "width",
-              "kv_hidden", "fm_k"}
 MIN_DECADES = 1.5
-
-
-def _is_width_key(name: str) -> bool:
-    return name in WIDTH_KEYS or name.startswith("d_") or name.endswith("_dim") or name.endswith("_width")
-
-
-def width_changes(config: Any, factor: float, prefix: str = "") -> dict[str, Any]:
-    """--set style changes that scale `config`'s widths by `factor`, nested configs included
-    (e.g. Kunlun's `stream.d` and `streams.click.d`)."""
-    changes: dict[str, Any] = {}
-    heads = getattr(config, "n_heads", getattr(config, "heads", None))
-    for f in dataclasses.fields(config):
-        v = getattr(config, f.name)
-        key = f"{prefix}{f.name}"
-        if isinstance(v, bool):
-            continue
-        if isinstance(v, int) and _is_width_key(f.name):
-            nv = max(2, int(round(v * factor)))
-            if f.name == "d" and isinstance(heads, int) and heads > 0:
-                m = 2 * heads
-                nv = max(m, int(round(v * factor / m)) * m)
-            changes[key] = nv
-        elif f.name.endswith("_mlp") and isinstance(v, tuple) and all(isinstance(x, int) for x in v):
-            changes[key] = [max(4, int(round(x * factor))) for x in v]
-        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
-            changes.update(width_changes(v, factor, f"{key}."))
-        elif isinstance(v, dict):
-            for name, sub in v.items():
-                if dataclasses.is_dataclass(sub) and not isinstance(sub, type):
-                    changes.update(width_changes(sub, factor, f"{key}.{name}."))
-    return changes
 
 
 def run(ctx: SuiteContext) -> SuiteOutput:
@@ -95,7 +62,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
         cfgs = {}
         for f in factors:
             try:
-                built = resolve_backend(ctx, b, extra_sets=width_changes(base.config, f))
+                built = resolve_backend(ctx, b, extra_sets=base.spec.scale(base.config, f))
             except KunbenchError as exc:
                 ctx.notes.append(f"{b} x{f:g}: skipped ({exc})")
                 continue

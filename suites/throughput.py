@@ -50,10 +50,8 @@ class Throughput:
 def synthetic_source(ctx: SuiteContext, built: Built, batch_size: int, seed: int = 0):
     """In-memory on-device batches shaped like the suite's dataset (the input pipeline is not measured)."""
     from kunbench.data.synthetic import SyntheticBatches
-    from kunbench.train.runner import backend_max_lengths
-
     return SyntheticBatches.from_manifest(ctx.dataset(), batch_size=batch_size, device=ctx.device, seed=seed,
-                                          pool_size=2, max_lengths=backend_max_lengths(built.config, ctx.schema()))
+                                          pool_size=2, max_lengths=built.spec.max_lengths(built.config, ctx.schema()))
 
 
 class ThroughputProbe:

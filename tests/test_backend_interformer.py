@@ -161,14 +161,6 @@ def test_forward_backward_finite_and_empty_histories():
         assert torch.isfinite(g).all(), name
 
 
-def test_schema_without_sequences():
-    schema = make_schema(event_types=())
-    model = build(TINY, schema)
-    batch = make_batch(schema, 3)
-    assert model(batch).shape == (3,)
-    assert torch.isfinite(flops_per_example(TINY, schema, batch)).all()
-
-
 def test_recency_embedding_reaches_the_logits_and_is_switchable():
     # the embedding is live (perturbing it moves the logits); position_embedding=none drops it
     schema = make_schema()

@@ -10,10 +10,21 @@ import pytest
 import torch
 
 from backend_utils import make_batch, make_schema
+from kunbench import plugins
 from kunbench.backends import registry
 from kunbench.backends.common import parameter_counts
 from kunbench.backends.registry import BackendSpec, available_backends, get_backend
 from kunbench.errors import KunbenchError
+
+
+@pytest.mark.parametrize("name", ["wukong", "interformer", "kunlun"])
+def test_schema_without_sequences(name):
+    spec = get_backend(name)
+    config = spec.make_config("tiny")
+    schema = make_schema(event_types=())
+    batch = make_batch(schema, 3)
+    assert spec.build(config, schema)(batch).shape == (3,)
+    assert torch.isfinite(torch.as_tensor(spec.flops_per_example(config, schema, batch))).all()
 
 
 @pytest.mark.parametrize("name", ["wukong", "interformer"])
@@ -70,7 +81,7 @@ def test_third_party_backend_from_entry_point(tmp_path, monkeypatch):
     def fake_entry_points(group=None, **kw):
         return [ep for ep in eps if group in (None, ep.group)]
 
-    monkeypatch.setattr(registry, "entry_points", fake_entry_points)
+    monkeypatch.setattr(plugins, "entry_points", fake_entry_points)
     assert "constant" in available_backends()
     spec = get_backend("constant")
     schema = make_schema()

@@ -329,14 +329,6 @@ def test_switches_change_the_model():
     assert sum(p.numel() for p in build(tiny({"compskip": "off"}), schema).parameters()) > n_base
 
 
-def test_schema_without_sequences():
-    schema = make_schema(event_types=())
-    model = build(TINY, schema)
-    batch = make_batch(schema, 3)
-    assert model(batch).shape == (3,)
-    assert torch.isfinite(flops_per_example(TINY, schema, batch)).all()
-
-
 # ---- config ---------------------------------------------------------------------------------------
 def test_set_values_parse():
     cfg = tiny({"compskip": "off", "sumkron": "false", "event_personalization": True, "experts": 3,

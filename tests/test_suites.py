@@ -4,6 +4,7 @@ dataset with tiny presets and a few steps."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import textwrap
@@ -163,17 +164,37 @@ def test_scaling_ladder_spans_decades(tiny_dataset):
 
     from kunbench.backends.registry import available_backends, get_backend
     from kunbench.data.synthetic import SyntheticBatches
-    from kunbench.suites.scaling import DEFAULT_FACTORS, width_changes
+    from kunbench.suites.scaling import DEFAULT_FACTORS
 
     src = SyntheticBatches.from_manifest(tiny_dataset, batch_size=16, pool_size=1)
     for name in [b for b in ("wukong", "interformer", "kunlun") if b in available_backends()]:
         spec = get_backend(name)
         base = spec.make_config("tiny")
-        flops = [float(torch.as_tensor(spec.flops_per_example(spec.make_config("tiny", width_changes(base, f)),
+        flops = [float(torch.as_tensor(spec.flops_per_example(spec.make_config("tiny", spec.scale(base, f)),
                                                               src.schema, src.pool[0])).mean())
                  for f in DEFAULT_FACTORS]
         assert flops == sorted(flops)
         assert math.log10(flops[-1] / flops[0]) >= 1.5, (name, flops)
+
+
+def test_backend_specs_declare_what_callers_need():
+    from kunbench.backends.registry import get_backend
+
+    interformer, wukong, kunlun = (get_backend(n) for n in ("interformer", "wukong", "kunlun"))
+    assert interformer.max_lengths(interformer.make_config("tiny")) == 64
+    kcfg = kunlun.make_config("tiny")
+    assert kunlun.max_lengths(kcfg) == kcfg.longest_stream_len
+    # the widths are declared, nested stream configs included, and d stays a multiple of 2 x heads
+    changes = kunlun.scale(kcfg, 2.0)
+    assert {"d", "stream.d", "streams.click.d", "fmb_mlp"} <= set(changes)
+    assert changes["streams.click.d"] == 2 * kcfg.streams["click"].d
+    assert all(v % (2 * kcfg.streams["click"].heads) == 0 for k, v in changes.items() if k.endswith(".d"))
+    assert wukong.scale(wukong.make_config("tiny"), 0.5)["fmb_mlp"] == [32]
+    bare = dataclasses.replace(wukong, width_keys=())
+    with pytest.raises(KunbenchError, match="declares no width_keys"):
+        bare.scale(wukong.make_config("tiny"), 2.0)
+    with pytest.raises(KunbenchError, match="has no field 'nope'"):
+        dataclasses.replace(wukong, width_keys=("nope",)).scale(wukong.make_config("tiny"), 2.0)
 
 
 # ---- smoke runs -----------------------------------------------------------------------------------------
@@ -255,15 +276,11 @@ def test_smoke_mfu_scaling_ablation(tiny_dataset, tmp_path):
     assert {"expected_ne", "dne", "ne", "dne_sampled"} <= set(cols)
     # kunlun is registered: --backend leaves its rows out, they are not "skipped" as unregistered
     # (the unregistered case: test_ablation_deltas_on_expected_ne)
-    assert not any("Kunlun rows skipped" in n for n in ab["notes"])
+    assert not any("rows skipped" in n for n in ab["notes"])
     json.dumps(ab)  # plain JSON all the way down
 
 
-def test_ablation_deltas_on_expected_ne(tiny_dataset, tmp_path, monkeypatch):
-    from kunbench.backends import registry
-
-    # no kunlun backend registered: its rows are skipped with a note, deltas are against InterFormer
-    monkeypatch.setattr(registry, "available_backends", lambda: ["interformer", "wukong"])
+def test_ablation_deltas_on_expected_ne(tiny_dataset, tmp_path):
     out = tmp_path / "res"
     res = CliRunner().invoke(main, ["run", "--suite", "ablation", "--backend", "interformer,wukong", "--data",
                                     str(tiny_dataset), "--device", "cpu", "--set", "train.steps=2",
@@ -275,7 +292,6 @@ def test_ablation_deltas_on_expected_ne(tiny_dataset, tmp_path, monkeypatch):
     (ab,) = _docs(out, "ablation")
     rows = {r["row"]: r for r in ab["tables"][0]["rows"]}
     assert list(rows) == ["InterFormer", "Wukong"]  # no Kunlun rows here: deltas against InterFormer
-    assert any("Kunlun rows skipped" in n for n in ab["notes"])
     w = rows["Wukong"]
     assert w["dne"] == pytest.approx(100.0 * (w["expected_ne"] / rows["InterFormer"]["expected_ne"] - 1.0))
     assert w["dne_sampled"] == pytest.approx(100.0 * (w["ne"] / rows["InterFormer"]["ne"] - 1.0))

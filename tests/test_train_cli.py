@@ -4,6 +4,8 @@ full run on a small dataset with the toy backend registered by monkeypatching th
 from __future__ import annotations
 
 import json
+import sys
+import types
 
 import pytest
 import torch
@@ -18,12 +20,10 @@ from toy_backend import toy_spec
 @pytest.fixture()
 def toy_registered(monkeypatch):
     monkeypatch.setenv("COLUMNS", "500")  # rich wraps at 80 columns off a terminal; the message has no newline
-    builtin = registry._builtin()
-
-    def patched():
-        return {**builtin, "toy": toy_spec}
-
-    monkeypatch.setattr(registry, "_builtin", patched)
+    module = types.ModuleType("toy_registered")
+    module.SPEC = toy_spec()
+    monkeypatch.setitem(sys.modules, "toy_registered", module)
+    monkeypatch.setitem(registry.BUILTIN_MODULES, "toy", "toy_registered")
 
 
 @pytest.fixture(scope="module")

@@ -61,14 +61,8 @@ def plot_scaling(doc: dict[str, Any], out_dir: Path) -> Path | None:
     ax.set_xscale("log")
     ax.set_xlabel("forward FLOPs / example")
     ax.set_ylabel(("eval expected NE" if ons == {"expected_ne"} else "eval NE") + " (lower is better)")
-    ax.set_title("NE vs compute: NE(C) = NE_0 - eta ln(C/C_0)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out_dir / f"{_stem(doc, 'scaling')}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    _finish_log_axes(ax, "NE vs compute: NE(C) = NE_0 - eta ln(C/C_0)")
+    return _save(fig, out_dir / f"{_stem(doc, 'scaling')}.png")
 
 
 def plot_ablation(doc: dict[str, Any], out_dir: Path) -> Path | None:
@@ -99,11 +93,7 @@ def plot_ablation(doc: dict[str, Any], out_dir: Path) -> Path | None:
     axes[0].set_yticklabels(labels, fontsize=8)
     axes[0].invert_yaxis()
     fig.suptitle("Kunlun ablations vs full Kunlun (ΔNE > 0 is worse)")
-    fig.tight_layout()
-    path = out_dir / f"{_stem(doc, 'ablation')}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, out_dir / f"{_stem(doc, 'ablation')}.png")
 
 
 def plot_qps(doc: dict[str, Any], out_dir: Path) -> Path | None:
@@ -127,13 +117,20 @@ def plot_qps(doc: dict[str, Any], out_dir: Path) -> Path | None:
     ax.set_yscale("log")
     ax.set_xlabel("batch size")
     ax.set_ylabel("examples / s")
-    ax.set_title("Throughput vs batch size")
+    _finish_log_axes(ax, "Throughput vs batch size")
+    return _save(fig, out_dir / f"{_stem(doc, 'qps')}.png")
+
+
+def _finish_log_axes(ax, title: str) -> None:
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    path = out_dir / f"{_stem(doc, 'qps')}.png"
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _plt().close(fig)
     return path
 
 

@@ -66,20 +66,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def backend_max_lengths(config: Any, schema: Any = None) -> Any:
-    """Per-event-type truncation to the most recent N events that the backend applies itself anyway
-    (`seq_max_len`: InterFormer cuts each stream to T_max before merging; `history_k`: Wukong pools
-    the last K events per type; Kunlun: each stream's own `max_len`, given the schema), so cutting in
-    the loader is exact and saves decoding and copies, and a packed stream arrives already cut."""
-    if schema is not None and callable(getattr(config, "stream_configs", None)):
-        return {et: sc.max_len for et, sc in config.stream_configs(schema).items()}
-    for name in ("max_lengths", "longest_stream_len", "seq_max_len", "history_k"):
-        value = getattr(config, name, None)
-        if value:
-            return dict(value) if isinstance(value, dict) else int(value)
-    return None
-
-
 def open_batches(root: str | Path, split: str, batch_size: int, ctx: DistContext, *,
                  include_p_true: bool = False, num_workers: int = 0, max_lengths: Any = None):
     """This rank's batches of `split`: the loader gives each rank its own row groups."""
@@ -182,7 +168,7 @@ def run_training(backend: str, data: str | Path | None = None, *, preset: str | 
         model = spec.build(model_cfg, schema).to(ctx.device)
         build_s = time.perf_counter() - t0
         groups = split_parameters(model)
-        max_lengths = backend_max_lengths(model_cfg, schema)
+        max_lengths = spec.max_lengths(model_cfg, schema)
 
         per_step = cfg.batch_size * ctx.world_size
         total_steps = math.ceil(manifest.split_rows("train") / per_step)
