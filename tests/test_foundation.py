@@ -169,3 +169,27 @@ def test_every_package_folder_is_listed_for_the_wheel():
             rel = init.parent.relative_to(ROOT / folder).parts
             found.add(".".join((pkg, *rel)))
     assert found <= listed, f"add to pyproject packages: {sorted(found - listed)}"
+
+
+def test_kernel_layer_does_not_load_the_io_layer():
+    """The ops and kernels are torch only: importing them must not pull pyarrow (the loader's)."""
+    code = "import sys, kunbench.kernels, kunbench.ops.jagged; sys.exit('pyarrow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_every_cited_document_is_in_the_repository():
+    import re
+
+    cited = set()
+    for folder in ("kunbench", "backends", "generators", "suites", "tests"):
+        for path in (ROOT / folder).rglob("*.py"):
+            cited |= {(path, m) for m in re.findall(r"(?<![\w/.-])((?:docs/)[\w/.-]+\.md)", path.read_text())}
+    assert cited, "the docstrings cite docs/*.md"
+    missing = sorted(f"{p.relative_to(ROOT)} cites {m}" for p, m in cited if not (ROOT / m).is_file())
+    assert not missing, missing
+    bare = []
+    for folder in ("kunbench", "backends", "generators", "suites"):
+        for path in (ROOT / folder).rglob("*.py"):
+            bare += [f"{path.relative_to(ROOT)}: {m}" for m in
+                     re.findall(r"(?<![\w/.-])((?:models|measurement|data|world)\.md)", path.read_text())]
+    assert not bare, f"cite documents by their path in the repository: {bare}"
