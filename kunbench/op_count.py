@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 import torch
 
+from kunbench.hardware import sync
+
 
 @contextlib.contextmanager
 def _quiet_native_stderr():
@@ -41,11 +43,10 @@ def count_ops(step: Callable[[], Any], device: torch.device) -> dict[str, int]:
     cuda = device.type == "cuda"
     if cuda:
         activities.append(ProfilerActivity.CUDA)
-        torch.cuda.synchronize(device)
+    sync(device)
     with _quiet_native_stderr(), profile(activities=activities) as prof:
         step()
-        if cuda:
-            torch.cuda.synchronize(device)
+        sync(device)
     events = prof.events()
     out = {"aten_ops": sum(1 for e in events if e.name.startswith("aten::"))}
     if cuda:

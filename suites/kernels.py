@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from kunbench.errors import KunbenchError
 from kunbench.results import measurement
+from kunbench.stats import std
 from kunbench.hardware import device_peak, model_flops, flops_convention, sync
 from kunbench.kernels import gdpa, gdpa_flops
 from kunbench.kernels.gdpa_triton import triton_available
@@ -360,7 +361,7 @@ def measure_grid(device: torch.device, dtype: torch.dtype, shapes: Sequence[dict
                     continue
                 med = statistics.median(samples)
                 row.update(latency_ms=med, samples_ms=samples, tflops=row["flops"] / (med * 1e-3) / 1e12,
-                           latency_spread_ms=statistics.stdev(samples) if len(samples) > 1 else None)
+                           latency_spread_ms=std(samples))
                 if errors is not None:
                     row["max_abs_err"], row["max_rel_err"] = errors
                 if peak_flops:
