@@ -74,7 +74,9 @@ def _fmt(x, digits: int = 4) -> str:
 
 @click.command("inspect")
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--verify", is_flag=True, help="Check every shard's presence, size, sha256 and row count.")
+@click.option("--verify", is_flag=True,
+              help="Check every shard's presence, size, sha256 and row count, and the data against the manifest "
+                   "(ID ranges, labels, history timestamps, list alignment).")
 @friendly_errors
 def inspect_cmd(directory, verify):
     """Summarize a dataset: rows, columns by role, sequence lengths, base CTR, oracle NE, files."""
@@ -91,9 +93,9 @@ def inspect_cmd(directory, verify):
     for c in ("split", "rows", "files", "MiB", "base CTR", "mean p_true", "oracle NE", "request_ts"):
         t.add_column(c, justify="right" if c not in ("split", "request_ts") else "left")
     for name, s in m.splits.items():
-        mib = sum(f["bytes"] for f in s["files"]) / 2**20
+        mib = sum(f.get("bytes") or 0 for f in s["files"]) / 2**20
         ts = s.get("request_ts") or {}
-        t.add_row(name, f"{s['rows']:,}", str(len(s["files"])), f"{mib:.1f}", _fmt(s.get("base_ctr")),
+        t.add_row(name, f"{s.get('rows', 0):,}", str(len(s["files"])), f"{mib:.1f}", _fmt(s.get("base_ctr")),
                   _fmt(s.get("mean_p_true")), _fmt(s.get("oracle_ne")), f"{ts.get('min')} .. {ts.get('max')}")
     console.print(t)
 
@@ -116,8 +118,8 @@ def inspect_cmd(directory, verify):
     for name, s in m.splits.items():
         for et, st in (s.get("lengths") or {}).items():
             if st:
-                t.add_row(name, et, f"{st['mean']:.1f}", str(st["min"]), str(st["p50"]), str(st["p99"]),
-                          str(st["max"]))
+                t.add_row(name, et, _fmt(st.get("mean"), 1),
+                          *("n/a" if st.get(k) is None else f"{st[k]:g}" for k in ("min", "p50", "p99", "max")))
     console.print(t)
 
     world = d.get("world") or {}
@@ -130,16 +132,18 @@ def inspect_cmd(directory, verify):
     if not verify:
         console.print(f"{len(files)} files (use --verify to check checksums)", highlight=False, soft_wrap=True)
         return
+    from kunbench.data.contract import verify_contract
     from kunbench.data.manifest import verify_files
 
-    problems = verify_files(m)
+    problems = verify_files(m) + verify_contract(m)
     if problems:
         for p in problems:
             err_console.print(f"[bold red]{p}[/]", highlight=False, soft_wrap=True)
-        err_console.print(f"[bold red]verify failed:[/] {len(problems)} of {len(files)} files damaged "
-                          f"or missing", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]verify failed:[/] {len(problems)} problems in {len(files)} files and their "
+                          f"manifest", highlight=False, soft_wrap=True)
         sys.exit(1)
-    console.print(f"[green]verified[/] {len(files)} files: sizes, sha256 and row counts match the manifest",
+    console.print(f"[green]verified[/] {len(files)} files: sizes, sha256 and row counts match the manifest, and "
+                  f"the data keeps its contract (ID ranges, labels, history order, list alignment)",
                   highlight=False, soft_wrap=True)
 
 

@@ -93,7 +93,13 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+# An oracle whose NE is this close to 1 carries no signal to close a gap on: a constant p_true at
+# the base rate gives 1 - 1e-16, and dividing by that "gap" prints 1e14-sized nonsense.
+MIN_ORACLE_GAP = 1e-9
+
+
 def gap_closed(model_ne: float, oracle_ne: float) -> float:
-    """Fraction of the learnable signal captured: (1 - NE_model) / (1 - NE_oracle)."""
+    """Fraction of the learnable signal captured: (1 - NE_model) / (1 - NE_oracle); NaN when the
+    oracle has no signal (within float tolerance) or either NE is undefined."""
     denom = 1.0 - oracle_ne
-    return (1.0 - model_ne) / denom if denom > 0 else float("nan")
+    return (1.0 - model_ne) / denom if denom > MIN_ORACLE_GAP else float("nan")

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from kunbench.metrics import EPS, binary_entropy
+from kunbench.metrics import EPS, MIN_ORACLE_GAP, binary_entropy
 
 
 def _finite(xs: Iterable[Any]) -> list[float]:
@@ -64,7 +64,7 @@ def bootstrap_ne(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray | 
         a = float(la[idx].mean())
         rel = 100.0 * (a - float(lb[idx].mean())) / float(lb[idx].mean()) if lb is not None else None
         gap = None
-        if lo is not None and h - float(lo[idx].mean()) > 0:
+        if lo is not None and (h - float(lo[idx].mean())) / h > MIN_ORACLE_GAP:
             gap = (h - a) / (h - float(lo[idx].mean()))
         return a / h, rel, gap
 

@@ -376,12 +376,11 @@ def run(ctx: SuiteContext) -> SuiteOutput:
                   "kernels that ran: " + "; ".join(
                       f"{k} ({', '.join(r['row'] for r in table_rows if r.get('kernels') == k)})"
                       for k in dict.fromkeys(r.get("kernels") for r in table_rows if r.get("kernels"))),
-                  "exp. NE / ΔNE % (exp.): NE with p_true as soft labels, i.e. against unlimited fresh clicks "
-                  "on these eval rows; ± is " + ("the std over seeds" if repeats >= 2 else
-                  "a paired bootstrap over eval rows (eval-sample noise only, not training-seed "
-                  "variance: --repeat N for that)"),
-                  "NE (sampled) / ΔNE % (sampled): on the drawn clicks, dominated by label noise at a 3% CTR",
-                  "exp. gap: gap closed with p_true as soft labels (no label-sampling noise)",
+                  *ctx.oracle_notes(),
+                  "± is " + ("the std over seeds" if repeats >= 2 else
+                             "a paired bootstrap over eval rows (eval-sample noise only, not training-seed "
+                             "variance: --repeat N for that)"),
+                  "NE (sampled) / ΔNE % (sampled): on the drawn clicks; at a low CTR the label draw dominates",
                   "paper: the Kunlun paper's ablations (B200, Meta data), converted to this row's direction "
                   "(e.g. window -29.5% FLOPs => full attention +41.8%)"]
                  + [f"{r.name}: {r.paper_note}" for r in rows if r.paper_note and r.name in results],

@@ -233,7 +233,19 @@ class SuiteContext:
                 "preset": (m.data.get("config") or {}).get("preset"),
                 "train_rows": m.split_rows("train") if "train" in m.splits else None,
                 "eval_rows": m.split_rows("eval") if "eval" in m.splits else None,
-                "eval_oracle_ne": (m.splits.get("eval") or {}).get("oracle_ne")}
+                "eval_oracle_ne": (m.splits.get("eval") or {}).get("oracle_ne"), "label_source": m.label_source}
+
+    def oracle_notes(self) -> list[str]:
+        """Table notes on what the oracle-derived columns mean for this dataset (or why they are n/a)."""
+        from kunbench.data.manifest import load_manifest
+
+        m = load_manifest(self.dataset())
+        if not m.has_oracle:
+            return [f"no oracle in this dataset (labels: {m.label_source}): oracle NE, gap closed and expected NE "
+                    "are n/a, and rows compare on NE of the observed labels"]
+        return [f"gap closed = (1 - NE) / (1 - oracle NE); oracle = {m.oracle_source}",
+                "exp. NE / exp. gap: p_true as soft labels, i.e. against unlimited fresh labels on these eval rows "
+                "(no label-sampling noise)"]
 
     def schema(self):
         from kunbench.data.manifest import load_manifest

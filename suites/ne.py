@@ -122,8 +122,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
         ],
         "label_columns": 2,
         "rows": rows,
-        "notes": [world_note(ctx), "gap closed = (1 - NE) / (1 - oracle NE); oracle = the generator's p_true",
-                  "exp. gap: gap closed with p_true as soft labels (no label-sampling noise)",
+        "notes": [world_note(ctx), *ctx.oracle_notes(),
                   "vs noise: 'within noise' when |ΔNE| < 2 x its spread"],
     })
     out.dataset = ctx.dataset_info()

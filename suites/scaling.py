@@ -155,8 +155,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
                                    {"key": "expected_gap_closed", "header": "exp. gap", "fmt": ".3f"},
                                    {"key": "gap_closed", "header": "gap closed", "fmt": ".3f"}],
                        "rows": table_rows, "label_columns": 2,
-                       "notes": [world_note(ctx),
-                                 f"exp. NE: NE with p_true as soft labels (no label-sampling noise); ± = {spread_txt}",
+                       "notes": [world_note(ctx), *ctx.oracle_notes(), f"± = {spread_txt}",
                                  "NE (sampled): on the drawn clicks; at a 3% CTR its noise is larger than the "
                                  "differences between sizes"]})
     out.tables.append({"title": "scaling: expected NE(C) = NE_0 - eta ln(C/C_0), C_0 = geometric mean FLOPs",

@@ -125,8 +125,9 @@ def write_contract_dataset(root, rows_per_file: Sequence[int] = (300, 0, 250), e
                            seed: int = 0, event_types: Sequence[str] = ("impression", "click", "conversion"),
                            num_categorical: int = 5, num_dense: int = 3, num_multihot: int = 2,
                            lengths: dict[str, tuple] | None = None, row_group_rows: int = 64,
-                           multihot_max: int = 5, compression: str = "zstd") -> dict:
-    """Write a dataset to `root`; returns the manifest dict. Empty files (0 rows) are allowed."""
+                           multihot_max: int = 5, compression: str = "zstd", oracle: bool = True) -> dict:
+    """Write a dataset to `root`; returns the manifest dict. Empty files (0 rows) are allowed.
+    `oracle=False` writes what a real log has: no p_true column and no oracle NE."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     lengths = {**DEFAULT_LENGTHS, **(lengths or {})}
@@ -170,5 +171,19 @@ def write_contract_dataset(root, rows_per_file: Sequence[int] = (300, 0, 250), e
     manifest = {"schema_version": 1, "generator": "tests.dataset_fixture", "seed": seed,
                 "config": {"row_group_rows": row_group_rows}, "columns": spec,
                 "event_types": list(event_types), "splits": splits}
+    if not oracle:
+        _drop_oracle(root, manifest, row_group_rows, compression)
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
+
+
+def _drop_oracle(root: Path, manifest: dict, row_group_rows: int, compression: str) -> None:
+    manifest["columns"] = [c for c in manifest["columns"] if c["role"] != "oracle"]
+    manifest["label_source"] = "a test log: observed clicks, no known click probability"
+    for split in manifest["splits"].values():
+        split.pop("oracle_ne")
+        for f in split["files"]:
+            path = root / f["path"]
+            table = pq.read_table(path).drop_columns(["p_true"])
+            pq.write_table(table, path, row_group_size=row_group_rows, compression=compression)
+            f.update(bytes=path.stat().st_size, sha256=sha256_file(path))

@@ -234,8 +234,10 @@ class ParquetBatches(IterableDataset):
         self._request_ts_col = by_role("request_ts")[0].name
         self._label_col = by_role("label")[0].name
         oracle = by_role("oracle")
-        if include_p_true and not oracle:
-            raise KunbenchError(f"{root}: include_p_true asked but the manifest has no oracle column")
+        if len(oracle) > 1:
+            raise KunbenchError(f"{root}: manifest has {len(oracle)} oracle columns (at most one)")
+        # a dataset without an oracle (a real log) has no p_true to include
+        include_p_true = self.include_p_true = include_p_true and bool(oracle)
         self._p_true_col = oracle[0].name if include_p_true else None
         self.categorical_names = [c.name for c in schema.categorical]
         self.dense_names = [c.name for c in schema.dense]

@@ -105,10 +105,35 @@ class Manifest:
         return int(self.splits[split]["rows"])
 
     @property
+    def has_oracle(self) -> bool:
+        return any(c.role == "oracle" for c in self.columns)
+
+    @property
+    def generated(self) -> bool:
+        return self.data.get("generator") == "kunbench.generators.ctr"
+
+    @property
+    def label_source(self) -> str:
+        """Where the labels came from, in words: the manifest's own `label_source`, else what the
+        generator did; never a claim that a generator made data it did not make."""
+        if self.data.get("label_source"):
+            return str(self.data["label_source"])
+        if self.generated:
+            return "kunbench.generators.ctr: clicks drawn from the known probability p_true"
+        return f"not stated (made by {self.data.get('generator') or 'an unnamed tool'})"
+
+    @property
+    def oracle_source(self) -> str | None:
+        """What the oracle column is, or None without one."""
+        if not self.has_oracle:
+            return None
+        return "the generator's p_true" if self.generated else "the dataset's oracle column"
+
+    @property
     def output_version(self) -> int | None:
         """The generator's output version (which signal terms exist), None for data it did not make.
         Manifests written before the field existed are version 2 (terms 1-7)."""
-        if self.data.get("generator") != "kunbench.generators.ctr":
+        if not self.generated:
             return None
         return int(self.data.get("output_version", 2))
 
@@ -160,12 +185,19 @@ def verify_files(m: "Manifest") -> list[str]:
             problems.append("manifest lists no eval split, though its config has eval_fraction "
                             f"{cfg.get('eval_fraction')}")
     for split, s in m.splits.items():
-        for f in s["files"]:
+        for i, f in enumerate(s["files"]):
+            if "path" not in f:
+                problems.append(f"manifest: {split} file #{i} has no path")
+                continue
             path = m.root / f["path"]
             if not path.is_file():
                 problems.append(f"missing: {f['path']}")
                 continue
             size = path.stat().st_size
+            lacks = [k for k in ("bytes", "sha256", "rows") if k not in f]
+            if lacks:
+                problems.append(f"unchecked: {f['path']} (the manifest lists no {', '.join(lacks)})")
+                continue
             if size != f["bytes"]:
                 problems.append(f"damaged: {f['path']} (size {size} bytes, manifest says {f['bytes']})")
                 continue

@@ -218,6 +218,7 @@ def run_training(backend: str, data: str | Path | None = None, *, preset: str | 
                 "train_rows": manifest.split_rows("train"),
                 "eval_rows": manifest.split_rows("eval"),
                 "eval_oracle_ne": manifest_oracle,
+                "label_source": manifest.label_source,
             },
             "metrics": metrics,
             "kernels": kernels_of(model, ctx.device, autocast_dtype(ctx.device, cfg.dtype)),

@@ -1,0 +1,148 @@
+"""The dataset contract, checked against the data (`kunbench inspect --verify`): a manifest can
+say anything, so every value it promises is read back. What is checked (README, "Bring your own
+data"):
+
+- the manifest: every file entry has path, rows, bytes and sha256; every ID column (categorical,
+  multi-hot, sequence item and category) has a positive cardinality;
+- every column the manifest names is in every file, without nulls;
+- IDs lie in [0, cardinality): a model's tables have exactly that many rows, so a larger ID would be
+  folded silently into another one;
+- labels are 0 or 1; the oracle, if any, is a probability in [0, 1]; dense values are finite;
+- a history's timestamps are sorted (oldest first) and none is after its row's request_ts;
+- the item, category and ts lists of one event type have the same length in every row.
+
+Files are read one row group at a time, so memory stays flat whatever the dataset's size. Each
+problem is one line naming the file, the column and the first bad row (counted from 0 in the file).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from kunbench.data.manifest import Column, Manifest
+
+ID_ROLES = ("context_categorical", "context_multihot")
+FILE_KEYS = ("path", "rows", "bytes", "sha256")
+
+
+def manifest_problems(m: Manifest) -> list[str]:
+    """What the manifest itself lacks: file entries' fields, ID columns' cardinalities."""
+    out = []
+    for split, s in m.splits.items():
+        if not isinstance(s.get("rows"), int):
+            out.append(f"manifest: split {split!r} lacks an integer 'rows'")
+        for i, f in enumerate(s["files"]):
+            missing = [k for k in FILE_KEYS if k not in f]
+            if missing:
+                out.append(f"manifest: {split} file {f.get('path', i)!r} lacks {', '.join(missing)}")
+    for c in m.columns:
+        if _is_id(c) and not (isinstance(c.cardinality, int) and c.cardinality > 0):
+            out.append(f"manifest: column {c.name!r} ({c.role}) needs a positive integer cardinality, "
+                       f"has {c.cardinality!r}")
+    return out
+
+
+def _is_id(c: Column) -> bool:
+    return c.role in ID_ROLES or (c.role == "sequence" and c.part in ("item", "category"))
+
+
+def verify_contract(m: Manifest, max_problems: int = 50) -> list[str]:
+    """Every broken promise of the manifest, one line each (at most `max_problems`)."""
+    problems = manifest_problems(m)
+    for split, s in m.splits.items():
+        for f in s["files"]:
+            path = m.root / f.get("path", "")
+            if "path" in f and path.is_file():
+                problems += _file_problems(m, path, f["path"])
+            if len(problems) >= max_problems:
+                return problems[:max_problems] + ["... (more problems not listed)"]
+    return problems
+
+
+def _file_problems(m: Manifest, path, rel: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    present = set(pf.schema_arrow.names)
+    absent = [c.name for c in m.columns if c.name not in present]
+    if absent:
+        return [f"{rel}: columns {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''} are missing"]
+    seen: set[tuple[str, str]] = set()  # one line per (column, kind of problem) and file
+    out = []
+    start = 0
+    for g in range(pf.num_row_groups):
+        table = pf.read_row_group(g, columns=[c.name for c in m.columns])
+        for column, kind, row in _group_problems(m, table):
+            if (column, kind) not in seen:
+                seen.add((column, kind))
+                out.append(f"{rel}: column {column!r}: {kind} (first at row {start + row})")
+        start += table.num_rows
+    return out
+
+
+def _group_problems(m: Manifest, table) -> Iterator[tuple[str, str, int]]:
+    from kunbench.data.jagged import arrow_list_to_numpy
+
+    def first(bad: np.ndarray) -> int | None:
+        hit = np.flatnonzero(bad)
+        return int(hit[0]) if hit.size else None
+
+    def row_of(offsets: np.ndarray, value_index: int) -> int:
+        return int(np.searchsorted(offsets, value_index, side="right") - 1)
+
+    flat: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for c in m.columns:
+        col = table.column(c.name)
+        if col.null_count:
+            yield c.name, "null values", first(np.asarray(col.is_null()))
+            continue
+        if c.role == "sequence" or c.role == "context_multihot":
+            values, offsets = arrow_list_to_numpy(col)
+            flat[c.name] = (values, offsets)
+            if _is_id(c) and isinstance(c.cardinality, int) and values.size:
+                bad = first((values < 0) | (values >= c.cardinality))
+                if bad is not None:
+                    yield (c.name, f"ID {values[bad]} outside [0, {c.cardinality}) (the manifest's cardinality)",
+                           row_of(offsets, bad))
+            continue
+        values = col.to_numpy()
+        if _is_id(c) and isinstance(c.cardinality, int):
+            bad = first((values < 0) | (values >= c.cardinality))
+            if bad is not None:
+                yield c.name, f"ID {values[bad]} outside [0, {c.cardinality}) (the manifest's cardinality)", bad
+        elif c.role == "label":
+            bad = first((values != 0) & (values != 1))
+            if bad is not None:
+                yield c.name, f"label {values[bad]} is not 0 or 1", bad
+        elif c.role == "oracle":
+            bad = first(~((values >= 0) & (values <= 1)))
+            if bad is not None:
+                yield c.name, f"oracle {values[bad]} is not a probability in [0, 1]", bad
+        elif c.role == "context_dense":
+            bad = first(~np.isfinite(values.astype(np.float64)))
+            if bad is not None:
+                yield c.name, f"dense value {values[bad]} is not finite", bad
+    request = [c for c in m.columns if c.role == "request_ts"]
+    request_ts = table.column(request[0].name).to_numpy() if len(request) == 1 else None
+    for et, parts in m.schema.sequence_columns.items():
+        cols = {p: parts[p].name for p in ("item", "category", "ts")}
+        if not all(n in flat for n in cols.values()):
+            continue  # a null column, already reported
+        ts, offsets = flat[cols["ts"]]
+        for p in ("item", "category"):
+            other = flat[cols[p]][1]
+            if not np.array_equal(other, offsets):
+                yield cols[p], f"list lengths differ from {cols['ts']!r}", first(other != offsets)
+        lengths = np.diff(offsets)
+        if request_ts is not None and ts.size:
+            bad = first(ts > np.repeat(request_ts, lengths))
+            if bad is not None:
+                yield cols["ts"], "a history event is after its row's request_ts", row_of(offsets, bad)
+        if ts.size > 1:
+            falls = np.diff(ts) < 0
+            falls[offsets[1:-1][(offsets[1:-1] > 0) & (offsets[1:-1] < ts.size)] - 1] = False  # row boundaries
+            bad = first(falls)
+            if bad is not None:
+                yield cols["ts"], "timestamps within a history are not sorted oldest first", row_of(offsets, bad)

@@ -1,0 +1,123 @@
+"""Bring your own data: a dataset without an oracle trains and reports n/a (never an invented
+number), and `inspect --verify` catches every lie a manifest can tell about its data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from dataset_fixture import write_contract_dataset
+from kunbench.cli import main
+from kunbench.data.manifest import sha256_file
+from kunbench.metrics import gap_closed
+
+
+@pytest.fixture()
+def data(tmp_path):
+    root = tmp_path / "data"
+    write_contract_dataset(root, rows_per_file=(200,), eval_rows_per_file=(100,))
+    return root
+
+
+def _verify(root):
+    return CliRunner().invoke(main, ["inspect", str(root), "--verify"])
+
+
+def _manifest(root):
+    return json.loads((root / "manifest.json").read_text())
+
+
+def _save_manifest(root, m):
+    (root / "manifest.json").write_text(json.dumps(m))
+
+
+def _rewrite(root, column, change):
+    """Replace one column of the first train file by change(column) and re-checksum it, so only the
+    contract check can object."""
+    m = _manifest(root)
+    f = m["splits"]["train"]["files"][0]
+    path = root / f["path"]
+    table = pq.read_table(path)
+    i = table.schema.get_field_index(column)
+    table = table.set_column(i, table.schema.field(i).name, change(table.column(column).combine_chunks()))
+    pq.write_table(table, path)
+    f.update(bytes=path.stat().st_size, sha256=sha256_file(path))
+    _save_manifest(root, m)
+
+
+def test_an_honest_dataset_verifies(data):
+    res = _verify(data)
+    assert res.exit_code == 0 and "keeps its contract" in res.output
+
+
+def test_a_cardinality_smaller_than_the_ids_is_caught(data):
+    m = _manifest(data)
+    for c in m["columns"]:
+        if c["name"] == "seq_click_item":
+            c["cardinality"] = 10
+    _save_manifest(data, m)
+    res = _verify(data)
+    assert res.exit_code == 1
+    assert "column 'seq_click_item': ID" in res.output and "outside [0, 10)" in res.output
+    assert "first at row" in res.output and "train/part-00000.parquet" in res.output
+
+
+def test_a_manifest_without_checksums_is_reported_not_a_traceback(data):
+    m = _manifest(data)
+    for f in m["splits"]["train"]["files"]:
+        del f["bytes"], f["sha256"]
+    _save_manifest(data, m)
+    assert CliRunner().invoke(main, ["inspect", str(data)]).exit_code == 0
+    res = _verify(data)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "lacks bytes, sha256" in res.output
+
+
+@pytest.mark.parametrize("column, change, message", [
+    ("click", lambda a: pa.array(np.where(np.arange(len(a)) == 7, 2, a.to_numpy()).astype(np.int8)),
+     "label 2 is not 0 or 1 (first at row 7)"),
+    ("seq_click_ts", lambda a: pa.ListArray.from_arrays(a.offsets, pa.array(a.values.to_numpy() + 10**9)),
+     "after its row's request_ts"),
+    ("seq_click_ts", lambda a: pa.ListArray.from_arrays(a.offsets, pa.array(-a.values.to_numpy())),
+     "not sorted oldest first"),
+    ("seq_click_category", lambda a: pa.ListArray.from_arrays(pa.array(np.arange(len(a) + 1, dtype=np.int32)),
+                                                              pa.array(np.zeros(len(a), np.int64))),
+     "list lengths differ"),  # one category per row, whatever the row's history length
+])
+def test_data_that_breaks_the_contract_is_caught(data, column, change, message):
+    _rewrite(data, column, change)
+    res = _verify(data)
+    assert res.exit_code == 1, res.output
+    assert message in res.output and f"column {column!r}" in res.output
+
+
+def test_no_oracle_trains_and_reports_n_a(tmp_path):
+    root = tmp_path / "log"
+    write_contract_dataset(root, rows_per_file=(300,), eval_rows_per_file=(200,), oracle=False)
+    assert _verify(root).exit_code == 0
+    out = tmp_path / "res"
+    res = CliRunner().invoke(main, ["train", "--backend", "wukong", "--preset", "tiny", "-d", str(root),
+                                    "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    (doc,) = [json.loads(p.read_text()) for p in out.glob("train-*.json")]
+    metrics = doc["metrics"]
+    assert metrics["ne"] > 0 and metrics["auc"] is not None
+    for key in ("oracle_ne", "gap_closed", "expected_ne", "expected_gap_closed", "oracle_auc"):
+        assert metrics[key] is None, key
+    assert doc["dataset"]["label_source"].startswith("a test log")
+    res = CliRunner().invoke(main, ["run", "--suite", "ne", "--backend", "wukong", "--preset", "tiny", "--data",
+                                    str(root), "--device", "cpu", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "no oracle in this dataset" in res.output and "generator's p_true" not in res.output
+
+
+def test_gap_closed_refuses_an_oracle_without_signal():
+    assert math.isnan(gap_closed(0.95, 0.9999999999999997))  # a constant p_true at the base rate
+    assert math.isnan(gap_closed(0.95, float("nan")))
+    assert gap_closed(0.95, 0.9) == pytest.approx(0.5)
