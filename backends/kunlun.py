@@ -300,5 +300,6 @@ SPEC = BackendSpec(
     build=build,
     flops_per_example=flops_per_example,
     max_lengths_of=max_lengths,
+    notes_of=lambda config, schema: config.notes(schema),
     width_keys=("d", "dff", "fm_k", "fmb_mlp", "head_mlp", "kv_hidden", "n_F", "n_L", "stream.d", "streams.*.d"),
 )

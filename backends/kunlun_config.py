@@ -105,6 +105,11 @@ class KunlunConfig:
     sequence_layout: str = "packed"
     stream: StreamConfig = field(default_factory=StreamConfig)
     streams: dict[str, StreamConfig] = field(default_factory=_default_streams)
+    # a dataset's own event types, most important first (e.g. buy,cart,fav,pv): the first takes the
+    # `conversion` stream settings, the last `impression` (the most numerous, least telling kind),
+    # those between `click`; names in `streams` keep their own settings, and a type named nowhere
+    # uses the shared `stream`
+    stream_importance: tuple[str, ...] = ()
     # 3.7 Mixture of Wukong Experts
     experts: int = 2  # M dense experts, outputs summed
     expert_layers: int = 1  # Wukong layers per expert (vertical scaling)
@@ -135,10 +140,29 @@ class KunlunConfig:
     def stream_for(self, event_type: str) -> StreamConfig:
         if self.event_personalization == "off":
             return self.stream
-        return self.streams.get(event_type, self.stream)
+        if event_type in self.streams:
+            return self.streams[event_type]
+        if event_type in self.stream_importance:
+            rank, last = self.stream_importance.index(event_type), len(self.stream_importance) - 1
+            preset = "conversion" if rank == 0 else "impression" if rank == last else "click"
+            return self.streams.get(preset, self.stream)
+        return self.stream
 
     def stream_configs(self, schema: DatasetSchema) -> dict[str, StreamConfig]:
         return {et: self.stream_for(et) for et in schema.event_types}
+
+    def personalized(self, schema: DatasetSchema) -> bool:
+        """Whether event personalization changes anything on this dataset: some event type gets
+        settings other than the shared `stream`."""
+        return any(sc != self.stream for sc in dataclasses.replace(self, event_personalization="on")
+                   .stream_configs(schema).values())
+
+    def notes(self, schema: DatasetSchema) -> list[str]:
+        if schema.event_types and self.event_personalization == "on" and not self.personalized(schema):
+            return [f"kunlun: no event type of this dataset ({', '.join(schema.event_types)}) has its own stream "
+                    "settings, so every stream uses the shared `stream` config and event_personalization changes "
+                    "nothing; name them with --set streams.NAME.KEY=V or kunlun.stream_importance=A,B,..."]
+        return []
 
     @property
     def longest_stream_len(self) -> int:
@@ -213,6 +237,9 @@ class KunlunConfig:
         self.stream.validate("stream", self.n_layers)
         for name, s in self.streams.items():
             s.validate(f"streams.{name}", self.n_layers)
+        imp = self.stream_importance
+        need(isinstance(imp, tuple) and all(isinstance(n, str) and n for n in imp) and len(set(imp)) == len(imp),
+             f"stream_importance must be a comma list of distinct event type names, got {imp!r}")
 
 
 def _streams(**kw: tuple[int, ...]) -> dict[str, StreamConfig]:

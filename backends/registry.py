@@ -38,6 +38,8 @@ class BackendSpec:
     # the config keys that size the model, which the scaling suite multiplies: dotted paths into
     # nested configs, `*` for every entry of a dict of configs (`streams.*.d`)
     width_keys: tuple[str, ...] = ()
+    # what a run should be told about this config on this dataset (a switch that changes nothing here)
+    notes_of: Callable[[Any, DatasetSchema], list[str]] | None = None
 
     def make_config(self, preset: str | None = None, sets: dict[str, Any] | None = None) -> Any:
         name = preset or self.default_preset
@@ -50,6 +52,9 @@ class BackendSpec:
 
     def max_lengths(self, config: Any, schema: DatasetSchema | None = None) -> int | dict[str, int] | None:
         return self.max_lengths_of(config, schema) if self.max_lengths_of is not None else None
+
+    def notes(self, config: Any, schema: DatasetSchema) -> list[str]:
+        return list(self.notes_of(config, schema)) if self.notes_of is not None else []
 
     def scale(self, config: Any, factor: float) -> dict[str, Any]:
         """`--set` changes that multiply every width key by `factor`: integers round (at least 2; a

@@ -69,6 +69,15 @@ class Row:
     paper_note: str = ""
 
 
+def _effective(cfg: dict[str, Any], config: Any, ctx: SuiteContext) -> dict[str, Any]:
+    """A Kunlun config as it runs on this device and dataset: the GDPA kernel `auto` resolves to,
+    and each event type's stream settings in place of the switches that choose them."""
+    gdpa = resolve_gdpa(cfg["gdpa"], ctx.device, autocast_dtype(ctx.device, ctx.dtype)).value
+    chosen = {et: dataclasses.asdict(sc) for et, sc in config.stream_configs(ctx.schema()).items()}
+    drop = ("event_personalization", "stream", "streams", "stream_importance")
+    return {**{k: v for k, v in cfg.items() if k not in drop}, "gdpa": gdpa, "stream_configs": chosen}
+
+
 def _flip(pct_on: float) -> float:
     """The paper reports turning a feature on (x -> x(1+p)); our row turns it off: 1/(1+p) - 1."""
     return 100.0 * (1.0 / (1.0 + pct_on / 100.0) - 1.0)
@@ -203,15 +212,21 @@ def run(ctx: SuiteContext) -> SuiteOutput:
             continue
         cfg = dataclasses.asdict(built.config)
         out.config["rows"][row.name] = {"backend": row.backend, "preset": built.preset, "sets": row.sets, "config": cfg}
-        if row.backend == KUNLUN:  # compare configs by the kernels they run here, not by their names
-            cfg = {**cfg, "gdpa": resolve_gdpa(cfg["gdpa"], ctx.device, autocast_dtype(ctx.device, ctx.dtype)).value}
+        if row.backend == KUNLUN:  # compare what runs here: the kernels and each stream's settings
+            cfg = _effective(cfg, built.config, ctx)
         if row.backend == KUNLUN and row.name == "full":
             full_cfg = cfg
         elif row.backend == KUNLUN and full_cfg is not None and cfg == full_cfg:
-            notes.append(f"row {row.name!r}: runs what full Kunlun runs on {ctx.device.type} "
-                         f"({', '.join(f'{k}={v}' for k, v in row.sets.items())} is its default or what its "
-                         f"default resolves to here); not trained twice")
-            results[row.name] = {"same_as_full": True}
+            if "event_personalization" in row.sets:
+                notes.append(f"row {row.name!r}: not applicable, every event type of this dataset uses the shared "
+                             "stream config (name them with kunlun.streams.NAME.KEY=V or "
+                             "kunlun.stream_importance=A,B,...); not trained twice")
+                results[row.name] = {"same_as_full": True, "not_applicable": True}
+            else:
+                notes.append(f"row {row.name!r}: runs what full Kunlun runs on {ctx.device.type} "
+                             f"({', '.join(f'{k}={v}' for k, v in row.sets.items())} is its default or what its "
+                             f"default resolves to here); not trained twice")
+                results[row.name] = {"same_as_full": True}
             continue
         ctx.log(f"ablation [{i + 1}/{len(rows)}] {row.name}: train ({built.preset}) ...")
         try:
@@ -258,7 +273,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
     for name, res in list(results.items()):
         if res.get("same_as_full"):
             if "full" in results and "tp" in results["full"]:
-                results[name] = {**results["full"], "same_as_full": True}
+                results[name] = {**results["full"], **res}
             else:
                 del results[name]
 
@@ -280,7 +295,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
                              "paper_dne": row.paper_dne, "paper_dflops": row.paper_dflops,
                              "paper_dqps": row.paper_dqps, "paper_note": row.paper_note, "paper": paper_text(row)}
         if res.get("same_as_full"):
-            d["row"] = f"{row.name} (= full)"
+            d["row"] = f"{row.name} ({'n/a: one shared stream' if res.get('not_applicable') else '= full'})"
         if ref is not None and row.name != ref_name:
             # ΔNE % on expected NE (the comparison); the sampled-label ΔNE stays beside it
             d["dne"] = _pct(res["expected_ne"], ref["expected_ne"])
@@ -377,10 +392,11 @@ def run(ctx: SuiteContext) -> SuiteOutput:
                       f"{k} ({', '.join(r['row'] for r in table_rows if r.get('kernels') == k)})"
                       for k in dict.fromkeys(r.get("kernels") for r in table_rows if r.get("kernels"))),
                   *ctx.oracle_notes(),
-                  "± is " + ("the std over seeds" if repeats >= 2 else
+                  "ΔNE % (exp.) compares expected NE, ΔNE % (sampled) the NE of the drawn clicks; ± is "
+                  + ("the std over seeds" if repeats >= 2 else
                              "a paired bootstrap over eval rows (eval-sample noise only, not training-seed "
                              "variance: --repeat N for that)"),
-                  "NE (sampled) / ΔNE % (sampled): on the drawn clicks; at a low CTR the label draw dominates",
+                  "at a low CTR the label draw dominates sampled NE",
                   "paper: the Kunlun paper's ablations (B200, Meta data), converted to this row's direction "
                   "(e.g. window -29.5% FLOPs => full attention +41.8%)"]
                  + [f"{r.name}: {r.paper_note}" for r in rows if r.paper_note and r.name in results],

@@ -121,3 +121,35 @@ def test_gap_closed_refuses_an_oracle_without_signal():
     assert math.isnan(gap_closed(0.95, 0.9999999999999997))  # a constant p_true at the base rate
     assert math.isnan(gap_closed(0.95, float("nan")))
     assert gap_closed(0.95, 0.9) == pytest.approx(0.5)
+
+
+def test_event_personalization_for_any_event_names(tmp_path):
+    from backend_utils import make_schema
+    from kunbench.backends.registry import get_backend
+
+    spec = get_backend("kunlun")
+    schema = make_schema(event_types=("pv", "buy"))
+    plain = spec.make_config("tiny")
+    assert not plain.personalized(schema) and "event_personalization changes nothing" in spec.notes(plain, schema)[0]
+    ranked = spec.make_config("tiny", {"stream_importance": "buy,pv"})
+    assert ranked.stream_for("buy") == ranked.streams["conversion"]
+    assert ranked.stream_for("pv") == ranked.streams["impression"]
+    assert ranked.personalized(schema) and spec.notes(ranked, schema) == []
+    named = spec.make_config("tiny", {"streams.pv.d": 8})
+    assert named.personalized(schema) and named.stream_for("pv").d == 8
+    with pytest.raises(Exception, match="stream_importance"):
+        spec.make_config("tiny", {"stream_importance": "buy,buy"})
+
+    # the ablation marks the switch not applicable instead of training the same model twice
+    root = tmp_path / "log"
+    write_contract_dataset(root, rows_per_file=(200,), eval_rows_per_file=(100,), event_types=("pv", "buy"))
+    out = tmp_path / "res"
+    res = CliRunner().invoke(main, ["run", "--suite", "ablation", "--data", str(root), "--device", "cpu",
+                                    "--set", "ablation.rows=[full, event_personalization off]",
+                                    "--set", "train.steps=2", "--set", "ablation.window_s=0.02",
+                                    "--set", "ablation.windows=1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    (doc,) = [json.loads(p.read_text()) for p in out.glob("suite-ablation-*.json")]
+    rows = [r["row"] for r in doc["tables"][0]["rows"]]
+    assert rows == ["full", "event_personalization off (n/a: one shared stream)"], rows
+    assert any("not applicable" in n for n in doc["notes"])

@@ -162,6 +162,9 @@ def run_training(backend: str, data: str | Path | None = None, *, preset: str | 
         if cfg.verify_data:  # a damaged shard must never train silently (sha256 is cheap next to a pass)
             require_intact(manifest, "skip this check with --no-verify (train) or --set train.verify_data=false")
         schema = manifest.schema
+        notes = spec.notes(model_cfg, schema)
+        for note in notes if log is not None and ctx.is_main else []:
+            log(f"note: {note}")
 
         seed_everything(cfg.seed)
         t0 = time.perf_counter()
@@ -222,6 +225,7 @@ def run_training(backend: str, data: str | Path | None = None, *, preset: str | 
             },
             "metrics": metrics,
             "kernels": kernels_of(model, ctx.device, autocast_dtype(ctx.device, cfg.dtype)),
+            "notes": notes,
             "environment": env,
             "timing": {"build_s": build_s, "train_s": stats.seconds, "eval_s": result.seconds,
                        "total_s": time.perf_counter() - t_total},
