@@ -118,7 +118,7 @@ def remove_dataset_files(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def directory_lock(root: Path):
+def directory_lock(root: Path, what: str = "generate"):
     """Hold an exclusive lock on `root` for one generate run; a second run into the same directory
     stops at once with one line (two writers would rename each other's shards and record wrong
     checksums). The lock is an flock on the directory itself: no file is left behind, and it dies
@@ -134,7 +134,7 @@ def directory_lock(root: Path):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise KunbenchError(f"{root} is being written by another kunbench generate run; wait for it to "
+            raise KunbenchError(f"{root} is being written by another kunbench {what} run; wait for it to "
                                 f"finish or choose another --out") from None
         yield
     finally:

@@ -39,12 +39,15 @@ def info() -> None:
 
 def _register_subcommands() -> None:
     from kunbench.cli_data import generate, inspect_cmd, probe_cmd
+    from kunbench.cli_import import export_cmd, import_cmd
     from kunbench.cli_suites import compare_cmd, report_cmd, run_cmd, selfcheck_cmd
     from kunbench.cli_train import list_cmd, train_cmd
 
     main.add_command(generate)
     main.add_command(inspect_cmd)
     main.add_command(probe_cmd)
+    main.add_command(import_cmd)
+    main.add_command(export_cmd)
     main.add_command(train_cmd)
     main.add_command(list_cmd)
     main.add_command(run_cmd)
