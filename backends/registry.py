@@ -38,6 +38,8 @@ class BackendSpec:
     # the config keys that size the model, which the scaling suite multiplies: dotted paths into
     # nested configs, `*` for every entry of a dict of configs (`streams.*.d`)
     width_keys: tuple[str, ...] = ()
+    # part of the suites' default backend list (a baseline such as logreg runs only when named)
+    in_default_runs: bool = True
     # what a run should be told about this config on this dataset (a switch that changes nothing here)
     notes_of: Callable[[Any, DatasetSchema], list[str]] | None = None
 
@@ -106,7 +108,7 @@ def _expand(config: Any, parts: list[str], prefix: str):
 
 # backend name -> module holding its SPEC
 BUILTIN_MODULES = {"wukong": "kunbench.backends.wukong", "interformer": "kunbench.backends.interformer",
-                   "kunlun": "kunbench.backends.kunlun"}
+                   "kunlun": "kunbench.backends.kunlun", "logreg": "kunbench.backends.logreg"}
 
 
 def available_backends() -> list[str]:

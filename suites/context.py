@@ -177,7 +177,10 @@ class SuiteContext:
         avail = available_backends()
         order = list(default) if default is not None else list(DEFAULT_BACKEND_ORDER)
         chosen = [b for b in order if b in avail]
-        chosen += [b for b in avail if b not in chosen and default is None]
+        if default is None:  # plug-ins too, but not the baselines that run only when named
+            from kunbench.backends.registry import get_backend
+
+            chosen += [b for b in avail if b not in chosen and get_backend(b).in_default_runs]
         return chosen
 
     def preset_for(self, spec) -> str:

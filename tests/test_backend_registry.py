@@ -91,3 +91,27 @@ def test_third_party_backend_from_entry_point(tmp_path, monkeypatch):
     eps.append(EntryPoint(name="broken", value="thirdparty_backend:Cfg", group=registry.ENTRY_POINT_GROUP))
     with pytest.raises(KunbenchError, match="not a BackendSpec"):
         get_backend("broken")
+
+
+def test_logreg_baseline_runs_only_when_named(tmp_path):
+    from dataset_fixture import write_contract_dataset
+    from kunbench.suites.context import RunOptions, SuiteContext
+
+    spec = get_backend("logreg")
+    schema = make_schema()
+    model = spec.build(spec.make_config(), schema)
+    batch = make_batch(schema, 4)
+    assert model(batch).shape == (4,) and torch.equal(model(batch), torch.zeros(4))  # starts at zero
+    assert spec.max_lengths(spec.make_config(), schema) == 0  # no histories read
+    ctx = SuiteContext(RunOptions(suites=["ne"]), "ne")
+    assert "logreg" in available_backends() and "logreg" not in ctx.backends()
+    ctx = SuiteContext(RunOptions(suites=["ne"], backends=["logreg"]), "ne")
+    assert ctx.backends() == ["logreg"]
+    root = tmp_path / "d"
+    write_contract_dataset(root, rows_per_file=(300,), eval_rows_per_file=(200,))
+    from click.testing import CliRunner
+
+    from kunbench.cli import main
+
+    res = CliRunner().invoke(main, ["train", "--backend", "logreg", "-d", str(root), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output

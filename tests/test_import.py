@@ -177,3 +177,53 @@ def test_bad_specs_are_one_line(tmp_path, edit, message):
     res = CliRunner().invoke(main, ["import", str(spec), "--out", str(tmp_path / "ds"), "--quiet"])
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
     assert not (tmp_path / "ds" / "manifest.json").exists()
+
+
+def test_the_readme_behaviour_log_recipe(tmp_path):
+    """The Taobao-UserBehavior recipe of the README on a header-less CSV of that shape."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    recipe = re.search(r'```toml\n(\[input\]\npath = "UserBehavior.csv".*?)```', readme, re.S).group(1)
+    rng = np.random.default_rng(1)
+    n = 3000
+    behavior = rng.choice(["pv", "cart", "fav", "buy"], n, p=[0.85, 0.06, 0.05, 0.04])
+    lines = [f"{u},{i},{i % 7 + 100},{b},{1511539200 + t}" for u, i, b, t in
+             zip(rng.integers(1, 80, n), rng.integers(1, 300, n), behavior, rng.integers(0, 9 * 86400, n))]
+    (tmp_path / "UserBehavior.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "spec.toml").write_text(recipe)
+    _ok(["import", tmp_path / "spec.toml", "--out", tmp_path / "ds", "--quiet"])
+    _ok(["inspect", tmp_path / "ds", "--verify"])
+    m = load_manifest(tmp_path / "ds")
+    assert m.schema.event_types == ("buy", "cart", "fav", "pv")
+    assert {c.name: c.cardinality for c in m.columns}["item_category"] == 7
+    rows = m.split_rows("train") + m.split_rows("eval")
+    base = sum(m.splits[s]["base_ctr"] * m.split_rows(s) for s in ("train", "eval")) / rows
+    assert rows == n and base == pytest.approx((behavior == "buy").mean())
+
+
+def test_the_readme_movielens_recipe(tmp_path):
+    """The MovieLens recipe of the README on files of the RecBole ml-100k shape (typed headers, tabs)."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    recipe = re.search(r'```toml\n(\[input\]\npath = "ml-100k.inter".*?)```', readme, re.S).group(1)
+    rng = np.random.default_rng(2)
+    n = 2000
+    rows = zip(rng.integers(1, 50, n), rng.integers(1, 120, n), rng.integers(1, 6, n),
+               874724710 + rng.integers(0, 200 * 86400, n))
+    (tmp_path / "ml-100k.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + "".join(
+        f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
+    (tmp_path / "ml-100k.item").write_text("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+                                           + "".join(f"{i}\tMovie {i}\t{1980 + i % 20}\tGenre{i % 5} Drama\n"
+                                                     for i in range(1, 120)))
+    (tmp_path / "ml-100k.user").write_text("user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n"
+                                           + "".join(f"{u}\t{20 + u % 30}\t{'MF'[u % 2]}\tjob{u % 4}\t0{u}\n"
+                                                     for u in range(1, 50)))
+    (tmp_path / "movielens.toml").write_text(recipe)
+    _ok(["import", tmp_path / "movielens.toml", "--out", tmp_path / "ds", "--quiet"])
+    _ok(["inspect", tmp_path / "ds", "--verify"])
+    m = load_manifest(tmp_path / "ds")
+    cards = {c.name: c.cardinality for c in m.columns}
+    assert m.schema.event_types == ("like", "watch") and cards["item_category"] == 5
+    assert cards["gender:token"] == 3 and cards["occupation:token"] == 5
