@@ -81,7 +81,8 @@ def _rating_log(root: Path) -> Path:
     genre = rng.integers(0, 4, items)
     rating = np.clip(np.round(3 + taste[u, genre[it]] + rng.normal(0, 0.5, n)), 1, 5).astype(np.int64)
     root.mkdir(parents=True)
-    pq.write_table(pa.table({"user_id": u * 7 + 1000, "movie_id": it + 1, "rating": rating,
+    maybe_user = pa.array([None if k == 5 else int(x) for k, x in enumerate(u)], pa.int64())
+    pq.write_table(pa.table({"user_id": u * 7 + 1000, "maybe_user": maybe_user, "movie_id": it + 1, "rating": rating,
                              "timestamp": 1_600_000_000 + rng.integers(0, 90 * 86400, n)}), root / "ratings.parquet")
     (root / "movies.csv").write_text("movie_id,genre,year\n" + "".join(
         f"{i + 1},g{genre[i]},{1990 + i % 30}\n" for i in range(items)))
@@ -170,6 +171,7 @@ def test_import_is_deterministic_and_resumes(tmp_path, monkeypatch):
     (("[output]", "[output]\nbogus = 1"), "output: unknown key 'bogus'"),
     (("path = \"movies.csv\"", "path = \"nope.csv\""), "items.path: no such file"),
     (("label = \"rating >= 4\"", "label = \"rating\""), "a label column must be 0 or 1"),
+    (("user = \"user_id\"", "user = \"maybe_user\""), "input.user: column 'maybe_user' has empty values"),
 ])
 def test_bad_specs_are_one_line(tmp_path, edit, message):
     spec = _rating_log(tmp_path / "ml")

@@ -140,6 +140,10 @@ def scan_vocab(spec: ImportSpec, tick: Callable[[int], None]) -> Vocab:
     users, items, cats, ts_vals, ts_counts = [], [], [], [], []
     ts_min, ts_max = None, None
     for batch in _batches(spec):
+        for key in ("user", "item"):
+            if batch.column(getattr(spec, key)).null_count:
+                raise KunbenchError(f"input.{key}: column {getattr(spec, key)!r} has empty values; every "
+                                    f"interaction needs a {key}")
         users.append(_text(batch.column(spec.user)).unique())
         items.append(_text(batch.column(spec.item)).unique())
         if spec.category:
