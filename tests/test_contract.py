@@ -153,3 +153,17 @@ def test_event_personalization_for_any_event_names(tmp_path):
     rows = [r["row"] for r in doc["tables"][0]["rows"]]
     assert rows == ["full", "event_personalization off (n/a: one shared stream)"], rows
     assert any("not applicable" in n for n in doc["notes"])
+
+
+def test_training_stops_at_an_id_beyond_its_cardinality(data, tmp_path):
+    """Checksums cannot catch a manifest that lies: the loader checks every ID as it decodes."""
+    m = _manifest(data)
+    for c in m["columns"]:
+        if c["name"] == "seq_impression_category":
+            c["cardinality"] = 3
+    _save_manifest(data, m)
+    res = CliRunner().invoke(main, ["train", "--backend", "wukong", "--preset", "tiny", "-d", str(data),
+                                    "--out", str(tmp_path / "res")])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "column 'seq_impression_category' holds ID" in res.output and "outside [0, 3)" in res.output
+    assert not (tmp_path / "res").exists() or not list((tmp_path / "res").glob("*.json"))

@@ -239,6 +239,12 @@ class ParquetBatches(IterableDataset):
         # a dataset without an oracle (a real log) has no p_true to include
         include_p_true = self.include_p_true = include_p_true and bool(oracle)
         self._p_true_col = oracle[0].name if include_p_true else None
+        # every ID is checked against its column's cardinality as it is decoded: a damaged or
+        # mislabelled shard must stop the run, not fold IDs silently into other rows of a table
+        self._cardinality = {c.name: int(c.cardinality) for c in self.manifest.columns
+                             if isinstance(c.cardinality, int) and c.cardinality > 0
+                             and (c.role in ("context_categorical", "context_multihot")
+                                  or (c.role == "sequence" and c.part in ("item", "category")))}
         self.categorical_names = [c.name for c in schema.categorical]
         self.dense_names = [c.name for c in schema.dense]
         self.multihot_names = [c.name for c in schema.multihot]
@@ -332,13 +338,22 @@ class ParquetBatches(IterableDataset):
         return self.unit_order()[rank * num_workers + worker_id::total]
 
     # ---- reading ---------------------------------------------------------------------------
-    def _decode(self, table: pa.Table) -> _Chunk:
+    def _check_ids(self, name: str, values: np.ndarray, where: str) -> np.ndarray:
+        card = self._cardinality.get(name)
+        if card is not None and values.size and (values.min() < 0 or values.max() >= card):
+            bad = values[(values < 0) | (values >= card)][0]
+            raise KunbenchError(f"{where}: column {name!r} holds ID {bad}, outside [0, {card}) (its cardinality "
+                                f"in the manifest); the shard is damaged or the manifest is wrong "
+                                f"(kunbench inspect --verify)")
+        return values
+
+    def _decode(self, table: pa.Table, where: str = "") -> _Chunk:
         n = table.num_rows
-        col = lambda name: _flat(table.column(name))  # noqa: E731
+        col = lambda name: self._check_ids(name, _flat(table.column(name)), where)  # noqa: E731
 
         def jagged(name: str) -> _JaggedCol:
             values, offsets = arrow_list_to_numpy(table.column(name))
-            return _JaggedCol(values, offsets)
+            return _JaggedCol(self._check_ids(name, values, where), offsets)
 
         seqs = []
         for et, names in zip(self.event_types, self._seq_names):
@@ -378,7 +393,7 @@ class ParquetBatches(IterableDataset):
             except (OSError, pa.ArrowException, KeyError) as exc:
                 raise KunbenchError(f"shard {path} row group {u.row_group} could not be read: "
                                     f"{str(exc).splitlines()[0]}") from None
-            yield self._decode(table)
+            yield self._decode(table, f"shard {path} row group {u.row_group}")
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
