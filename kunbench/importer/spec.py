@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from kunbench.errors import KunbenchError
+from kunbench.errors import KunbenchError, read_document
 
 OPS = ("==", "!=", ">=", "<=", ">", "<")
 _CONDITION = re.compile(r"^\s*(\S+?)\s*(==|!=|>=|<=|>|<)\s*(.+?)\s*$")
@@ -214,12 +214,7 @@ def _side(section: dict | None, where: str, base: Path) -> SideTable | None:
 
 def load_spec(path: str | Path) -> ImportSpec:
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise KunbenchError(f"{path}: no such import spec") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise KunbenchError(f"{path}: not a readable TOML import spec ({exc})") from None
+    data = read_document(path, tomllib.loads, "TOML import spec")
     _known(data, ("input", "events", "output", "items", "users"), str(path.name))
     base = path.resolve().parent
     inp = data.get("input")

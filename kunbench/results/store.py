@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
-from kunbench.errors import KunbenchError
+from kunbench.errors import KunbenchError, read_document
 from kunbench.results.schema import REQUIRED_KEYS, SUITE_KIND, validate
 
 DEFAULT_RESULTS_DIR = "results"
@@ -109,12 +109,7 @@ def load(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if p.is_dir():
         raise KunbenchError(f"{p} is a directory; pass result files (or use load_many)")
-    try:
-        raw = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise KunbenchError(f"{p}: no such result file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KunbenchError(f"{p}: not a readable result JSON ({exc})") from None
+    raw = read_document(p, json.loads, "result JSON")
     validate(raw, str(p))
     raw["_source"] = str(p)
     return raw
