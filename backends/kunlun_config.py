@@ -158,6 +158,10 @@ class KunlunConfig:
                    .stream_configs(schema).values())
 
     def notes(self, schema: DatasetSchema) -> list[str]:
+        unknown = [n for n in self.stream_importance if n not in schema.event_types]
+        if unknown:
+            return [f"kunlun: stream_importance names {', '.join(unknown)}, not an event type of this dataset "
+                    f"({', '.join(schema.event_types)}); the ranks count it all the same"]
         if schema.event_types and self.event_personalization == "on" and not self.personalized(schema):
             return [f"kunlun: no event type of this dataset ({', '.join(schema.event_types)}) has its own stream "
                     "settings, so every stream uses the shared `stream` config and event_personalization changes "

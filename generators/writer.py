@@ -102,10 +102,12 @@ def _existing_fingerprint(root: Path) -> str | None:
 
 
 def remove_dataset_files(root: Path) -> None:
-    """Remove only what a kunbench dataset consists of; anything else in `root` stays."""
+    """Remove only what a kunbench dataset consists of, generated or imported (`kunbench import`
+    keeps ids/ and .import/); anything else in `root` stays."""
     for name in (MANIFEST_NAME, MARKER_NAME):
         (root / name).unlink(missing_ok=True)
-    shutil.rmtree(root / SIDECAR_DIR, ignore_errors=True)
+    for name in (SIDECAR_DIR, "ids", ".import"):
+        shutil.rmtree(root / name, ignore_errors=True)
     for split in SPLITS:
         d = root / split
         if not d.is_dir():

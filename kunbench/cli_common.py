@@ -6,6 +6,7 @@ import functools
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from kunbench.errors import KunbenchError
 
@@ -20,6 +21,6 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except KunbenchError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(2)
     return wrapper

@@ -33,6 +33,11 @@ def import_cmd(spec_file, out, force, quiet):
                   f"base CTR train {tr['base_ctr']:.4f}; {cards['user_id']:,} users, {cards['item_id']:,} items, "
                   f"{cards['item_category']:,} categories; event types {', '.join(m['event_types'])}"
                   + (f"; {result.seconds:.1f} s" if not result.skipped else ""), highlight=False, soft_wrap=True)
+    empty = [e for e in m["event_types"]
+             if not any((m["splits"][split]["lengths"].get(e) or {}).get("max") for split in ("train", "eval"))]
+    if empty:
+        console.print(f"[yellow]warning:[/] no history holds an event of type {', '.join(empty)}: check "
+                      f"[events] in {spec_file}", highlight=False, soft_wrap=True)
     if len(m["event_types"]) > 1 and not set(m["event_types"]) <= {"impression", "click", "conversion"}:
         console.print(f"Kunlun's per-stream settings for these event types: --set kunlun.stream_importance="
                       f"{','.join(m['event_types'])}", highlight=False, soft_wrap=True)

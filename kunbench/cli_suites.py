@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ def _log(msg: str) -> None:
 @click.option("--fail", "fail_rules", multiple=True, metavar="METRIC:THRESHOLD",
               help="Regression threshold, e.g. qps:-5% or ne:+0.1% (repeatable). Exit 1 when a matching "
                    "metric moves past it in the bad direction and outside the measured noise.")
-@click.option("--noise-k", type=click.FloatRange(min=0), default=2.0, show_default=True,
+@click.option("--noise-k", type=click.FloatRange(min=0, max=1e6), default=2.0, show_default=True,
               help="A change counts when |delta| > k * sqrt(spread_base^2 + spread_new^2).")
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "csv"]), default="table", show_default=True)
 @click.option("--all", "show_all", is_flag=True, help="Also list metrics present in only one of the runs.")
@@ -34,6 +35,8 @@ def compare_cmd(base, new, fail_rules, noise_k, fmt, show_all):
     from kunbench.results import load_many
     from kunbench.results.compare import compare, parse_rule, table_rows
 
+    if not math.isfinite(noise_k):
+        raise KunbenchError(f"--noise-k must be a finite number >= 0, got {noise_k}")
     rules = [parse_rule(r) for r in fail_rules]
     skipped: list[str] = []
     cmp = compare(load_many([base], skipped), load_many([new], skipped), rules, k=noise_k)
@@ -101,6 +104,8 @@ def report_cmd(results, fmt, plot_dir, output):
     from kunbench.results import load_many
     from kunbench.results.report import render
 
+    if output and fmt == "table":
+        raise KunbenchError("--output writes md or csv; add --format md or --format csv")
     skipped: list[str] = []
     docs = load_many(results, skipped)
     for msg in skipped:

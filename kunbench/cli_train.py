@@ -94,7 +94,8 @@ def train_cmd(backend, data, preset, sets, device, dtype, steps, batch_size, lr,
     from kunbench.train.distributed import resolve_device
     from kunbench.train.runner import make_train_config, run_training, split_sets
 
-    parsed = overrides.parse_assignments(sets)
+    # `kunlun.d=64` (the form `kunbench run` takes) means `d=64` when the backend is kunlun
+    parsed = {k.removeprefix(f"{backend}."): v for k, v in overrides.parse_assignments(sets).items()}
     spec = get_backend(backend)  # unknown backend -> one line, before any heavy work
     backend_sets, trainer_sets = split_sets(parsed)
     spec.make_config(preset, backend_sets)  # bad preset / key -> one line

@@ -165,6 +165,17 @@ class SuiteContext:
             raise KunbenchError(f"{name} must be {kind} {bound}, got {raw!r}")
         return int(value) if integer else value
 
+    def bool_option(self, key: str, default: bool) -> bool:
+        """A yes/no `--set SUITE.KEY`: true/false, on/off, yes/no or 1/0; anything else is one line
+        (a typo must not flip a switch)."""
+        raw = self.suite_option(key, default)
+        text = str(raw).strip().lower()
+        if text in ("true", "on", "yes", "1"):
+            return True
+        if text in ("false", "off", "no", "0"):
+            return False
+        raise KunbenchError(f"{self.suite}.{key} must be true or false, got {raw!r}")
+
     def backend_sets(self, backend: str) -> dict[str, Any]:
         r = self.routed
         return {**r.get("all_backends", {}), **r.get(f"backend:{backend}", {})}
@@ -208,6 +219,9 @@ class SuiteContext:
         if self._dataset is not None:
             return self._dataset
         if self.opts.data is not None:
+            if self.data_sets:
+                raise KunbenchError(f"--set data.{next(iter(self.data_sets))}: data.KEY configures the dataset a suite "
+                                    f"generates by default; with --data it would change nothing")
             path = Path(self.opts.data)
             if not (path / "manifest.json").is_file():
                 raise KunbenchError(f"--data {path}: no dataset here (no manifest.json)")

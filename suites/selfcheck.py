@@ -213,8 +213,8 @@ def run(ctx: SuiteContext) -> SuiteOutput:
     cuda = ctx.device.type == "cuda"
     bs = ctx.number_option("batch_size", 1024 if cuda else 256, integer=True)
     window_s = ctx.number_option("window_s", 1.0 if cuda else 0.5, maximum=3600)
-    compile_ = str(ctx.suite_option("compile", True)).lower() not in ("false", "0", "no", "off")
-    kernels = str(ctx.suite_option("kernels", True)).lower() not in ("false", "0", "no", "off")
+    compile_ = ctx.bool_option("compile", True)
+    kernels = ctx.bool_option("kernels", True)
     budget_s = ctx.number_option("budget_s", 420.0 if cuda else 540.0, strict=False)
     out = SuiteOutput(backends=ctx.backends(), config={"batch_size": bs, "window_s": window_s, "compile": compile_,
                                                        "budget_s": budget_s})

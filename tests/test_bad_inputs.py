@@ -257,3 +257,113 @@ def test_disk_estimate_is_close_to_what_is_written(tiny_dataset):
     rows = sum(m.split_rows(s) for s in m.splits)
     estimate = estimated_bytes(config_from_dict(m.data["config"]), rows)
     assert 0.5 * written < estimate < 3.0 * written, (estimate, written)
+
+
+# ---- a second sweep (after bring-your-own-data) ---------------------------------------------------
+def _lying_manifest(tiny_dataset, tmp_path, edit):
+    import shutil
+
+    root = tmp_path / "lie"
+    shutil.copytree(tiny_dataset, root)
+    m = json.loads((root / "manifest.json").read_text())
+    edit(m)
+    (root / "manifest.json").write_text(json.dumps(m))
+    return root
+
+
+def _set_column(name, **kw):
+    def edit(m):
+        for c in m["columns"]:
+            if c["name"] == name:
+                c.update(kw)
+    return edit
+
+
+MANIFEST_CASES = [
+    ("cardinality not a number", _set_column("ctx_cat_003", cardinality="big"), 2, "cardinality must be a positive"),
+    ("bytes not a number", lambda m: m["splits"]["train"]["files"][0].update(bytes="x"), 2,
+     "'bytes' must be a non-negative integer"),
+    ("a path outside the dataset", lambda m: m["splits"]["train"]["files"][0].update(path="../../etc/hostname"), 2,
+     "paths must stay inside the dataset directory"),
+    ("a column left out", lambda m: m.update(columns=[c for c in m["columns"] if c["name"] != "ctx_cat_003"]), 1,
+     "ctx_cat_003 are not in the manifest"),
+    ("a dtype that lies", _set_column("click", dtype="float32"), 1, "the manifest says float32"),
+    ("rows the files do not hold", lambda m: m["splits"]["eval"].update(files=[]), 1,
+     "split 'eval' says"),
+    ("no label column", lambda m: m.update(columns=[c for c in m["columns"] if c["role"] != "label"]), 1,
+     "needs exactly one 'label' column"),
+]
+
+
+@pytest.mark.parametrize("name, edit, code, fragment", MANIFEST_CASES, ids=[c[0] for c in MANIFEST_CASES])
+def test_verify_catches_a_lying_manifest(tiny_dataset, tmp_path, name, edit, code, fragment):
+    root = _lying_manifest(tiny_dataset, tmp_path, edit)
+    res = CliRunner().invoke(main, ["inspect", str(root), "--verify"])
+    assert res.exit_code == code, res.output
+    assert fragment in res.output and "Traceback" not in res.output
+
+
+def test_verify_reports_an_unreadable_shard_whose_checksum_matches(tiny_dataset, tmp_path):
+    from kunbench.data.manifest import sha256_file
+
+    def edit(m):
+        f = m["splits"]["train"]["files"][0]
+        path = tmp_path / "lie" / f["path"]
+        path.write_text("not parquet")
+        f.update(bytes=path.stat().st_size, sha256=sha256_file(path))
+
+    import shutil
+
+    shutil.copytree(tiny_dataset, tmp_path / "lie")
+    m = json.loads((tmp_path / "lie" / "manifest.json").read_text())
+    edit(m)
+    (tmp_path / "lie" / "manifest.json").write_text(json.dumps(m))
+    res = CliRunner().invoke(main, ["inspect", str(tmp_path / "lie"), "--verify"])
+    assert res.exit_code == 1 and "unreadable" in res.output and "Traceback" not in res.output, res.output
+
+
+def test_export_of_a_damaged_dataset_writes_nothing(damaged_dataset, tmp_path):
+    root, shard = damaged_dataset
+    res = CliRunner().invoke(main, ["export", str(root), "--out", str(tmp_path / "log")])
+    assert res.exit_code == 2 and "is damaged" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "log").exists() or not list((tmp_path / "log").iterdir())
+
+
+def test_cli_values_that_used_to_pass_silently(tiny_dataset, tmp_path):
+    doc = str(_result_doc(tmp_path))
+    cases = [
+        (["compare", doc, doc, "--fail", "train_qps:-1%", "--noise-k", "nan"], "--noise-k must be a finite"),
+        (["report", doc, "-o", str(tmp_path / "x.md")], "--output writes md or csv"),
+        (["run", "--suite", "selfcheck", "--device", "cpu", "--set", "selfcheck.kernels=maybe", "--out",
+          str(tmp_path / "o")], "selfcheck.kernels must be true or false"),
+        (["run", "--suite", "ne", "--backend", "logreg", "--data", str(tiny_dataset), "--set", "data.rows=5",
+          "--out", str(tmp_path / "o")], "with --data it would change nothing"),
+    ]
+    for argv, fragment in cases:
+        res = CliRunner().invoke(main, argv)
+        assert res.exit_code == 2 and fragment in res.output and "Traceback" not in res.output, (argv, res.output)
+
+
+def test_train_takes_the_backend_prefix_run_takes(tiny_dataset, tmp_path):
+    res = CliRunner().invoke(main, ["train", "-b", "kunlun", "--preset", "tiny", "-d", str(tiny_dataset), "--steps",
+                                    "1", "--device", "cpu", "--no-progress", "--no-verify", "--set",
+                                    "kunlun.stream_importance=click,nope", "--out", str(tmp_path / "res")])
+    assert res.exit_code == 0, res.output
+    assert "stream_importance names nope" in res.output  # an unknown type is named, not silently ranked
+
+
+def test_import_force_over_a_generated_dataset_then_generate_refuses(tiny_dataset, tmp_path):
+    import shutil
+
+    out = tmp_path / "d"
+    shutil.copytree(tiny_dataset, out)
+    (tmp_path / "log.csv").write_text("u,i,y,ts\n" + "".join(f"{k % 5},{k % 7},{k % 2},{1000 + k}\n"
+                                                               for k in range(200)))
+    (tmp_path / "s.toml").write_text('[input]\npath = "log.csv"\nuser = "u"\nitem = "i"\ntimestamp = "ts"\n'
+                                     'label = "y"\n[events]\nrules = [{name = "seen", when = "y >= 0"}]\n')
+    res = CliRunner().invoke(main, ["import", str(tmp_path / "s.toml"), "--out", str(out), "--force", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert not (out / ".kunbench-dataset.json").exists() and not (out / ".shards").exists()
+    before = (out / "manifest.json").read_bytes()
+    res = CliRunner().invoke(main, ["generate", "--preset", "tiny", "--rows", "300", "--out", str(out)])
+    assert res.exit_code == 2 and (out / "manifest.json").read_bytes() == before  # nothing lost without --force

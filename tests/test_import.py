@@ -229,3 +229,50 @@ def test_the_readme_movielens_recipe(tmp_path):
     cards = {c.name: c.cardinality for c in m.columns}
     assert m.schema.event_types == ("like", "watch") and cards["item_category"] == 5
     assert cards["gender:token"] == 3 and cards["occupation:token"] == 5
+
+
+def _small_log(root: Path, extra: str = "") -> Path:
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "log.csv").write_text("user,item,rating,ts\n" + "".join(
+        f"{u},{i},{r},{1_000_000 + k * 60 + j}\n" for k, (u, i, r, j) in enumerate(
+            zip(rng.integers(1, 31, 400), rng.integers(1, 51, 400), rng.integers(1, 6, 400), rng.integers(0, 31, 400)))))
+    spec = root / "s.toml"
+    spec.write_text('[input]\npath = "log.csv"\nuser = "user"\nitem = "item"\ntimestamp = "ts"\n'
+                    'label = "rating >= 4"\n[events]\nrules = [{name = "like", when = "rating >= 4"}, '
+                    '{name = "watch", when = "rating < 4"}]\n' + extra)
+    return spec
+
+
+@pytest.mark.parametrize("extra", ["", "[output]\neval_fraction = 0\nbuckets = 1\n"])
+def test_many_buckets_few_users_and_no_eval_split(tmp_path, extra):
+    """16 buckets for 30 users leaves some buckets without eval rows (or every one, at eval_fraction 0)."""
+    _ok(["import", _small_log(tmp_path / "log", extra), "--out", tmp_path / "ds", "--quiet"])
+    _ok(["inspect", tmp_path / "ds", "--verify"])
+    m = load_manifest(tmp_path / "ds")
+    assert m.split_rows("train") + m.split_rows("eval") == 400
+    assert (m.split_rows("eval") == 0) == ("eval_fraction = 0" in extra)
+
+
+@pytest.mark.parametrize("spec_text, message", [
+    ('[input]\npath = "log.csv"\nuser = "user"\nitem = "item"\ntimestamp = "ts"\nlabel = "rating >= 4"\n',
+     "needs an [events] table"),
+    ('[input]\npath = "log.csv"\nuser = "user"\nitem = "item"\ntimestamp = "ts"\nlabel = "rating == "\n'
+     '[events]\ncolumn = "rating"\ntypes = ["5"]\n', "input.label: expected COLUMN OP VALUE"),
+    ('[input]\npath = "empty"\nuser = "user"\nitem = "item"\ntimestamp = "ts"\nlabel = "rating >= 4"\n'
+     '[events]\ncolumn = "rating"\ntypes = ["5"]\n', "no data files in"),
+])
+def test_spec_mistakes_read_clearly(tmp_path, spec_text, message):
+    _small_log(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.toml").write_text(spec_text)
+    res = CliRunner().invoke(main, ["import", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "ds"), "--quiet"])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+
+
+def test_an_event_type_that_matches_nothing_is_named(tmp_path):
+    spec = _small_log(tmp_path)
+    spec.write_text(spec.read_text().replace('{name = "watch", when = "rating < 4"}',
+                                             '{name = "watch", when = "rating > 9"}'))
+    res = _ok(["import", spec, "--out", tmp_path / "ds", "--quiet"])
+    assert "no history holds an event of type watch" in res.output

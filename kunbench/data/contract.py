@@ -24,6 +24,8 @@ import numpy as np
 from kunbench.data.manifest import Column, Manifest
 
 ID_ROLES = ("context_categorical", "context_multihot")
+DTYPES = {"int8": "int8", "int32": "int32", "int64": "int64", "float32": "float", "float64": "double",
+          "list<int64>": "list<element: int64>"}  # manifest dtype -> how Arrow prints it
 FILE_KEYS = ("path", "rows", "bytes", "sha256")
 
 
@@ -37,7 +39,13 @@ def manifest_problems(m: Manifest) -> list[str]:
             missing = [k for k in FILE_KEYS if k not in f]
             if missing:
                 out.append(f"manifest: {split} file {f.get('path', i)!r} lacks {', '.join(missing)}")
+    for role in ("request_ts", "label"):
+        n = sum(c.role == role for c in m.columns)
+        if n != 1:
+            out.append(f"manifest: needs exactly one {role!r} column, has {n}")
     for c in m.columns:
+        if c.dtype not in DTYPES:
+            out.append(f"manifest: column {c.name!r} has dtype {c.dtype!r} (one of {', '.join(DTYPES)})")
         if _is_id(c) and not (isinstance(c.cardinality, int) and c.cardinality > 0):
             out.append(f"manifest: column {c.name!r} ({c.role}) needs a positive integer cardinality, "
                        f"has {c.cardinality!r}")
@@ -64,21 +72,39 @@ def verify_contract(m: Manifest, max_problems: int = 50) -> list[str]:
 def _file_problems(m: Manifest, path, rel: str) -> list[str]:
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
-    present = set(pf.schema_arrow.names)
+    import pyarrow as pa
+
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+    except (OSError, pa.ArrowException) as exc:
+        return [f"{rel}: unreadable ({str(exc).splitlines()[0]})"]
+    present = set(schema.names)
     absent = [c.name for c in m.columns if c.name not in present]
     if absent:
         return [f"{rel}: columns {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''} are missing"]
-    seen: set[tuple[str, str]] = set()  # one line per (column, kind of problem) and file
     out = []
+    unlisted = sorted(present - {c.name for c in m.columns})
+    if unlisted:
+        out.append(f"{rel}: columns {', '.join(unlisted[:5])} are not in the manifest")
+    for c in m.columns:
+        arrow = str(schema.field(c.name).type).replace("large_list", "list").replace("list<item:", "list<element:")
+        if c.dtype in DTYPES and arrow != DTYPES[c.dtype]:
+            out.append(f"{rel}: column {c.name!r} is {arrow}, the manifest says {c.dtype}")
+    if out:
+        return out
+    seen: set[tuple[str, str]] = set()  # one line per (column, kind of problem) and file
     start = 0
-    for g in range(pf.num_row_groups):
-        table = pf.read_row_group(g, columns=[c.name for c in m.columns])
-        for column, kind, row in _group_problems(m, table):
-            if (column, kind) not in seen:
-                seen.add((column, kind))
-                out.append(f"{rel}: column {column!r}: {kind} (first at row {start + row})")
-        start += table.num_rows
+    try:
+        for g in range(pf.num_row_groups):
+            table = pf.read_row_group(g, columns=[c.name for c in m.columns])
+            for column, kind, row in _group_problems(m, table):
+                if (column, kind) not in seen:
+                    seen.add((column, kind))
+                    out.append(f"{rel}: column {column!r}: {kind} (first at row {start + row})")
+            start += table.num_rows
+    except (OSError, pa.ArrowException) as exc:
+        out.append(f"{rel}: row group {g} unreadable ({str(exc).splitlines()[0]})")
     return out
 
 

@@ -39,6 +39,9 @@ class Column:
             raise KunbenchError(f"manifest column entry {d!r} lacks {', '.join(sorted(missing))}")
         if d["role"] not in ROLES:
             raise KunbenchError(f"manifest column {d['name']!r} has unknown role {d['role']!r}")
+        card = d.get("cardinality")
+        if card is not None and (not isinstance(card, int) or isinstance(card, bool) or card < 1):
+            raise KunbenchError(f"manifest column {d['name']!r}: cardinality must be a positive integer, got {card!r}")
         return cls(**{k: d.get(k) for k in known}, extra={k: v for k, v in d.items() if k not in known})
 
 
@@ -159,8 +162,28 @@ def load_manifest(root: str | Path) -> Manifest:
     if not isinstance(data["splits"], dict) or not all(
             isinstance(v, dict) and isinstance(v.get("files"), list) for v in data["splits"].values()):
         raise KunbenchError(f"{path}: 'splits' must map split names to objects with a 'files' list")
+    for split, entry in data["splits"].items():
+        for f in entry["files"]:
+            _check_file_entry(path, split, f)
     columns = tuple(Column.from_dict(c) for c in data["columns"])
     return Manifest(root, data, columns, DatasetSchema.from_columns(list(columns)))
+
+
+def _check_file_entry(manifest_path: Path, split: str, f: Any) -> None:
+    """A file entry names a file inside the dataset directory, with integer counts: a manifest
+    must not send a reader elsewhere on the disk, nor into arithmetic on strings."""
+    where = f"{manifest_path}: {split} file {f.get('path') if isinstance(f, dict) else f!r}"
+    if not isinstance(f, dict) or not isinstance(f.get("path"), str) or not f["path"]:
+        raise KunbenchError(f"{where}: each file entry needs a 'path' string")
+    rel = Path(f["path"])
+    if rel.is_absolute() or ".." in rel.parts:
+        raise KunbenchError(f"{where}: paths must stay inside the dataset directory")
+    for key in ("rows", "bytes"):
+        v = f.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            raise KunbenchError(f"{where}: '{key}' must be a non-negative integer, got {v!r}")
+    if f.get("sha256") is not None and not isinstance(f["sha256"], str):
+        raise KunbenchError(f"{where}: 'sha256' must be a string, got {f['sha256']!r}")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -185,6 +208,9 @@ def verify_files(m: "Manifest") -> list[str]:
             problems.append("manifest lists no eval split, though its config has eval_fraction "
                             f"{cfg.get('eval_fraction')}")
     for split, s in m.splits.items():
+        listed = sum(int(f.get("rows") or 0) for f in s["files"])
+        if isinstance(s.get("rows"), int) and s["rows"] != listed:
+            problems.append(f"manifest: split {split!r} says {s['rows']} rows, its files list {listed}")
         for i, f in enumerate(s["files"]):
             if "path" not in f:
                 problems.append(f"manifest: {split} file #{i} has no path")

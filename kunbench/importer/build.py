@@ -73,6 +73,8 @@ def _columns(spec: ImportSpec) -> list[str]:
 
 def _batches(spec: ImportSpec):
     data = _dataset(spec.source)
+    if not data.files:
+        raise KunbenchError(f"input.path: no data files in {spec.path}")
     missing = [c for c in _columns(spec) if c not in data.schema.names]
     if missing:
         raise KunbenchError(f"input {spec.path}: no column {missing[0]!r} (has {', '.join(data.schema.names)})")
@@ -352,9 +354,10 @@ def split_entry(parts: list[dict[str, Any]], types: tuple[str, ...]) -> dict[str
     rows = sum(p["rows"] for p in parts)
     lengths = {}
     for e in types:
-        hist = np.zeros(max((len(p["lengths"][e]) for p in parts), default=1), np.int64)
+        hist = np.zeros(max([1, *(len(p["lengths"][e]) for p in parts)]), np.int64)
         for p in parts:
-            hist[:len(p["lengths"][e])] += p["lengths"][e]
+            counts = np.asarray(p["lengths"][e], dtype=np.int64)  # a split with no rows has none
+            hist[:counts.size] += counts
         cum = np.cumsum(hist)
         pct = (lambda q: int(np.searchsorted(cum, q * cum[-1])) if cum[-1] else 0)  # noqa: E731
         lengths[e] = {"mean": float((hist * np.arange(hist.size)).sum() / max(cum[-1], 1)), "min":

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kunbench.data.jagged import arrow_list_to_numpy
-from kunbench.data.manifest import load_manifest
+from kunbench.data.manifest import load_manifest, require_intact
 from kunbench.errors import KunbenchError
 
 SCHEMA = pa.schema([("user", pa.string()), ("item", pa.int64()), ("category", pa.int64()), ("ts", pa.int64()),
@@ -34,12 +34,25 @@ def _entity_column(m, entity: str) -> str:
 def export_dataset(root: str | Path, out: str | Path) -> dict[str, int]:
     m = load_manifest(root)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise KunbenchError(f"--out {out} is not empty")
-    out.mkdir(parents=True, exist_ok=True)
-    label = next(c.name for c in m.columns if c.role == "label")
-    request_ts = next(c.name for c in m.columns if c.role == "request_ts")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise KunbenchError(f"--out {out} is not an empty directory")
+    roles = {role: [c.name for c in m.columns if c.role == role] for role in ("label", "request_ts")}
+    for role, names in roles.items():
+        if len(names) != 1:
+            raise KunbenchError(f"export: the manifest needs exactly one {role!r} column, has {len(names)}")
+    (label,), (request_ts,) = roles["label"], roles["request_ts"]
     ad, ad_cat = _entity_column(m, "item"), _entity_column(m, "item_category")
+    require_intact(m)  # a damaged shard must not become a plausible-looking log
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write(m, out, label, request_ts, ad, ad_cat)
+    except BaseException:
+        for name in ("interactions.parquet", "items.parquet", "import.toml"):
+            (out / name).unlink(missing_ok=True)  # nothing half-written is left to look like an export
+        raise
+
+
+def _write(m, out: Path, label: str, request_ts: str, ad: str, ad_cat: str) -> dict[str, int]:
     item_cat: dict[int, int] = {}
     counts = {"requests": 0, "events": 0}
     longest = 1

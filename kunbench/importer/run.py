@@ -23,6 +23,8 @@ class ImportResult:
 
 
 def _prepare(out: Path, fingerprint: str, force: bool) -> bool:
+    from kunbench.generators.writer import remove_dataset_files
+
     """True when `out` already holds this import; refuses a directory holding anything else."""
     manifest = out / "manifest.json"
     if manifest.is_file():
@@ -34,15 +36,13 @@ def _prepare(out: Path, fingerprint: str, force: bool) -> bool:
             return True
         if not force:
             raise KunbenchError(f"--out {out} holds another dataset; choose another --out or pass --force")
-        manifest.unlink()
-        build.clean_work(out)
-        for split in ("train", "eval", "ids"):
-            for f in (out / split).glob("*.parquet") if (out / split).is_dir() else []:
-                f.unlink()
+        remove_dataset_files(out)  # a generated dataset's bookkeeping too, or generate would resume over us
     elif (build.read_state(out / build.WORK).get("fingerprint") != fingerprint
-          and any(p for p in out.iterdir() if p.name != build.WORK) and not force):
-        raise KunbenchError(f"--out {out} is not empty and holds no kunbench import; choose an empty directory "
-                            f"or pass --force")
+          and any(p for p in out.iterdir() if p.name != build.WORK)):
+        if not force:
+            raise KunbenchError(f"--out {out} is not empty and holds no kunbench import; choose an empty directory "
+                                f"or pass --force")
+        remove_dataset_files(out)
     work = out / build.WORK
     if build.read_state(work).get("fingerprint") != fingerprint:
         build.clean_work(out)

@@ -50,7 +50,8 @@ import numpy as np
 from kunbench.errors import KunbenchError, read_document
 
 OPS = ("==", "!=", ">=", "<=", ">", "<")
-_CONDITION = re.compile(r"^\s*(\S+?)\s*(==|!=|>=|<=|>|<)\s*(.+?)\s*$")
+_CONDITION = re.compile(r"^\s*([^\s=<>!]+)\s*(==|!=|>=|<=|>|<)\s*([^\s=<>!].*?)\s*$")
+_OPERATOR = re.compile(r"[=<>!]")
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,8 @@ class ImportSpec:
 
     @property
     def label_condition(self) -> Condition | None:
-        return Condition.parse(self.label, "input.label") if _CONDITION.match(self.label) else None
+        """The label as a condition, or None for a 0/1 column (a name without operators)."""
+        return Condition.parse(self.label, "input.label") if _OPERATOR.search(self.label) else None
 
     @property
     def types(self) -> tuple[str, ...]:
