@@ -89,8 +89,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return _coerce(value, args[0], key)
     if origin is tuple:
         (elem,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
-        items = value.split(",") if isinstance(value, str) else list(value)
-        return tuple(_coerce(parse_value(v) if isinstance(v, str) else v, elem, key) for v in items)
+        # "a, b", "[a, b]" and a TOML list all mean (a, b)
+        items = value.strip().strip("[]").split(",") if isinstance(value, str) else list(value)
+        items = [v.strip().strip("'\"") if isinstance(v, str) else v for v in items]
+        return tuple(_coerce(parse_value(v) if isinstance(v, str) else v, elem, key) for v in items if v != "")
     return value
 
 

@@ -51,6 +51,11 @@ class SuiteSpec:
     # the `--set SUITE.KEY` keys it reads; a key outside them is rejected before any work (a typo
     # must not be ignored). None: not declared (plug-in suites), nothing checked.
     options: tuple[str, ...] | None = None
+    trains: bool | None = None  # the old name of data_parallel, still read for plug-ins written against it
+
+    def __post_init__(self) -> None:
+        if self.trains is not None:
+            object.__setattr__(self, "data_parallel", bool(self.trains))
 
 
 def available_suites() -> list[str]:

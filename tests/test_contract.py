@@ -167,3 +167,15 @@ def test_training_stops_at_an_id_beyond_its_cardinality(data, tmp_path):
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     assert "column 'seq_impression_category' holds ID" in res.output and "outside [0, 3)" in res.output
     assert not (tmp_path / "res").exists() or not list((tmp_path / "res").glob("*.json"))
+
+
+def test_repeated_runs_without_an_oracle_write_their_result(tmp_path):
+    root = tmp_path / "log"
+    write_contract_dataset(root, rows_per_file=(300,), eval_rows_per_file=(200,), oracle=False)
+    res = CliRunner().invoke(main, ["run", "--suite", "ne", "--backend", "logreg,wukong", "--preset", "tiny",
+                                    "--data", str(root), "--device", "cpu", "--repeat", "2",
+                                    "--set", "train.steps=2", "--out", str(tmp_path / "res")])
+    assert res.exit_code == 0, res.output
+    (doc,) = [json.loads(p.read_text()) for p in (tmp_path / "res").glob("suite-ne-*.json")]
+    gap = [m for m in doc["metrics"] if m["name"] == "gap_closed"]
+    assert gap and all(m["value"] is None and m["samples"] == [None, None] for m in gap)

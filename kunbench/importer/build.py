@@ -91,14 +91,18 @@ def _text(a: pa.Array) -> pa.Array:
 
 
 def _seconds(a: pa.Array, name: str) -> np.ndarray:
-    if pa.types.is_timestamp(a.type):
-        a = pc.cast(pc.cast(a, pa.timestamp("s")), pa.int64())
-    elif pa.types.is_floating(a.type):
-        a = pc.cast(pc.floor(a), pa.int64())
-    elif not pa.types.is_integer(a.type):
-        raise KunbenchError(f"input.timestamp: column {name!r} is {a.type}, not seconds or a timestamp")
     if a.null_count:
-        raise KunbenchError(f"input.timestamp: column {name!r} has null values")
+        raise KunbenchError(f"input.timestamp: column {name!r} has empty values")
+    if pa.types.is_timestamp(a.type):  # any unit: whole seconds, rounded down
+        secs = pc.cast(a, pa.int64()).to_numpy() // {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[a.type.unit]
+        return secs.astype(np.int64)
+    if pa.types.is_floating(a.type):
+        values = a.to_numpy(zero_copy_only=False)
+        if not np.isfinite(values).all():
+            raise KunbenchError(f"input.timestamp: column {name!r} holds NaN or infinite values")
+        return np.floor(values).astype(np.int64)
+    if not pa.types.is_integer(a.type):
+        raise KunbenchError(f"input.timestamp: column {name!r} is {a.type}, not seconds or a timestamp")
     return a.to_numpy().astype(np.int64)
 
 
@@ -131,9 +135,14 @@ def _requests(spec: ImportSpec, batch: pa.RecordBatch) -> np.ndarray:
     return spec.requests.evaluate(batch.column(spec.requests.column).to_numpy(zero_copy_only=False))
 
 
+def _compact(parts: list[pa.Array]) -> list[pa.Array]:
+    return [_unique(parts)] if sum(len(x) for x in parts) > 4 * READ_ROWS else parts
+
+
 def _unique(parts: list[pa.Array]) -> pa.Array:
     u = pa.chunked_array(parts, type=pa.string()).unique() if parts else pa.array([], pa.string())
     u = u.drop_null()
+    u = u.filter(pc.not_equal(u, ""))  # an empty text field is a missing value, not a value
     return u.take(pc.sort_indices(u))
 
 
@@ -143,7 +152,8 @@ def scan_vocab(spec: ImportSpec, tick: Callable[[int], None]) -> Vocab:
     ts_min, ts_max = None, None
     for batch in _batches(spec):
         for key in ("user", "item"):
-            if batch.column(getattr(spec, key)).null_count:
+            col = batch.column(getattr(spec, key))
+            if col.null_count or pc.any(pc.equal(_text(col), "")).as_py():
                 raise KunbenchError(f"input.{key}: column {getattr(spec, key)!r} has empty values; every "
                                     f"interaction needs a {key}")
         users.append(_text(batch.column(spec.user)).unique())
@@ -156,8 +166,12 @@ def scan_vocab(spec: ImportSpec, tick: Callable[[int], None]) -> Vocab:
         v, c = np.unique(ts[_requests(spec, batch)], return_counts=True)
         ts_vals.append(v)
         ts_counts.append(c)
-        if sum(len(x) for x in users) > 4 * READ_ROWS:  # keep the partial vocabularies compact
-            users, items = [_unique(users)], [_unique(items)]
+        # keep every partial vocabulary compact, each by its own size
+        users, items = (_compact(x) for x in (users, items))
+        if sum(len(x) for x in ts_vals) > 4 * READ_ROWS:
+            v = np.concatenate(ts_vals)
+            uv, inv = np.unique(v, return_inverse=True)
+            ts_vals, ts_counts = [uv], [np.bincount(inv, weights=np.concatenate(ts_counts)).astype(np.int64)]
         tick(batch.num_rows)
     if ts_min is None:
         raise KunbenchError(f"input {spec.path}: no interactions")
@@ -188,6 +202,12 @@ def eval_threshold(v: Vocab, eval_fraction: float) -> int:
 def partition(spec: ImportSpec, vocab: Vocab, work: Path, tick: Callable[[int], None]) -> None:
     schema = pa.schema([("u", pa.int64()), ("item", pa.int64()), ("cat", pa.int64()), ("ts", pa.int64()),
                         ("event", pa.int16()), ("label", pa.int8()), ("request", pa.bool_()), ("order", pa.int64())])
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and spec.buckets + 64 > soft:
+        raise KunbenchError(f"output.buckets = {spec.buckets} needs as many open files, and this process may open "
+                            f"{soft}; use fewer buckets or raise the limit (ulimit -n)")
     writers = [pq.ParquetWriter(work / f"bucket-{b:05d}.parquet", schema) for b in range(spec.buckets)]
     order = 0
     try:
@@ -195,10 +215,10 @@ def partition(spec: ImportSpec, vocab: Vocab, work: Path, tick: Callable[[int], 
             n = batch.num_rows
             u = pc.index_in(_text(batch.column(spec.user)), value_set=vocab.users).to_numpy().astype(np.int64)
             item = pc.index_in(_text(batch.column(spec.item)), value_set=vocab.items).to_numpy().astype(np.int64)
-            cat = np.zeros(n, np.int64)
+            cat = np.zeros(n, np.int64)  # 0: unknown category; a known one is 1 + its rank
             if spec.category:
                 cat = pc.fill_null(pc.index_in(_text(batch.column(spec.category)), value_set=vocab.categories),
-                                   0).to_numpy().astype(np.int64)
+                                   -1).to_numpy().astype(np.int64) + 1
             cols = [u, item, cat, _seconds(batch.column(spec.timestamp), spec.timestamp), _events(spec, batch),
                     _label(spec, batch), _requests(spec, batch), np.arange(order, order + n, dtype=np.int64)]
             order += n
@@ -247,14 +267,18 @@ def side_attributes(side, ids: pa.Array, categories: pa.Array | None, where: str
         codes[pos] = pc.fill_null(pc.index_in(values, value_set=vocab), -1).to_numpy() + 1
         out.categorical[name], out.cardinality[name] = codes, len(vocab) + 1
     for name in side.dense:
-        col = pc.cast(table.column(name).combine_chunks(), pa.float64()).filter(pa.array(keep))
+        try:
+            col = pc.cast(table.column(name).combine_chunks(), pa.float64()).filter(pa.array(keep))
+        except pa.ArrowInvalid:
+            raise KunbenchError(f"{where}.dense: column {name!r} of {side.source.path.name} holds values that are "
+                                f"not numbers") from None
         vals = np.zeros(len(ids), np.float32)
         vals[pos] = np.nan_to_num(col.to_numpy(zero_copy_only=False), nan=0.0, posinf=0.0, neginf=0.0)
         out.dense[name] = vals
     if side.category and categories is not None:
         values = _text(table.column(side.category).combine_chunks()).filter(pa.array(keep))
-        out.category = np.zeros(len(ids), np.int64)
-        out.category[pos] = pc.fill_null(pc.index_in(values, value_set=categories), 0).to_numpy()
+        out.category = np.zeros(len(ids), np.int64)  # 0: an item the table does not give a category
+        out.category[pos] = pc.fill_null(pc.index_in(values, value_set=categories), -1).to_numpy() + 1
     return out
 
 
@@ -272,39 +296,47 @@ def histories(key: np.ndarray, user: np.ndarray, q: np.ndarray, user_key: np.nda
     return offsets, [v[index] for v in values]
 
 
-def bucket_rows(spec: ImportSpec, vocab: Vocab, path: Path, users: Attributes, items: Attributes,
-                ) -> pa.Table:
+def bucket_rows(spec: ImportSpec, vocab: Vocab, path: Path, users: Attributes, items: Attributes):
+    """The request rows of one user bucket, by time then user, in tables of a bounded size (so the
+    histories of a bucket are never all in memory at once)."""
     t = pq.read_table(path)
     u, item, cat, ts = (t.column(c).to_numpy() for c in ("u", "item", "cat", "ts"))
     event, label, request, order = (t.column(c).to_numpy() for c in ("event", "label", "request", "order"))
+    del t
     if items.category is not None:
         cat = items.category[item]
-    by = np.lexsort((order, ts, u))
+    # interactions of one user at one second are ordered by what they are, not by where they stood
+    # in the input, so a reordered log gives the same bytes
+    by = np.lexsort((order, request, label, cat, item, event, ts, u))
     u, item, cat, ts, event, label, request = (a[by] for a in (u, item, cat, ts, event, label, request))
     span = vocab.ts_max - vocab.ts_min + 1
     key = u * span + (ts - vocab.ts_min)
     req = np.flatnonzero(request)
     req = req[np.lexsort((req, u[req], ts[req]))]  # rows by time, then user
-    q, qu = key[req], u[req] * span
-    cols: dict[str, Any] = {"request_ts": pa.array(ts[req]), "label": pa.array(label[req]),
-                            "user_id": pa.array(u[req]), "item_id": pa.array(item[req]),
-                            "item_category": pa.array(cat[req])}
-    for side, ids in ((users, u[req]), (items, item[req])):
-        for name, codes in side.categorical.items():
-            cols[name] = pa.array(codes[ids])
-        for name, vals in side.dense.items():
-            cols[name] = pa.array(vals[ids])
-    for e, name in enumerate(spec.types):
-        m = event == e
-        offsets, (h_item, h_cat, h_ts) = histories(key[m], u[m], q, qu, spec.history_max, item[m], cat[m], ts[m])
-        off = pa.array(offsets.astype(np.int32))
-        for part, vals in (("item", h_item), ("category", h_cat), ("ts", h_ts)):
-            cols[f"seq_{name}_{part}"] = pa.ListArray.from_arrays(off, pa.array(vals.astype(np.int64)))
-    return pa.table(cols)
+    streams = [(name, event == e) for e, name in enumerate(spec.types)]
+    streams = [(name, key[m], u[m], item[m], cat[m], ts[m]) for name, m in streams]
+    step = max(1, min(1 << 16, (1 << 30) // spec.history_max))  # int32 list offsets, bounded memory
+    for lo in range(0, req.size, step):
+        r = req[lo:lo + step]
+        q, qu = key[r], u[r] * span
+        cols: dict[str, Any] = {"request_ts": pa.array(ts[r]), "label": pa.array(label[r]),
+                                "user_id": pa.array(u[r]), "item_id": pa.array(item[r]),
+                                "item_category": pa.array(cat[r])}
+        for side, ids in ((users, u[r]), (items, item[r])):
+            for name, codes in side.categorical.items():
+                cols[name] = pa.array(codes[ids])
+            for name, vals in side.dense.items():
+                cols[name] = pa.array(vals[ids])
+        for name, k, su, si, sc, st in streams:
+            offsets, (h_item, h_cat, h_ts) = histories(k, su, q, qu, spec.history_max, si, sc, st)
+            off = pa.array(offsets.astype(np.int32))
+            for part, vals in (("item", h_item), ("category", h_cat), ("ts", h_ts)):
+                cols[f"seq_{name}_{part}"] = pa.ListArray.from_arrays(off, pa.array(vals.astype(np.int64)))
+        yield pa.table(cols)
 
 
 def columns_spec(spec: ImportSpec, vocab: Vocab, users: Attributes, items: Attributes) -> list[dict[str, Any]]:
-    n_cat = len(vocab.categories) if vocab.categories is not None else 1
+    n_cat = 1 + (len(vocab.categories) if vocab.categories is not None else 0)  # 0 = unknown
     cols = [{"name": "request_ts", "role": "request_ts", "dtype": "int64"},
             {"name": "label", "role": "label", "dtype": "int8", "source": spec.label},
             {"name": "user_id", "role": "context_categorical", "dtype": "int64", "cardinality": len(vocab.users),
@@ -327,27 +359,47 @@ def columns_spec(spec: ImportSpec, vocab: Vocab, users: Attributes, items: Attri
     return cols
 
 
-def write_bucket(root: Path, b: int, table: pa.Table, threshold: int, types: tuple[str, ...]) -> dict[str, Any]:
-    """This bucket's train and eval files and the statistics the manifest sums."""
-    is_eval = table.column("request_ts").to_numpy() >= threshold
-    out = {}
-    for split, mask in (("train", ~is_eval), ("eval", is_eval)):
-        part = table.filter(pa.array(mask))
-        stats = {"rows": part.num_rows, "positives": int(pc.sum(part.column("label")).as_py() or 0),
-                 "ts": [int(pc.min(part.column("request_ts")).as_py() or 0),
-                        int(pc.max(part.column("request_ts")).as_py() or 0)] if part.num_rows else None,
-                 "lengths": {e: np.bincount(pc.list_value_length(part.column(f"seq_{e}_ts")).to_numpy(
-                     zero_copy_only=False).astype(np.int64)).tolist() for e in types}, "file": None}
-        if part.num_rows:
+def write_bucket(root: Path, b: int, tables, threshold: int, types: tuple[str, ...]) -> dict[str, Any]:
+    """This bucket's train and eval files (rows before / from `threshold`) and the statistics the
+    manifest sums."""
+    stats = {split: {"rows": 0, "positives": 0, "ts": None, "file": None,
+                     "lengths": {e: np.zeros(1, np.int64) for e in types}} for split in ("train", "eval")}
+    writers: dict[str, pq.ParquetWriter] = {}
+    try:
+        for table in tables:
+            is_eval = table.column("request_ts").to_numpy() >= threshold
+            for split, mask in (("train", ~is_eval), ("eval", is_eval)):
+                if not mask.any():
+                    continue
+                part = table.filter(pa.array(mask))
+                if split not in writers:
+                    (root / split).mkdir(parents=True, exist_ok=True)
+                    writers[split] = pq.ParquetWriter(root / split / f".part-{b:05d}.parquet.tmp", part.schema,
+                                                      compression="zstd")
+                writers[split].write_table(part, row_group_size=4096)
+                st = stats[split]
+                req = part.column("request_ts").to_numpy()
+                st["rows"] += part.num_rows
+                st["positives"] += int(part.column("label").to_numpy().sum())
+                lo, hi = int(req.min()), int(req.max())
+                st["ts"] = [lo, hi] if st["ts"] is None else [min(st["ts"][0], lo), max(st["ts"][1], hi)]
+                for e in types:
+                    n = np.bincount(np.diff(part.column(f"seq_{e}_ts").combine_chunks().offsets.to_numpy()))
+                    grown = np.zeros(max(n.size, st["lengths"][e].size), np.int64)
+                    grown[:n.size] += n
+                    grown[:st["lengths"][e].size] += st["lengths"][e]
+                    st["lengths"][e] = grown
+    finally:
+        for w in writers.values():
+            w.close()
+    for split, st in stats.items():
+        st["lengths"] = {e: v.tolist() for e, v in st["lengths"].items()}
+        if split in writers:
             rel = f"{split}/part-{b:05d}.parquet"
-            (root / split).mkdir(parents=True, exist_ok=True)
-            tmp = root / split / f".part-{b:05d}.parquet.tmp"
-            pq.write_table(part, tmp, compression="zstd", row_group_size=4096)
-            tmp.replace(root / rel)
-            stats["file"] = {"path": rel, "rows": part.num_rows, "bytes": (root / rel).stat().st_size,
-                             "sha256": sha256_file(root / rel)}
-        out[split] = stats
-    return out
+            (root / split / f".part-{b:05d}.parquet.tmp").replace(root / rel)
+            st["file"] = {"path": rel, "rows": st["rows"], "bytes": (root / rel).stat().st_size,
+                          "sha256": sha256_file(root / rel)}
+    return stats
 
 
 def split_entry(parts: list[dict[str, Any]], types: tuple[str, ...]) -> dict[str, Any]:
@@ -371,9 +423,10 @@ def split_entry(parts: list[dict[str, Any]], types: tuple[str, ...]) -> dict[str
 
 def write_ids(root: Path, vocab: Vocab) -> None:
     (root / "ids").mkdir(exist_ok=True)
-    for name, values in (("user", vocab.users), ("item", vocab.items), ("item_category", vocab.categories)):
-        if values is not None:
-            pq.write_table(pa.table({"id": values}), root / "ids" / f"{name}.parquet")
+    categories = pa.concat_arrays([pa.array([None], pa.string()), vocab.categories]) \
+        if vocab.categories is not None else pa.array([None], pa.string())  # row 0: unknown
+    for name, values in (("user", vocab.users), ("item", vocab.items), ("item_category", categories)):
+        pq.write_table(pa.table({"id": values}), root / "ids" / f"{name}.parquet")
 
 
 def clean_work(root: Path) -> None:

@@ -81,14 +81,17 @@ def run_import(spec: ImportSpec, out: str | Path, *, force: bool = False, progre
             threshold = build.eval_threshold(vocab, spec.eval_fraction)
             users = build.side_attributes(spec.users, vocab.users, None, "users")
             items = build.side_attributes(spec.items, vocab.items, vocab.categories, "items")
+            if len(vocab.users) * (vocab.ts_max - vocab.ts_min + 1) >= 1 << 62:
+                raise KunbenchError(f"input.timestamp spans {vocab.ts_max - vocab.ts_min:,} units over "
+                                    f"{len(vocab.users):,} users: are the times in seconds?")
             resumed = len(state["buckets"])
             task = bar.add_task("import: histories", total=spec.buckets)
             bar.update(task, completed=resumed)
             for b in range(spec.buckets):
                 if str(b) in state["buckets"]:
                     continue
-                table = build.bucket_rows(spec, vocab, work / f"bucket-{b:05d}.parquet", users, items)
-                state["buckets"][str(b)] = build.write_bucket(out, b, table, threshold, spec.types)
+                tables = build.bucket_rows(spec, vocab, work / f"bucket-{b:05d}.parquet", users, items)
+                state["buckets"][str(b)] = build.write_bucket(out, b, tables, threshold, spec.types)
                 save()
                 bar.advance(task, 1)
         parts = [state["buckets"][str(b)] for b in range(spec.buckets)]

@@ -77,7 +77,11 @@ class Condition:
 
     def evaluate(self, column: np.ndarray) -> np.ndarray:
         v = self.value
-        values = column.astype(str) if isinstance(v, str) else column.astype(np.float64)
+        try:
+            values = column.astype(str) if isinstance(v, str) else column.astype(np.float64)
+        except (TypeError, ValueError):
+            raise KunbenchError(f"condition {self}: column {self.column!r} holds values that are not numbers "
+                                f"(compare text with == or !=)") from None
         return {"==": values == v, "!=": values != v, ">=": values >= v, "<=": values <= v, ">": values > v,
                 "<": values < v}[self.op]
 
@@ -250,8 +254,8 @@ def load_spec(path: str | Path) -> ImportSpec:
         raise KunbenchError(f"output.history_max must be an integer in [1, 100000], got {history_max!r}")
     if not isinstance(eval_fraction, (int, float)) or not (math.isfinite(eval_fraction) and 0 <= eval_fraction < 1):
         raise KunbenchError(f"output.eval_fraction must be in [0, 1), got {eval_fraction!r}")
-    if not isinstance(buckets, int) or isinstance(buckets, bool) or not 1 <= buckets <= 4096:
-        raise KunbenchError(f"output.buckets must be an integer in [1, 4096], got {buckets!r}")
+    if not isinstance(buckets, int) or isinstance(buckets, bool) or not 1 <= buckets <= 1024:
+        raise KunbenchError(f"output.buckets must be an integer in [1, 1024], got {buckets!r}")
     requests = inp.get("requests")
     spec = ImportSpec(
         source=source, user=_str(inp, "user", "input"), item=_str(inp, "item", "input"),

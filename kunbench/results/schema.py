@@ -64,7 +64,7 @@ def measurement(suite: str, backend: str, variant: str, name: str, value: float 
     m = {"suite": suite, "backend": backend, "variant": variant or "", "name": name,
          "value": float(value) if finite(value) else None, "spread": spread if finite(spread) else None,
          "spread_kind": spread_kind, "unit": unit, "better": better,
-         "samples": [float(s) for s in samples] if samples is not None else None}
+         "samples": [float(s) if finite(s) else None for s in samples] if samples is not None else None}
     if telemetry is not None:
         m["telemetry"] = telemetry
     m.update(extra)

@@ -122,9 +122,11 @@ def _train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: Di
         step_loss = float(agreed[2] / agreed[3])
         step_examples = int(agreed[3])
 
-        norm = ts.update(loss, step, total_steps)
-        if norm is not None and not math.isfinite(float(norm)):
-            raise TrainingDiverged(f"training stopped at step {step}: gradient norm is not finite")
+        def finite_norm(norm, step=step):
+            if not math.isfinite(float(norm)):
+                raise TrainingDiverged(f"training stopped at step {step}: gradient norm is not finite")
+
+        ts.update(loss, step, total_steps, check_norm=finite_norm)
         if average is not None:
             average.update()
 

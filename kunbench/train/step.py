@@ -10,6 +10,7 @@ rank must take the same decision on a non-finite loss): `loss(batch)`, then `upd
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,14 +47,19 @@ class TrainStep:
             logits = self.net(batch)
         return F.binary_cross_entropy_with_logits(logits.float(), batch.labels.float())
 
-    def update(self, loss: torch.Tensor, step: int, total_steps: int | None = None) -> torch.Tensor | None:
+    def update(self, loss: torch.Tensor, step: int, total_steps: int | None = None,
+               check_norm: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor | None:
         """Backward, clip and step; returns the dense gradient norm before clipping (a device
-        tensor, so a caller that does not check it never waits for it), None without clipping."""
+        tensor, so a caller that does not check it never waits for it), None without clipping.
+        `check_norm(norm)` runs before the optimizers step, so it can stop a step whose gradients
+        are not finite before they reach the weights."""
         self.optimizers.set_step(step, total_steps)
         loss.backward()
         norm = None
         if self.cfg.clip_grad_norm is not None and self.groups.dense:
             norm = torch.nn.utils.clip_grad_norm_(self.groups.dense, self.cfg.clip_grad_norm, foreach=True)
+            if check_norm is not None:
+                check_norm(norm)
         self.optimizers.step()
         self.optimizers.zero_grad()
         return norm
