@@ -48,7 +48,7 @@ def test_manifest_and_columns_follow_the_contract(tiny_dataset):
     assert d["schema_version"] == 1 and d["fingerprint"] == cfg.fingerprint() and d["seed"] == cfg.seed
     names = [c.name for c in m.columns]
     assert names[:7] == ["request_ts", "click", "p_true", "user_id", "ad_id", "ad_category", "surface"]
-    assert names[7] == "ctx_cat_000" and f"ctx_dense_000" in names and "ctx_multihot_00" in names
+    assert names[7] == "ctx_cat_000" and "ctx_dense_000" in names and "ctx_multihot_00" in names
     assert names[-3:] == ["seq_conversion_item", "seq_conversion_category", "seq_conversion_ts"]
     assert m.schema.event_types == ("impression", "click", "conversion") == tuple(d["event_types"])
     assert m.schema.categorical_index("item") == 1
