@@ -6,14 +6,15 @@ draws the curve; the run itself writes the PNG next to the result when plotting 
 
 Sizes: a width ladder over the backend's preset (after --set overrides): the keys the backend
 declares as its widths (`BackendSpec.width_keys`) are multiplied by the factor
-(`BackendSpec.scale`: d rounded to a multiple of 2 x heads, MLP tuples element-wise). Factors default to
-0.25, 0.5, 1, 2, 4 (scaling.factors=[...] to change). The FLOP span actually reached is checked
-and stated; a span under 1.5 decades is flagged in the notes.
+(`BackendSpec.scale`: d rounded to a multiple of 2 x heads, MLP tuples element-wise). Factors
+default to 0.25, 0.5, 1, 2, 4 (scaling.factors=[...] to change). The FLOP span actually reached is
+checked and stated; a span under 1.5 decades is flagged in the notes. Each size trains at the
+dense learning rate times factor^-lr_exponent (scaling.lr_exponent, default 0.5; 0 keeps one rate).
 
 The fit is on expected NE (p_true as soft labels), not on NE of the sampled clicks: the sizes
 share the eval rows, and at a 3 % CTR the label draw alone moves NE by about as much as the whole
-ladder does, so a fit on sampled NE mostly fits noise. Sampled NE stays in the
-per-size table. The reduced run trains on its own larger dataset (suites/context.py, QUICK_DATA_SETS_BY_SUITE)
+ladder does, so a fit on sampled NE mostly fits noise. Sampled NE stays in the per-size table.
+The reduced run trains on its own larger dataset (QUICK_DATA_SETS_BY_SUITE in suites/context.py)
 because with too few fresh rows the widest models stop improving and bend the curve. The ± per
 size is a bootstrap over eval rows (or the std over seeds with --repeat N); it does not include
 training-seed variance, which the fit's residuals do.
@@ -36,6 +37,11 @@ from kunbench.suites.registry import SuiteOutput, SuiteSpec
 
 NAME = "scaling"
 DEFAULT_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+# Adam's best dense learning rate falls as a model widens (the width rules of muP); one pass at the
+# preset's rate over-steps the wide sizes. Measured on the tiny presets (one seed, 160k rows):
+# Kunlun x2 expected NE 0.9404 at lr 3e-3 and 0.9390 at 1.5e-3; InterFormer's five sizes went
+# from R^2 0.77 at one rate to 0.81 with lr x factor^-0.5.
+DEFAULT_LR_EXPONENT = 0.5
 MIN_DECADES = 1.5
 
 
@@ -47,13 +53,15 @@ def run(ctx: SuiteContext) -> SuiteOutput:
         raise KunbenchError(f"scaling.factors: expected numbers, got {raw!r}") from None
     if not factors or any(f <= 0 for f in factors):
         raise KunbenchError(f"scaling.factors: expected positive numbers, got {raw!r}")
+    lr_exponent = ctx.number_option("lr_exponent", DEFAULT_LR_EXPONENT, minimum=0.0, maximum=2.0, strict=False)
     if len(factors) < 5:
         ctx.notes.append(f"only {len(factors)} sizes per backend (the suite's contract is at least 5)")
     backends = ctx.backends()
     if not backends:
         raise KunbenchError("no backends to measure")
     repeats = ctx.repeats(1)
-    out = SuiteOutput(backends=backends, config={"factors": factors, "repeats": repeats, "backends": {}})
+    out = SuiteOutput(backends=backends, config={"factors": factors, "repeats": repeats, "backends": {},
+                                                 "lr_exponent": lr_exponent})
     data: dict[str, Any] = {}
     table_rows = []
     for b in backends:
@@ -71,7 +79,8 @@ def run(ctx: SuiteContext) -> SuiteOutput:
             flops, params, runs, mets = [], None, [], []
             for r in range(repeats):
                 ctx.log(f"scaling: {b} {label} seed {r} ...")
-                tr = train_and_predict(ctx, built, seed=r, label=f"scaling {b} {label} seed {r}")
+                tr = train_and_predict(ctx, built, seed=r, label=f"scaling {b} {label} seed {r}",
+                                       lr_scale=f ** -lr_exponent)
                 runs.append(tr)
                 mets.append(tr.metrics())
                 flops.append(tr.flops_per_example)
@@ -195,4 +204,4 @@ def _mk(p: Path) -> Path:
 
 SUITE = SuiteSpec(NAME, "Each backend at >=5 sizes over >=1.5 decades of FLOPs; fit NE = NE_0 - eta ln(C/C_0), "
                         "eta CI, R^2, eta/eta_InterFormer; PNG plot", run, data_parallel=True,
-                  options=('factors',))
+                  options=('factors', 'lr_exponent'))

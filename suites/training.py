@@ -62,12 +62,15 @@ def same_eval_rows(a: TrainedRun, b: TrainedRun) -> bool:
     return a.p_true is None or np.array_equal(a.p_true, b.p_true)
 
 
-def train_and_predict(ctx: SuiteContext, built: Built, seed: int = 0, label: str | None = None) -> TrainedRun:
-    """Train `built` on the suite's dataset with the suite's training config and evaluate it on
-    the whole eval split, keeping the per-row predictions."""
+def train_and_predict(ctx: SuiteContext, built: Built, seed: int = 0, label: str | None = None,
+                      lr_scale: float = 1.0) -> TrainedRun:
+    """Train `built` on the suite's dataset with the suite's training config (its dense learning
+    rate times `lr_scale`) and evaluate it on the whole eval split, keeping the per-row predictions."""
     from kunbench.train.runner import run_training
 
     cfg = ctx.train_config(seed=seed)
+    if lr_scale != 1.0:
+        cfg = dataclasses.replace(cfg, lr=cfg.lr * lr_scale).validate()
     # run_training shuts down a process group it did not create only if told it created it
     run_ctx = dataclasses.replace(ctx.dist, initialized_here=False)
     with ctx.window(label or f"train {built.name}") as win:
