@@ -260,17 +260,6 @@ def test_disk_estimate_is_close_to_what_is_written(tiny_dataset):
 
 
 # ---- a second sweep (after bring-your-own-data) ---------------------------------------------------
-def _lying_manifest(tiny_dataset, tmp_path, edit):
-    import shutil
-
-    root = tmp_path / "lie"
-    shutil.copytree(tiny_dataset, root)
-    m = json.loads((root / "manifest.json").read_text())
-    edit(m)
-    (root / "manifest.json").write_text(json.dumps(m))
-    return root
-
-
 def _set_column(name, **kw):
     def edit(m):
         for c in m["columns"]:
@@ -297,7 +286,7 @@ MANIFEST_CASES = [
 
 @pytest.mark.parametrize("name, edit, code, fragment", MANIFEST_CASES, ids=[c[0] for c in MANIFEST_CASES])
 def test_verify_catches_a_lying_manifest(tiny_dataset, tmp_path, name, edit, code, fragment):
-    root = _lying_manifest(tiny_dataset, tmp_path, edit)
+    root = _copy_with_manifest(tiny_dataset, tmp_path, edit)
     res = CliRunner().invoke(main, ["inspect", str(root), "--verify"])
     assert res.exit_code == code, res.output
     assert fragment in res.output and "Traceback" not in res.output
@@ -308,17 +297,11 @@ def test_verify_reports_an_unreadable_shard_whose_checksum_matches(tiny_dataset,
 
     def edit(m):
         f = m["splits"]["train"]["files"][0]
-        path = tmp_path / "lie" / f["path"]
+        path = tmp_path / "edited" / f["path"]
         path.write_text("not parquet")
         f.update(bytes=path.stat().st_size, sha256=sha256_file(path))
 
-    import shutil
-
-    shutil.copytree(tiny_dataset, tmp_path / "lie")
-    m = json.loads((tmp_path / "lie" / "manifest.json").read_text())
-    edit(m)
-    (tmp_path / "lie" / "manifest.json").write_text(json.dumps(m))
-    res = CliRunner().invoke(main, ["inspect", str(tmp_path / "lie"), "--verify"])
+    res = CliRunner().invoke(main, ["inspect", str(_copy_with_manifest(tiny_dataset, tmp_path, edit)), "--verify"])
     assert res.exit_code == 1 and "unreadable" in res.output and "Traceback" not in res.output, res.output
 
 
