@@ -73,11 +73,20 @@ def _items(world: World, rng: np.random.Generator, row: np.ndarray, interests: n
     icat = interests.reshape(-1)[row * K + pick]
     k = np.where(from_interest, zipf_constant(world.items_per_cat, a), zipf_constant(world.item_space, a))
     rank = zipf_ranks_fast(u, k, a)
-    # interest path: item = cat + n_cat * perm_cat(rank); global path: a permutation of the space
-    in_cat = affine_permute(rank, world.item_in_cat_mult, world.item_cat_offset[icat], world.items_per_cat)
-    item_global = affine_permute(rank, world.item_global_mult, world.item_global_offset, world.item_space)
-    category = np.where(from_interest, icat, item_global % n_cat)
-    item = np.where(from_interest, icat + n_cat * in_cat, item_global)
+    # interest path: item = cat + n_cat * perm_cat(rank); global path: a permutation of the space.
+    # Each draw takes one path, so each permutation runs only on its own draws (the modulos are
+    # most of the cost).
+    hit = np.flatnonzero(from_interest)
+    miss = np.flatnonzero(~from_interest)
+    item = np.empty(n_draws, np.int64)
+    category = np.empty(n_draws, np.int64)
+    c = icat[hit]
+    item[hit] = c + n_cat * affine_permute(rank[hit], world.item_in_cat_mult, world.item_cat_offset[c],
+                                           world.items_per_cat)
+    category[hit] = c
+    g = affine_permute(rank[miss], world.item_global_mult, world.item_global_offset, world.item_space)
+    item[miss] = g
+    category[miss] = g % n_cat
     return item, category
 
 
