@@ -37,7 +37,7 @@ def import_cmd(spec_file, out, force, quiet):
              if not any((m["splits"][split]["lengths"].get(e) or {}).get("max") for split in ("train", "eval"))]
     if empty:
         console.print(f"[yellow]warning:[/] no history holds an event of type {', '.join(empty)}: check "
-                      f"[events] in {spec_file}", highlight=False, soft_wrap=True)
+                      f"\\[events] in {spec_file}", highlight=False, soft_wrap=True)
     if len(m["event_types"]) > 1 and not set(m["event_types"]) <= {"impression", "click", "conversion"}:
         console.print(f"Kunlun's per-stream settings for these event types: --set kunlun.stream_importance="
                       f"{','.join(m['event_types'])}", highlight=False, soft_wrap=True)

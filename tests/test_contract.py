@@ -179,3 +179,37 @@ def test_repeated_runs_without_an_oracle_write_their_result(tmp_path):
     (doc,) = [json.loads(p.read_text()) for p in (tmp_path / "res").glob("suite-ne-*.json")]
     gap = [m for m in doc["metrics"] if m["name"] == "gap_closed"]
     assert gap and all(m["value"] is None and m["samples"] == [None, None] for m in gap)
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda m: m["splits"]["train"]["files"].append(dict(m["splits"]["train"]["files"][0])), "is listed twice"),
+    (lambda m: m["splits"]["eval"]["files"].append(dict(m["splits"]["train"]["files"][0])),
+     "in training and in evaluation"),
+])
+def test_a_shard_listed_twice_is_caught(data, edit, fragment):
+    m = _manifest(data)
+    edit(m)
+    for s in m["splits"].values():
+        s["rows"] = sum(f["rows"] for f in s["files"])
+    _save_manifest(data, m)
+    res = _verify(data)
+    assert res.exit_code == 1 and fragment in res.output, res.output
+
+
+def test_eval_rows_must_be_the_latest(data):
+    m = _manifest(data)
+    f = m["splits"]["eval"]["files"][0]
+    path = data / f["path"]
+    table = pq.read_table(path)
+    i = table.schema.get_field_index("request_ts")
+    table = table.set_column(i, "request_ts", pa.array(table.column("request_ts").to_numpy() - 10**7))
+    for e in ("impression", "click", "conversion"):
+        j = table.schema.get_field_index(f"seq_{e}_ts")
+        col = table.column(j).combine_chunks()
+        table = table.set_column(j, f"seq_{e}_ts", pa.ListArray.from_arrays(col.offsets,
+                                                                            pa.array(col.values.to_numpy() - 10**7)))
+    pq.write_table(table, path)
+    f.update(bytes=path.stat().st_size, sha256=sha256_file(path))
+    _save_manifest(data, m)
+    res = _verify(data)
+    assert res.exit_code == 1 and "eval rows are not the latest" in res.output, res.output

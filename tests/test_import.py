@@ -331,3 +331,15 @@ def test_an_unknown_category_is_not_a_real_one(tmp_path):
     (tmp_path / "items.csv").write_text("i,genre,score\n0,action,high\n")
     res = CliRunner().invoke(main, ["import", str(tmp_path / "s.toml"), "--out", str(tmp_path / "ds2"), "--quiet"])
     assert res.exit_code == 2 and "'score' of items.csv holds values that are not numbers" in res.output, res.output
+
+
+@pytest.mark.parametrize("table, message", [
+    ("i,genre\ni1,a\ni2,b\n", "matches an ID of the log"),
+    ("i,genre\n1,a\n1,b\n", "lists key '1' more than once"),
+])
+def test_side_tables_that_cannot_join(tmp_path, table, message):
+    spec = _small_log(tmp_path)
+    (tmp_path / "items.csv").write_text(table)
+    spec.write_text(spec.read_text() + '[items]\npath = "items.csv"\nkey = "i"\ncategory = "genre"\n')
+    res = CliRunner().invoke(main, ["import", str(spec), "--out", str(tmp_path / "ds"), "--quiet"])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output

@@ -59,17 +59,22 @@ def _is_id(c: Column) -> bool:
 def verify_contract(m: Manifest, max_problems: int = 50) -> list[str]:
     """Every broken promise of the manifest, one line each (at most `max_problems`)."""
     problems = manifest_problems(m)
+    times: dict[str, list[int]] = {}  # split -> [first, last] request_ts seen
     for split, s in m.splits.items():
         for f in s["files"]:
             path = m.root / f.get("path", "")
             if "path" in f and path.is_file():
-                problems += _file_problems(m, path, f["path"])
+                problems += _file_problems(m, path, f["path"], times.setdefault(split, []))
             if len(problems) >= max_problems:
                 return problems[:max_problems] + ["... (more problems not listed)"]
+    train, evals = times.get("train"), times.get("eval")
+    if train and evals and evals[0] < train[1]:
+        problems.append(f"split: eval rows are not the latest (an eval request at {evals[0]} precedes a train "
+                        f"request at {train[1]}), so evaluation would look back in time")
     return problems
 
 
-def _file_problems(m: Manifest, path, rel: str) -> list[str]:
+def _file_problems(m: Manifest, path, rel: str, span: list[int]) -> list[str]:
     import pyarrow.parquet as pq
 
     import pyarrow as pa
@@ -98,6 +103,11 @@ def _file_problems(m: Manifest, path, rel: str) -> list[str]:
     try:
         for g in range(pf.num_row_groups):
             table = pf.read_row_group(g, columns=[c.name for c in m.columns])
+            request = [c.name for c in m.columns if c.role == "request_ts"]
+            if len(request) == 1 and table.num_rows:
+                ts = table.column(request[0]).to_numpy()
+                lo, hi = int(ts.min()), int(ts.max())
+                span[:] = [lo, hi] if not span else [min(span[0], lo), max(span[1], hi)]
             for column, kind, row in _group_problems(m, table):
                 if (column, kind) not in seen:
                     seen.add((column, kind))

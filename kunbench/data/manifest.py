@@ -207,6 +207,14 @@ def verify_files(m: "Manifest") -> list[str]:
         if float(cfg.get("eval_fraction", 0)) > 0 and "eval" not in m.splits:
             problems.append("manifest lists no eval split, though its config has eval_fraction "
                             f"{cfg.get('eval_fraction')}")
+    seen: dict[str, str] = {}
+    for split, s in m.splits.items():
+        for f in s["files"]:
+            key = str(Path(f.get("path", "")))
+            if key in seen:
+                problems.append(f"manifest: {key} is listed twice ({seen[key]} and {split}): its rows would be "
+                                f"read twice" + (", in training and in evaluation" if seen[key] != split else ""))
+            seen[key] = split
     for split, s in m.splits.items():
         listed = sum(int(f.get("rows") or 0) for f in s["files"])
         if isinstance(s.get("rows"), int) and s["rows"] != listed:

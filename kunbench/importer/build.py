@@ -113,7 +113,7 @@ def _label(spec: ImportSpec, batch: pa.RecordBatch) -> np.ndarray:
     y = batch.column(spec.label).to_numpy(zero_copy_only=False)
     bad = ~np.isin(y, (0, 1))
     if bad.any():
-        raise KunbenchError(f"input.label: column {spec.label!r} holds {y[bad][0]!r}; a label column must be 0 or 1 "
+        raise KunbenchError(f"input.label: column {spec.label!r} holds {y[bad][0].item()!r}; a label column must be 0 or 1 "
                             f"(or write a condition, e.g. \"{spec.label} >= 4\")")
     return y.astype(np.int8)
 
@@ -257,8 +257,17 @@ def side_attributes(side, ids: pa.Array, categories: pa.Array | None, where: str
     for c in (side.key, side.category, *side.categorical, *side.dense):
         if c and c not in table.column_names:
             raise KunbenchError(f"{where}: {side.source.path.name} has no column {c!r}")
-    pos = pc.fill_null(pc.index_in(_text(table.column(side.key).combine_chunks()), value_set=ids), -1).to_numpy()
+    keys = _text(table.column(side.key).combine_chunks())
+    counts = pc.value_counts(keys)
+    twice = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(twice):
+        raise KunbenchError(f"{where}: {side.source.path.name} lists key {twice[0]['values'].as_py()!r} more than "
+                            f"once (one row per {side.key})")
+    pos = pc.fill_null(pc.index_in(keys, value_set=ids), -1).to_numpy()
     keep = pos >= 0  # side rows for IDs the log never mentions are dropped
+    if len(ids) and not keep.any():
+        raise KunbenchError(f"{where}: no {side.key!r} of {side.source.path.name} matches an ID of the log "
+                            f"(e.g. {keys[0].as_py() if len(keys) else None!r} vs {ids[0].as_py()!r})")
     pos = pos[keep].astype(np.int64)
     for name in side.categorical:
         values = _text(table.column(name).combine_chunks()).filter(pa.array(keep))

@@ -40,6 +40,9 @@ def _prepare(out: Path, fingerprint: str, force: bool) -> bool:
     elif (build.read_state(out / build.WORK).get("fingerprint") != fingerprint
           and any(p for p in out.iterdir() if p.name != build.WORK)):
         if not force:
+            if build.read_state(out / build.WORK):
+                raise KunbenchError(f"--out {out} holds an unfinished import of another spec (or changed input); "
+                                    f"rerun that one to resume it, or pass --force to start this one")
             raise KunbenchError(f"--out {out} is not empty and holds no kunbench import; choose an empty directory "
                                 f"or pass --force")
         remove_dataset_files(out)
