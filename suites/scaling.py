@@ -128,6 +128,8 @@ def run(ctx: SuiteContext) -> SuiteOutput:
         if fit.get("decades") is not None and fit["decades"] < MIN_DECADES:
             ctx.notes.append(f"{b}: the sizes span {fit['decades']:.2f} decades of FLOPs (< {MIN_DECADES}); "
                              f"widen scaling.factors")
+    if not table_rows:
+        raise KunbenchError("scaling: no backend could be sized (" + "; ".join(ctx.notes[-3:]) + ")")
     ref = data.get("interformer", {}).get("fit", {})
     fit_rows = []
     for b, entry in data.items():

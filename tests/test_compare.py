@@ -185,3 +185,12 @@ def test_written_document_roundtrip(tmp_path):
     assert d["schema_version"] == 1 and d["kind"] == "suite" and d["_source"] == str(p)
     raw = json.loads(p.read_text())
     assert raw["metrics"][0]["samples"] == [990.0, 1000.0, 1010.0]
+
+
+def test_results_from_different_datasets_are_flagged():
+    from kunbench.results.compare import environment_warnings
+
+    a = {"environment": {}, "dataset": {"manifest_fingerprint": "aaaa"}}
+    b = {"environment": {}, "dataset": {"manifest_fingerprint": "bbbb"}}
+    assert any("different datasets" in w for w in environment_warnings([a], [b]))
+    assert not any("different datasets" in w for w in environment_warnings([a], [dict(a)]))

@@ -145,6 +145,14 @@ def environment_warnings(base_docs: list[dict], new_docs: list[dict]) -> list[st
         if bv != nv:
             warnings.append(f"different {label}: base {', '.join(bv)} vs new {', '.join(nv)}; "
                             f"the numbers may not be comparable (baselines should come from the same machine)")
+    def datasets(docs):
+        return sorted({str((d.get("dataset") or {}).get("manifest_fingerprint")) for d in docs
+                       if (d.get("dataset") or {}).get("manifest_fingerprint")})
+
+    bd, nd = datasets(base_docs), datasets(new_docs)
+    if bd and nd and bd != nd:
+        warnings.append(f"different datasets: base {', '.join(bd)} vs new {', '.join(nd)} (manifest fingerprints); "
+                        f"quality metrics are not comparable across datasets")
     for side, docs in (("base", base_docs), ("new", new_docs)):
         for d in docs:
             tel = d.get("telemetry") or {}
