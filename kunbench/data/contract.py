@@ -9,7 +9,10 @@ data"):
   folded silently into another one;
 - labels are 0 or 1; the oracle, if any, is a probability in [0, 1]; dense values are finite;
 - a history's timestamps are sorted (oldest first) and none is after its row's request_ts;
-- the item, category and ts lists of one event type have the same length in every row.
+- the item, category and ts lists of one event type have the same length in every row;
+- every file has exactly the manifest's columns, with the manifest's dtypes, and the eval rows
+  are the latest (no eval request before a train request). Files listed twice and split row
+  totals are checked with the checksums (`manifest.verify_files`).
 
 Files are read one row group at a time, so memory stays flat whatever the dataset's size. Each
 problem is one line naming the file, the column and the first bad row (counted from 0 in the file).
