@@ -89,10 +89,14 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return _coerce(value, args[0], key)
     if origin is tuple:
         (elem,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
-        # "a, b", "[a, b]" and a TOML list all mean (a, b)
-        items = value.strip().strip("[]").split(",") if isinstance(value, str) else list(value)
-        items = [v.strip().strip("'\"") if isinstance(v, str) else v for v in items]
-        return tuple(_coerce(parse_value(v) if isinstance(v, str) else v, elem, key) for v in items if v != "")
+        # "a, b", "[a, b]", a TOML list and a single value all mean a tuple; an empty element is a typo
+        if isinstance(value, str):
+            items = [v.strip().strip("'\"") for v in value.strip().strip("[]").split(",")]
+            if any(v == "" for v in items):
+                raise KunbenchError(f"{key}: empty element in {value!r} (write a comma list such as a,b)")
+        else:
+            items = list(value) if isinstance(value, (list, tuple)) else [value]
+        return tuple(_coerce(parse_value(v) if isinstance(v, str) else v, elem, key) for v in items)
     return value
 
 

@@ -101,7 +101,8 @@ def run(ctx: SuiteContext) -> SuiteOutput:
             egap = mean(m["expected_gap_closed"] for m in mets)
             ctx.log(f"scaling: {b} {label}: {c:,.0f} FLOPs/ex, NE {ne:.5f}"
                     + (f", expected NE {ene:.5f}" if ene is not None else ""))
-            points.append({"label": label, "factor": f, "flops": c, "ne": ne, "ne_spread": sp,
+            points.append({"label": label, "factor": f, "lr": runs[0].train_config.lr, "flops": c, "ne": ne,
+                           "ne_spread": sp,
                            "expected_ne": ene, "expected_ne_spread": esp, "params": params,
                            "gap_closed": gap, "expected_gap_closed": egap})
             kind = f"std over {repeats} seeds" if repeats >= 2 else "bootstrap std over eval rows"
@@ -115,7 +116,8 @@ def run(ctx: SuiteContext) -> SuiteOutput:
             out.measurements.append(measurement(NAME, b, label, "fwd_flops_per_example", c, unit="FLOP",
                                                 better="none"))
             out.measurements.append(measurement(NAME, b, label, "params", params, better="none"))
-            table_rows.append({"backend": b, "size": label, "flops": c, "params": params, "ne": ne, "ne_spread": sp,
+            table_rows.append({"backend": b, "size": label, "lr": runs[0].train_config.lr, "flops": c, "params": params,
+                               "ne": ne, "ne_spread": sp,
                                "expected_ne": ene, "expected_ne_spread": esp, "gap_closed": gap,
                                "expected_gap_closed": egap})
         fit_on = "expected_ne" if points and all(p["expected_ne"] is not None for p in points) else "ne"
@@ -158,6 +160,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
                   else "bootstrap std over eval rows (eval-sample noise only, not training-seed variance)")
     out.tables.append({"title": "scaling: NE at each size (± = NE noise)",
                        "columns": [{"key": "backend", "header": "backend"}, {"key": "size", "header": "width"},
+                                   {"key": "lr", "header": "lr", "fmt": ".2g"},
                                    {"key": "flops", "header": "fwd FLOPs/ex", "fmt": ",.0f"},
                                    {"key": "params", "header": "params", "fmt": ","},
                                    {"key": "expected_ne", "header": "exp. NE", "fmt": ".5f",

@@ -213,3 +213,10 @@ def test_eval_rows_must_be_the_latest(data):
     _save_manifest(data, m)
     res = _verify(data)
     assert res.exit_code == 1 and "eval rows are not the latest" in res.output, res.output
+
+
+def test_a_null_request_time_is_one_line(data):
+    _rewrite(data, "request_ts", lambda a: pa.array([None if i == 5 else v for i, v in enumerate(a.to_pylist())],
+                                                    pa.int64()))
+    res = _verify(data)
+    assert res.exit_code == 1 and "column 'request_ts': null values (first at row 5)" in res.output, res.output

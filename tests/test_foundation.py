@@ -193,3 +193,14 @@ def test_every_cited_document_is_in_the_repository():
             bare += [f"{path.relative_to(ROOT)}: {m}" for m in
                      re.findall(r"(?<![\w/.-])((?:models|measurement|data|world)\.md)", path.read_text())]
     assert not bare, f"cite documents by their path in the repository: {bare}"
+
+
+def test_list_values_parse_one_way():
+    from kunbench.backends.registry import get_backend
+
+    spec = get_backend("wukong")
+    for text, want in (("64,32", (64, 32)), ("[64, 32]", (64, 32)), ("256", (256,)), (256, (256,))):
+        assert spec.make_config("tiny", {"head_mlp": text}).head_mlp == want, text
+    for bad in ("", "256,,64"):
+        with pytest.raises(KunbenchError, match="empty element"):
+            spec.make_config("tiny", {"head_mlp": bad})

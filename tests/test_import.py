@@ -343,3 +343,16 @@ def test_side_tables_that_cannot_join(tmp_path, table, message):
     spec.write_text(spec.read_text() + '[items]\npath = "items.csv"\nkey = "i"\ncategory = "genre"\n')
     res = CliRunner().invoke(main, ["import", str(spec), "--out", str(tmp_path / "ds"), "--quiet"])
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+
+
+def test_a_text_label_and_keyless_side_rows(tmp_path):
+    spec = _small_log(tmp_path)
+    (tmp_path / "items.csv").write_text("i,genre\n1,a\n,b\n,c\n2,d\n")  # two rows without a key: dropped
+    spec.write_text(spec.read_text() + '[items]\npath = "items.csv"\nkey = "i"\ncategory = "genre"\n')
+    _ok(["import", spec, "--out", tmp_path / "ds", "--quiet"])
+    (tmp_path / "log2.csv").write_text("user,item,y,ts\n" + "".join(f"{k % 3},{k % 5},{'yes' if k % 2 else 'no'},{k}\n"
+                                                                 for k in range(50)))
+    (tmp_path / "t.toml").write_text('[input]\npath = "log2.csv"\nuser = "user"\nitem = "item"\ntimestamp = "ts"\n'
+                                     'label = "y"\n[events]\nrules = [{name = "seen", when = "ts >= 0"}]\n')
+    res = CliRunner().invoke(main, ["import", str(tmp_path / "t.toml"), "--out", str(tmp_path / "d2"), "--quiet"])
+    assert res.exit_code == 2 and "holds 'no'; a label column must be 0 or 1" in res.output, res.output

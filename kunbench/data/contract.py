@@ -107,7 +107,7 @@ def _file_problems(m: Manifest, path, rel: str, span: list[int]) -> list[str]:
         for g in range(pf.num_row_groups):
             table = pf.read_row_group(g, columns=[c.name for c in m.columns])
             request = [c.name for c in m.columns if c.role == "request_ts"]
-            if len(request) == 1 and table.num_rows:
+            if len(request) == 1 and table.num_rows and not table.column(request[0]).null_count:
                 ts = table.column(request[0]).to_numpy()
                 lo, hi = int(ts.min()), int(ts.max())
                 span[:] = [lo, hi] if not span else [min(span[0], lo), max(span[1], hi)]

@@ -31,6 +31,8 @@ from kunbench.errors import KunbenchError
 from kunbench.importer.spec import ImportSpec, Source
 
 GENERATOR = "kunbench.importer"
+FORMAT_VERSION = 2  # what the files hold (2: category 0 = unknown); part of the fingerprint, so a
+# resume never mixes an older importer's work files with this one's
 WORK = ".import"
 READ_ROWS = 1 << 18
 
@@ -113,7 +115,7 @@ def _label(spec: ImportSpec, batch: pa.RecordBatch) -> np.ndarray:
     y = batch.column(spec.label).to_numpy(zero_copy_only=False)
     bad = ~np.isin(y, (0, 1))
     if bad.any():
-        raise KunbenchError(f"input.label: column {spec.label!r} holds {y[bad][0].item()!r}; a label column must be 0 or 1 "
+        raise KunbenchError(f"input.label: column {spec.label!r} holds {np.asarray(y[bad][:1]).tolist()[0]!r}; a label column must be 0 or 1 "
                             f"(or write a condition, e.g. \"{spec.label} >= 4\")")
     return y.astype(np.int8)
 
@@ -258,7 +260,8 @@ def side_attributes(side, ids: pa.Array, categories: pa.Array | None, where: str
         if c and c not in table.column_names:
             raise KunbenchError(f"{where}: {side.source.path.name} has no column {c!r}")
     keys = _text(table.column(side.key).combine_chunks())
-    counts = pc.value_counts(keys)
+    present = keys.drop_null()
+    counts = pc.value_counts(present.filter(pc.not_equal(present, "")))  # rows without a key are dropped below
     twice = counts.filter(pc.greater(counts.field("counts"), 1))
     if len(twice):
         raise KunbenchError(f"{where}: {side.source.path.name} lists key {twice[0]['values'].as_py()!r} more than "

@@ -152,7 +152,9 @@ class ImportSpec:
             if side is not None:
                 files.append(side.source.path)
         stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-        blob = json.dumps({"spec": self.to_dict(), "files": stamp}, sort_keys=True).encode()
+        from kunbench.importer.build import FORMAT_VERSION
+
+        blob = json.dumps({"spec": self.to_dict(), "files": stamp, "format": FORMAT_VERSION}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
