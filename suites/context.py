@@ -101,6 +101,7 @@ class SuiteContext:
     windows: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     _dataset: Path | None = None
+    _manifest: Any = None  # the dataset's Manifest, read once
     _routed: dict[str, dict[str, Any]] | None = None
 
     # ---- device / dtype -------------------------------------------------------------------------
@@ -240,10 +241,10 @@ class SuiteContext:
         return path
 
     def dataset_info(self) -> dict[str, Any]:
-        from kunbench.data.manifest import load_manifest, manifest_fingerprint
+        from kunbench.data.manifest import manifest_fingerprint
 
         root = self.dataset()
-        m = load_manifest(root)
+        m = self.manifest()
         return {"path": str(Path(root).resolve()), "manifest_fingerprint": manifest_fingerprint(root),
                 "preset": (m.data.get("config") or {}).get("preset"),
                 "train_rows": m.split_rows("train") if "train" in m.splits else None,
@@ -252,9 +253,7 @@ class SuiteContext:
 
     def oracle_notes(self) -> list[str]:
         """Table notes on what the oracle-derived columns mean for this dataset (or why they are n/a)."""
-        from kunbench.data.manifest import load_manifest
-
-        m = load_manifest(self.dataset())
+        m = self.manifest()
         if not m.has_oracle:
             return [f"no oracle in this dataset (labels: {m.label_source}): oracle NE, gap closed and expected NE "
                     "are n/a, and rows compare on NE of the observed labels"]
@@ -262,10 +261,16 @@ class SuiteContext:
                 "exp. NE / exp. gap: p_true as soft labels, i.e. against unlimited fresh labels on these eval rows "
                 "(no label-sampling noise)"]
 
-    def schema(self):
-        from kunbench.data.manifest import load_manifest
+    def manifest(self):
+        root = self.dataset()
+        if self._manifest is None or self._manifest.root != root:  # a copy may point at another dataset
+            from kunbench.data.manifest import load_manifest
 
-        return load_manifest(self.dataset()).schema
+            self._manifest = load_manifest(root)
+        return self._manifest
+
+    def schema(self):
+        return self.manifest().schema
 
     # ---- telemetry ----------------------------------------------------------------------------------
     def window(self, label: str) -> "Window":

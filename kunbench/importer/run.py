@@ -23,9 +23,11 @@ class ImportResult:
 
 
 def _prepare(out: Path, fingerprint: str, force: bool) -> bool:
+    """True when `out` already holds this import; refuses a directory holding anything else."""
     from kunbench.generators.writer import remove_dataset_files
 
-    """True when `out` already holds this import; refuses a directory holding anything else."""
+    work = out / build.WORK
+    resumable = build.read_state(work).get("fingerprint")
     manifest = out / "manifest.json"
     if manifest.is_file():
         try:
@@ -37,17 +39,15 @@ def _prepare(out: Path, fingerprint: str, force: bool) -> bool:
         if not force:
             raise KunbenchError(f"--out {out} holds another dataset; choose another --out or pass --force")
         remove_dataset_files(out)  # a generated dataset's bookkeeping too, or generate would resume over us
-    elif (build.read_state(out / build.WORK).get("fingerprint") != fingerprint
-          and any(p for p in out.iterdir() if p.name != build.WORK)):
+    elif resumable != fingerprint and any(p.name != build.WORK for p in out.iterdir()):
         if not force:
-            if build.read_state(out / build.WORK):
+            if resumable:
                 raise KunbenchError(f"--out {out} holds an unfinished import of another spec (or changed input); "
                                     f"rerun that one to resume it, or pass --force to start this one")
             raise KunbenchError(f"--out {out} is not empty and holds no kunbench import; choose an empty directory "
                                 f"or pass --force")
         remove_dataset_files(out)
-    work = out / build.WORK
-    if build.read_state(work).get("fingerprint") != fingerprint:
+    if build.read_state(work).get("fingerprint") != fingerprint:  # removed above, or another spec's
         build.clean_work(out)
     work.mkdir(parents=True, exist_ok=True)
     return False
