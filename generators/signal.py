@@ -91,6 +91,12 @@ def _row_sum(row: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(row, weights=weights, minlength=n) if row.size else np.zeros(n)
 
 
+def _per_event(cols: EventColumns):
+    """`f(per_row) -> per_row[cols.row]`, as a repeat by the row lengths (the events of a row are
+    contiguous and rows come in order, so it is the same array, read sequentially)."""
+    return lambda per_row: np.repeat(per_row, cols.lengths, axis=0)
+
+
 def newest_events(cols: EventColumns, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices of each row's newest `k` events (events are stored oldest first) and their rank
     from the newest (0 = newest); O(rows x k), not O(events)."""
@@ -125,30 +131,31 @@ def history_features(world: World, chunk: Chunk, events: dict, active: frozenset
         if cols.item.size == 0:
             continue
         row = cols.row
-        age = (chunk.request_ts[row] - cols.ts).astype(np.float64)
+        # events are grouped by row in order, so a per-row value repeated by the row lengths is
+        # the same array as a gather by `row`, read sequentially
+        ad_row = _per_event(cols)
+        age = (ad_row(chunk.request_ts) - cols.ts).astype(np.float64)
         decay = None
         if need_s:
-            s = world.similarity(cols.item, cols.category, u, row)
-            want_long = name == long_name and "long_range" in active
-            vals = np.empty((s.shape[0], 5 if want_long else 3))
-            vals[:, 0] = s
-            np.exp(age * (-1.0 / (ev.recency_days * 86400.0)), out=vals[:, 1])
-            decay = vals[:, 1]
-            np.multiply(vals[:, 1], s, out=vals[:, 2])
-            if want_long:
-                np.greater(age, long_s, out=vals[:, 3])
-                np.multiply(vals[:, 3], s, out=vals[:, 4])
-            sums = segment_sums(vals, cols.offsets, cols.lengths)
+            s = world.similarity(cols.item, cols.category, u, row, lengths=cols.lengths)
+            decay = np.exp(age * (-1.0 / (ev.recency_days * 86400.0)))
             counts = cols.lengths
-            np.divide(sums[:, 0], counts, out=mean_s[k], where=counts > 0)
-            np.divide(sums[:, 2], sums[:, 1], out=rec_s[k], where=sums[:, 1] > 0)
-            if want_long:
-                long_term = np.divide(sums[:, 4], sums[:, 3], out=np.zeros(n), where=sums[:, 3] > 0)
+            # one contiguous column per sum (a reduceat over an [N, k] block walks it strided)
+            sum_s = segment_sums(s, cols.offsets, counts)
+            sum_decay = segment_sums(decay, cols.offsets, counts)
+            sum_rec = segment_sums(decay * s, cols.offsets, counts)
+            np.divide(sum_s, counts, out=mean_s[k], where=counts > 0)
+            np.divide(sum_rec, sum_decay, out=rec_s[k], where=sum_decay > 0)
+            if name == long_name and "long_range" in active:
+                far = (age > long_s).astype(np.float64)
+                sum_far = segment_sums(far, cols.offsets, counts)
+                sum_far_s = segment_sums(far * s, cols.offsets, counts)
+                long_term = np.divide(sum_far_s, sum_far, out=np.zeros(n), where=sum_far > 0)
             if "target_peak" in active:
                 peak_parts.append((row, s))
                 np.maximum(peak_max, segment_max(s, cols.offsets, cols.lengths), out=peak_max)
         if "repeat" in active:
-            hit = np.flatnonzero(cols.item == chunk.ad[row])
+            hit = np.flatnonzero(cols.item == ad_row(chunk.ad))
             if hit.size:
                 w = (decay[hit] if decay is not None
                      else np.exp(age[hit] * (-1.0 / (ev.recency_days * 86400.0))))
@@ -160,7 +167,7 @@ def history_features(world: World, chunk: Chunk, events: dict, active: frozenset
             w = world.transition_weight[k] * position_weight[rank]
             transition += _row_sum(sel_row, w * aff, n)
         if "time_gap" in active:
-            hit = np.flatnonzero(cols.category == chunk.ad_category[row])
+            hit = np.flatnonzero(cols.category == ad_row(chunk.ad_category))
             if hit.size:
                 cycle = world.cycle_days[cols.category[hit]] * 86400.0
                 z = np.log(age[hit] / cycle) * (1.0 / sig.cycle_width)
@@ -202,11 +209,12 @@ def _fatigue(world: World, chunk: Chunk, events: dict) -> np.ndarray:
         return np.zeros(n)
     exposure, engagement = events[streams[0]], events[streams[1]]
     last = np.full(n, np.iinfo(np.int64).min)
-    hit = np.flatnonzero(engagement.category == chunk.ad_category[engagement.row])
+    hit = np.flatnonzero(engagement.category == _per_event(engagement)(chunk.ad_category))
     if hit.size:
         np.maximum.at(last, engagement.row[hit], engagement.ts[hit])
     row = exposure.row
-    keep = np.flatnonzero((exposure.category == chunk.ad_category[row]) & (exposure.ts > last[row]))
+    per_event = _per_event(exposure)
+    keep = np.flatnonzero((exposure.category == per_event(chunk.ad_category)) & (exposure.ts > per_event(last)))
     if keep.size == 0:
         return np.zeros(n)
     r = row[keep]

@@ -90,13 +90,16 @@ class World:
         return lat
 
     def similarity(self, items: np.ndarray, categories: np.ndarray, ad_latent: np.ndarray,
-                   row: np.ndarray) -> np.ndarray:
-        """<latent(item), ad_latent[row]> per event, without materializing normalized latents."""
+                   row: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+        """<latent(item), ad_latent[row]> per event, without materializing normalized latents.
+        With `lengths` (rows' event counts, events grouped by row in order) the ad latents are
+        repeated rather than gathered: the same values, read sequentially."""
         with np.errstate(over="ignore"):
             slot = ((items.astype(np.uint64) * _FIB) >> NOISE_SHIFT).astype(np.intp)
         lat = np.take(self.centroids, categories, axis=0)
         lat += np.take(self.noise, slot, axis=0)
-        dot = np.einsum("ij,ij->i", lat, np.take(ad_latent, row, axis=0))
+        ad = np.take(ad_latent, row, axis=0) if lengths is None else np.repeat(ad_latent, lengths, axis=0)
+        dot = np.einsum("ij,ij->i", lat, ad)
         nn = np.einsum("ij,ij->i", lat, lat)
         np.maximum(nn, 1e-12, out=nn)
         return dot.astype(np.float64) / np.sqrt(nn)

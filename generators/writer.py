@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -262,16 +263,28 @@ def write_shard(world: World, calib: Calibration, spec: ShardSpec, root: Path, f
     tmp.unlink(missing_ok=True)
     stats = ShardStats(world.config.event_names)
     writer = pq.ParquetWriter(tmp, schema, **PARQUET_OPTIONS)
+    # Row groups are encoded and compressed on one background thread while the next chunk is drawn
+    # (Arrow and most numpy kernels release the GIL): same bytes, same order, and at most one row
+    # group waits in memory.
+    encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kunbench-parquet")
+    pending: Future | None = None
     try:
         for chunk, click, p_true in iter_chunks(world, calib, spec.start, spec.rows):
-            writer.write_table(chunk_table(schema, chunk, click, p_true), row_group_size=chunk.n)
+            table = chunk_table(schema, chunk, click, p_true)
+            if pending is not None:
+                pending.result()
+            pending = encoder.submit(writer.write_table, table, row_group_size=chunk.n)
             stats.add(click, p_true, chunk.request_ts, {e: c.lengths for e, c in chunk.events.items()})
             if on_chunk is not None:
                 on_chunk(chunk.n)
+        if pending is not None:
+            pending.result()
     except BaseException:
+        encoder.shutdown(wait=True, cancel_futures=True)
         writer.close()
         tmp.unlink(missing_ok=True)
         raise
+    encoder.shutdown(wait=True)
     writer.close()
     os.replace(tmp, final)
     sidecar = {"fingerprint": fingerprint, "shard": spec.name, "split": spec.split, "path": spec.path,

@@ -196,6 +196,33 @@ def test_interrupted_shard_leaves_no_partial_file(tmp_path):
     assert list((root / "train").iterdir()) == []
 
 
+def test_a_failed_row_group_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    """Row groups are written on a background thread: its error reaches the caller, the writer
+    thread stops, and the temp file is removed."""
+    import pyarrow.parquet as pq
+
+    cfg = _fast_config()
+    world = build_world(cfg)
+    calib = calibrate(world)
+    root = tmp_path / "d"
+    (root / "train").mkdir(parents=True)
+    spec = plan_shards(cfg)[0]
+    real = pq.ParquetWriter.write_table
+    calls = []
+
+    def failing(self, table, *args, **kwargs):
+        calls.append(table.num_rows)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(self, table, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", failing)
+    with pytest.raises(OSError, match="disk full"):
+        write_shard(world, calib, spec, root, cfg.fingerprint())
+    assert len(calls) == 2
+    assert list((root / "train").iterdir()) == []
+
+
 # ---- the output directory -------------------------------------------------------------------
 def test_refuses_a_different_dataset_unless_forced(tmp_path):
     root = tmp_path / "d"
