@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 
 from kunbench.generators.config import GeneratorConfig, build_config
 from kunbench.generators.ctr import run
-from kunbench.generators.schema import PARQUET_OPTIONS, arrow_schema
-from kunbench.generators.writer import plan_shards
+from kunbench.generators.schema import arrow_schema
+from kunbench.generators.writer import RowGroupWriter, plan_shards
 
 
 def _list_lengths(dataset: Path, columns: list[dict]) -> dict[str, list[np.ndarray]]:
@@ -58,7 +58,8 @@ def ceiling(cfg: GeneratorConfig, columns: list[dict], lengths: dict[str, list[n
     for spec in plan_shards(cfg):
         path = out / spec.path
         path.parent.mkdir(parents=True, exist_ok=True)
-        with pq.ParquetWriter(path, schema, **PARQUET_OPTIONS) as writer:
+        writer = RowGroupWriter(path, schema)  # the generator's writer, background encoding included
+        try:
             for s in range(spec.start, spec.start + spec.rows, cfg.row_group_rows):
                 n = min(cfg.row_group_rows, spec.start + spec.rows - s)
                 arrays: list[pa.Array] = []
@@ -83,8 +84,12 @@ def ceiling(cfg: GeneratorConfig, columns: list[dict], lengths: dict[str, list[n
                         total = offsets[key][-1].as_py()
                         hi = c.get("cardinality") or span
                         arrays.append(pa.ListArray.from_arrays(offsets[key], pa.array(rng.integers(0, hi, total))))
-                writer.write_table(pa.Table.from_arrays(arrays, schema=schema), row_group_size=n)
+                writer.write(pa.Table.from_arrays(arrays, schema=schema))
                 g += 1
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
     return time.perf_counter() - t0
 
 

@@ -254,6 +254,37 @@ def iter_chunks(world: World, calib: Calibration, start: int, rows: int):
         yield chunk, click, p_true
 
 
+class RowGroupWriter:
+    """A Parquet file written one row group per table, each encoded and compressed on one
+    background thread while the caller draws the next (Arrow and most numpy kernels release the
+    GIL): the same bytes in the same order, with at most one row group waiting in memory."""
+
+    def __init__(self, path: Path, schema):
+        self._writer = pq.ParquetWriter(path, schema, **PARQUET_OPTIONS)
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kunbench-parquet")
+        self._pending: Future | None = None
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # re-raises the encoder's error here
+
+    def write(self, table) -> None:
+        self._wait()
+        self._pending = self._encoder.submit(self._writer.write_table, table, row_group_size=table.num_rows)
+
+    def close(self) -> None:
+        self._wait()
+        self._encoder.shutdown(wait=True)
+        self._writer.close()
+
+    def abort(self) -> None:
+        """Stop without raising again (the caller is already handling an error)."""
+        self._encoder.shutdown(wait=True, cancel_futures=True)
+        self._pending = None
+        self._writer.close()
+
+
 def write_shard(world: World, calib: Calibration, spec: ShardSpec, root: Path, fingerprint: str,
                 on_chunk: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Write one shard chunk by chunk to its temp name, rename it, then write its sidecar."""
@@ -262,30 +293,18 @@ def write_shard(world: World, calib: Calibration, spec: ShardSpec, root: Path, f
     tmp = root / spec.temp_path
     tmp.unlink(missing_ok=True)
     stats = ShardStats(world.config.event_names)
-    writer = pq.ParquetWriter(tmp, schema, **PARQUET_OPTIONS)
-    # Row groups are encoded and compressed on one background thread while the next chunk is drawn
-    # (Arrow and most numpy kernels release the GIL): same bytes, same order, and at most one row
-    # group waits in memory.
-    encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kunbench-parquet")
-    pending: Future | None = None
+    writer = RowGroupWriter(tmp, schema)
     try:
         for chunk, click, p_true in iter_chunks(world, calib, spec.start, spec.rows):
-            table = chunk_table(schema, chunk, click, p_true)
-            if pending is not None:
-                pending.result()
-            pending = encoder.submit(writer.write_table, table, row_group_size=chunk.n)
+            writer.write(chunk_table(schema, chunk, click, p_true))
             stats.add(click, p_true, chunk.request_ts, {e: c.lengths for e, c in chunk.events.items()})
             if on_chunk is not None:
                 on_chunk(chunk.n)
-        if pending is not None:
-            pending.result()
-    except BaseException:
-        encoder.shutdown(wait=True, cancel_futures=True)
         writer.close()
+    except BaseException:
+        writer.abort()
         tmp.unlink(missing_ok=True)
         raise
-    encoder.shutdown(wait=True)
-    writer.close()
     os.replace(tmp, final)
     sidecar = {"fingerprint": fingerprint, "shard": spec.name, "split": spec.split, "path": spec.path,
                "start_row": spec.start, "rows": spec.rows, "bytes": final.stat().st_size,
