@@ -299,6 +299,35 @@ def test_reordered_log_gives_the_same_bytes_and_times_in_any_unit(tmp_path):
     assert 1_600_000_000 <= ts.min() and ts.max() < 1_600_000_050  # milliseconds became seconds
 
 
+def _ms_log(root: Path, unit: str | None) -> Path:
+    """The same log with its time in milliseconds, read with `timestamp_unit = unit` (None: unset)."""
+    rng = np.random.default_rng(5)
+    n = 300
+    secs = 1_700_000_000 + np.sort(rng.integers(0, 5_000, n))
+    root.mkdir()
+    pq.write_table(pa.table({"user": rng.integers(0, 10, n), "item": rng.integers(0, 30, n),
+                             "y": rng.integers(0, 2, n), "ts": secs * 1000 + rng.integers(0, 1000, n)}),
+                   root / "log.parquet")
+    unit_line = "" if unit is None else f'timestamp_unit = "{unit}"\n'
+    (root / "s.toml").write_text('[input]\npath = "log.parquet"\nuser = "user"\nitem = "item"\n'
+                                 f'timestamp = "ts"\n{unit_line}label = "y"\n[events]\n'
+                                 'rules = [{name = "seen", when = "y >= 0"}]\n[output]\nbuckets = 1\n')
+    return root / "s.toml"
+
+
+def test_a_millisecond_log_needs_its_unit_and_then_imports_in_seconds(tmp_path):
+    res = CliRunner().invoke(main, ["import", str(_ms_log(tmp_path / "a", None)), "--out", str(tmp_path / "a" / "ds"),
+                                    "--quiet"])
+    assert res.exit_code == 2 and "set input.timestamp_unit" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "a" / "ds" / "manifest.json").exists()
+    _ok(["import", _ms_log(tmp_path / "b", "ms"), "--out", tmp_path / "b" / "ds", "--quiet"])
+    ts = pq.read_table(tmp_path / "b" / "ds" / "train" / "part-00000.parquet").column("request_ts").to_numpy()
+    assert 1_700_000_000 <= ts.min() and ts.max() < 1_700_005_000  # milliseconds, floored to seconds
+    bad = _ms_log(tmp_path / "c", "minutes")
+    res = CliRunner().invoke(main, ["import", str(bad), "--out", str(tmp_path / "c" / "ds"), "--quiet"])
+    assert res.exit_code == 2 and "input.timestamp_unit must be one of s, ms, us, ns" in res.output
+
+
 @pytest.mark.parametrize("column, values, message", [
     ("ts", pa.array([1.0, float("nan")] * 50), "holds NaN or infinite values"),
     ("y", pa.array(["good", "bad"] * 50), "holds values that are not numbers"),

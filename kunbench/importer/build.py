@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from kunbench.data.manifest import sha256_file
 from kunbench.errors import KunbenchError
-from kunbench.importer.spec import ImportSpec, Source
+from kunbench.importer.spec import TIMESTAMP_UNITS, ImportSpec, Source
 
 GENERATOR = "kunbench.importer"
 FORMAT_VERSION = 2  # what the files hold (2: category 0 = unknown); part of the fingerprint, so a
@@ -92,20 +92,33 @@ def _text(a: pa.Array) -> pa.Array:
     return pc.cast(a, pa.string()) if not pa.types.is_string(a.type) else a
 
 
-def _seconds(a: pa.Array, name: str) -> np.ndarray:
+# seconds past 1970 that no log reaches (the year 5138): a larger value counts a finer unit
+MAX_SECONDS = 10**11
+
+
+def _seconds(a: pa.Array, name: str, unit: str = "s") -> np.ndarray:
+    """Whole seconds, rounded down. A timestamp column carries its unit; a number counts `unit`
+    (`input.timestamp_unit`), and one that reads as past the year 5000 is refused rather than
+    taken as seconds (milliseconds read as seconds put every event thousands of years apart)."""
     if a.null_count:
         raise KunbenchError(f"input.timestamp: column {name!r} has empty values")
     if pa.types.is_timestamp(a.type):  # any unit: whole seconds, rounded down
-        secs = pc.cast(a, pa.int64()).to_numpy() // {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[a.type.unit]
-        return secs.astype(np.int64)
+        return (pc.cast(a, pa.int64()).to_numpy() // TIMESTAMP_UNITS[a.type.unit]).astype(np.int64)
+    per_second = TIMESTAMP_UNITS[unit]
     if pa.types.is_floating(a.type):
         values = a.to_numpy(zero_copy_only=False)
         if not np.isfinite(values).all():
             raise KunbenchError(f"input.timestamp: column {name!r} holds NaN or infinite values")
-        return np.floor(values).astype(np.int64)
-    if not pa.types.is_integer(a.type):
-        raise KunbenchError(f"input.timestamp: column {name!r} is {a.type}, not seconds or a timestamp")
-    return a.to_numpy().astype(np.int64)
+        secs = np.floor(values / per_second).astype(np.int64)
+    elif pa.types.is_integer(a.type):
+        secs = a.to_numpy().astype(np.int64) // per_second
+    else:
+        raise KunbenchError(f"input.timestamp: column {name!r} is {a.type}, not a number or a timestamp")
+    if secs.size and int(np.abs(secs).max()) > MAX_SECONDS:
+        top = float(np.abs(secs).max())
+        raise KunbenchError(f"input.timestamp: column {name!r} reaches {top:.3g} seconds (timestamp_unit = {unit!r}), "
+                            f"past the year 5000; if it counts ms, us or ns, set input.timestamp_unit")
+    return secs
 
 
 def _label(spec: ImportSpec, batch: pa.RecordBatch) -> np.ndarray:
@@ -162,7 +175,7 @@ def scan_vocab(spec: ImportSpec, tick: Callable[[int], None]) -> Vocab:
         items.append(_text(batch.column(spec.item)).unique())
         if spec.category:
             cats.append(_text(batch.column(spec.category)).unique())
-        ts = _seconds(batch.column(spec.timestamp), spec.timestamp)
+        ts = _seconds(batch.column(spec.timestamp), spec.timestamp, spec.timestamp_unit)
         ts_min = int(ts.min()) if ts_min is None else min(ts_min, int(ts.min()))
         ts_max = int(ts.max()) if ts_max is None else max(ts_max, int(ts.max()))
         v, c = np.unique(ts[_requests(spec, batch)], return_counts=True)
@@ -221,7 +234,8 @@ def partition(spec: ImportSpec, vocab: Vocab, work: Path, tick: Callable[[int], 
             if spec.category:
                 cat = pc.fill_null(pc.index_in(_text(batch.column(spec.category)), value_set=vocab.categories),
                                    -1).to_numpy().astype(np.int64) + 1
-            cols = [u, item, cat, _seconds(batch.column(spec.timestamp), spec.timestamp), _events(spec, batch),
+            ts = _seconds(batch.column(spec.timestamp), spec.timestamp, spec.timestamp_unit)
+            cols = [u, item, cat, ts, _events(spec, batch),
                     _label(spec, batch), _requests(spec, batch), np.arange(order, order + n, dtype=np.int64)]
             order += n
             bucket = u % spec.buckets

@@ -9,7 +9,8 @@ type, which interactions become request rows, and how to split and size the resu
     columns = []                   # optional: the column names of a text file without a header row
     user = "user_id"               # column names
     item = "item_id"
-    timestamp = "timestamp"        # seconds (integer or float, floored), or a timestamp column
+    timestamp = "timestamp"        # a number (integer or float, floored to whole seconds), or a timestamp column
+    timestamp_unit = "s"           # optional: what a number counts: s | ms | us | ns (default s)
     category = "genre"             # optional: the item's category, per interaction
     label = "rating >= 4"          # a 0/1 column, or COLUMN OP VALUE (== != >= <= > <)
     requests = "rating >= 1"       # optional: which interactions become request rows (default: all)
@@ -53,6 +54,9 @@ OPS = ("==", "!=", ">=", "<=", ">", "<")
 _CONDITION = re.compile(r"^\s*([^\s=<>!]+)\s*(==|!=|>=|<=|>|<)\s*([^\s=<>!].*?)\s*$")
 _OPERATOR = re.compile(r"[=<>!]")
 
+
+# what a numeric timestamp counts -> units per second
+TIMESTAMP_UNITS = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
 
 @dataclass(frozen=True)
 class Condition:
@@ -123,6 +127,7 @@ class ImportSpec:
     history_max: int = 256
     eval_fraction: float = 0.1
     buckets: int = 16
+    timestamp_unit: str = "s"  # what a numeric timestamp counts (a timestamp column carries its own unit)
     items: SideTable | None = None
     users: SideTable | None = None
     spec_file: str = ""  # for messages
@@ -228,7 +233,8 @@ def load_spec(path: str | Path) -> ImportSpec:
     inp = data.get("input")
     if not isinstance(inp, dict):
         raise KunbenchError(f"{path.name}: needs an [input] table")
-    _known(inp, (*SOURCE_KEYS, "user", "item", "timestamp", "category", "label", "requests"), "input")
+    _known(inp, (*SOURCE_KEYS, "user", "item", "timestamp", "timestamp_unit", "category", "label", "requests"),
+           "input")
     source = _source(inp, "input", base)
     ev = data.get("events")
     if not isinstance(ev, dict):
@@ -259,13 +265,16 @@ def load_spec(path: str | Path) -> ImportSpec:
     if not isinstance(buckets, int) or isinstance(buckets, bool) or not 1 <= buckets <= 1024:
         raise KunbenchError(f"output.buckets must be an integer in [1, 1024], got {buckets!r}")
     requests = inp.get("requests")
+    unit = inp.get("timestamp_unit", "s")
+    if unit not in TIMESTAMP_UNITS:
+        raise KunbenchError(f"input.timestamp_unit must be one of {', '.join(TIMESTAMP_UNITS)}, got {unit!r}")
     spec = ImportSpec(
         source=source, user=_str(inp, "user", "input"), item=_str(inp, "item", "input"),
         timestamp=_str(inp, "timestamp", "input"), label=_str(inp, "label", "input"),
         event_column=column, event_types=types, event_rules=rules,
         category=_str(inp, "category", "input", required=False),
         requests=Condition.parse(requests, "input.requests") if requests is not None else None,
-        history_max=history_max, eval_fraction=float(eval_fraction), buckets=buckets,
+        history_max=history_max, eval_fraction=float(eval_fraction), buckets=buckets, timestamp_unit=unit,
         items=_side(data.get("items"), "items", base), users=_side(data.get("users"), "users", base),
         spec_file=str(path))
     spec.label_condition  # noqa: B018 - a malformed label expression fails here, before any work
