@@ -328,6 +328,20 @@ def test_a_millisecond_log_needs_its_unit_and_then_imports_in_seconds(tmp_path):
     assert res.exit_code == 2 and "input.timestamp_unit must be one of s, ms, us, ns" in res.output
 
 
+def test_an_empty_label_on_a_request_row_is_refused_not_read_as_0(tmp_path):
+    rows = "".join(f"{k % 7},{k % 5},{'' if k == 30 else k % 5 + 1},{1000 + k}\n" for k in range(80))
+    (tmp_path / "log.csv").write_text("u,i,rating,ts\n" + rows)
+    spec = ('[input]\npath = "log.csv"\nuser = "u"\nitem = "i"\ntimestamp = "ts"\nlabel = "rating >= 4"\n{req}'
+            '[events]\nrules = [{{name = "seen", when = "rating >= 0"}}]\n[output]\nbuckets = 1\n')
+    (tmp_path / "a.toml").write_text(spec.format(req=""))
+    res = CliRunner().invoke(main, ["import", str(tmp_path / "a.toml"), "--out", str(tmp_path / "a"), "--quiet"])
+    assert res.exit_code == 2 and "input.label: column 'rating' is empty on 1 request row(s)" in res.output, res.output
+    (tmp_path / "b.toml").write_text(spec.format(req='requests = "rating >= 1"\n'))
+    _ok(["import", tmp_path / "b.toml", "--out", tmp_path / "b", "--quiet"])
+    m = load_manifest(tmp_path / "b")
+    assert m.split_rows("train") + m.split_rows("eval") == 79
+
+
 @pytest.mark.parametrize("column, values, message", [
     ("ts", pa.array([1.0, float("nan")] * 50), "holds NaN or infinite values"),
     ("y", pa.array(["good", "bad"] * 50), "holds values that are not numbers"),

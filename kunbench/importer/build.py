@@ -121,10 +121,16 @@ def _seconds(a: pa.Array, name: str, unit: str = "s") -> np.ndarray:
     return secs
 
 
-def _label(spec: ImportSpec, batch: pa.RecordBatch) -> np.ndarray:
+def _label(spec: ImportSpec, batch: pa.RecordBatch, requests: np.ndarray) -> np.ndarray:
     cond = spec.label_condition
     if cond is not None:
-        return cond.evaluate(batch.column(cond.column).to_numpy(zero_copy_only=False)).astype(np.int8)
+        column = batch.column(cond.column)
+        # an empty value would compare false and silently become a 0 label on a request row
+        empty = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else None
+        if empty is not None and (empty & requests).any():
+            raise KunbenchError(f"input.label: column {cond.column!r} is empty on {int((empty & requests).sum())} "
+                                f"request row(s); drop them from the log or exclude them with input.requests")
+        return cond.evaluate(column.to_numpy(zero_copy_only=False)).astype(np.int8)
     y = batch.column(spec.label).to_numpy(zero_copy_only=False)
     bad = ~np.isin(y, (0, 1))
     if bad.any():
@@ -235,8 +241,9 @@ def partition(spec: ImportSpec, vocab: Vocab, work: Path, tick: Callable[[int], 
                 cat = pc.fill_null(pc.index_in(_text(batch.column(spec.category)), value_set=vocab.categories),
                                    -1).to_numpy().astype(np.int64) + 1
             ts = _seconds(batch.column(spec.timestamp), spec.timestamp, spec.timestamp_unit)
-            cols = [u, item, cat, ts, _events(spec, batch),
-                    _label(spec, batch), _requests(spec, batch), np.arange(order, order + n, dtype=np.int64)]
+            req = _requests(spec, batch)
+            cols = [u, item, cat, ts, _events(spec, batch), _label(spec, batch, req), req,
+                    np.arange(order, order + n, dtype=np.int64)]
             order += n
             bucket = u % spec.buckets
             for b in np.unique(bucket):
