@@ -169,6 +169,17 @@ def test_training_stops_at_an_id_beyond_its_cardinality(data, tmp_path):
     assert not (tmp_path / "res").exists() or not list((tmp_path / "res").glob("*.json"))
 
 
+def test_training_refuses_a_column_of_another_dtype(data, tmp_path):
+    """A float column where the manifest promises int64 IDs would be cast silently; train reads every
+    file's footer first and names the column (the checksums match: the file was re-checksummed)."""
+    _rewrite(data, "ad_id", lambda a: a.cast(pa.float64()))
+    res = CliRunner().invoke(main, ["train", "--backend", "wukong", "--preset", "tiny", "-d", str(data),
+                                    "--out", str(tmp_path / "res")])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "column 'ad_id' is double, the manifest says int64" in res.output
+    assert not (tmp_path / "res").exists() or not list((tmp_path / "res").glob("*.json"))
+
+
 def test_repeated_runs_without_an_oracle_write_their_result(tmp_path):
     root = tmp_path / "log"
     write_contract_dataset(root, rows_per_file=(300,), eval_rows_per_file=(200,), oracle=False)

@@ -25,6 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from kunbench.data.manifest import Column, Manifest
+from kunbench.errors import KunbenchError
 
 ID_ROLES = ("context_categorical", "context_multihot")
 DTYPES = {"int8": "int8", "int32": "int32", "int64": "int64", "float32": "float", "float64": "double",
@@ -77,16 +78,8 @@ def verify_contract(m: Manifest, max_problems: int = 50) -> list[str]:
     return problems
 
 
-def _file_problems(m: Manifest, path, rel: str, span: list[int]) -> list[str]:
-    import pyarrow.parquet as pq
-
-    import pyarrow as pa
-
-    try:
-        pf = pq.ParquetFile(path)
-        schema = pf.schema_arrow
-    except (OSError, pa.ArrowException) as exc:
-        return [f"{rel}: unreadable ({str(exc).splitlines()[0]})"]
+def schema_problems(m: Manifest, schema, rel: str) -> list[str]:
+    """A file's columns against the manifest's: missing, unlisted, or of another dtype."""
     present = set(schema.names)
     absent = [c.name for c in m.columns if c.name not in present]
     if absent:
@@ -99,6 +92,39 @@ def _file_problems(m: Manifest, path, rel: str, span: list[int]) -> list[str]:
         arrow = str(schema.field(c.name).type).replace("large_list", "list").replace("list<item:", "list<element:")
         if c.dtype in DTYPES and arrow != DTYPES[c.dtype]:
             out.append(f"{rel}: column {c.name!r} is {arrow}, the manifest says {c.dtype}")
+    return out
+
+
+def require_schemas(m: Manifest, skip_hint: str = "") -> None:
+    """Raise one line naming the first file whose columns or dtypes differ from the manifest's
+    (only the footers are read, so it costs nothing next to a pass): a float where an ID belongs
+    would otherwise be cast silently."""
+    import pyarrow.parquet as pq
+
+    for split, s in m.splits.items():
+        for f in s["files"]:
+            path = m.root / f.get("path", "")
+            if not path.is_file():
+                continue  # missing files are require_intact's to report
+            problems = schema_problems(m, pq.ParquetFile(path).schema_arrow, f["path"])
+            if problems:
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                raise KunbenchError(f"dataset {m.root} does not match its manifest: {problems[0]}{more}; "
+                                    f"`kunbench inspect --verify` lists every problem"
+                                    + (f", or {skip_hint}" if skip_hint else ""))
+
+
+def _file_problems(m: Manifest, path, rel: str, span: list[int]) -> list[str]:
+    import pyarrow.parquet as pq
+
+    import pyarrow as pa
+
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+    except (OSError, pa.ArrowException) as exc:
+        return [f"{rel}: unreadable ({str(exc).splitlines()[0]})"]
+    out = schema_problems(m, schema, rel)
     if out:
         return out
     seen: set[tuple[str, str]] = set()  # one line per (column, kind of problem) and file
