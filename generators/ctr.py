@@ -13,7 +13,7 @@ import os
 import queue as queue_mod
 import shutil
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -218,10 +218,13 @@ class _Runner:
         self.calibration_cpu_seconds = time.process_time() - c0
 
     def _local_calibration(self, parts, advance):
+        """Chunks on two threads (numpy releases the GIL; each chunk's rows come from its own
+        seed), gathered in order: the same terms as one thread computes, about twice as fast."""
         out = []
-        for p in parts:
-            out.append(calibration_chunk_terms(self.world, *p))
-            advance(p[1])
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="kunbench-calibration") as pool:
+            for p, terms in zip(parts, pool.map(lambda part: calibration_chunk_terms(self.world, *part), parts)):
+                out.append(terms)
+                advance(p[1])
         return out
 
     def run(self, todo: list[ShardSpec]) -> dict[int, dict]:
