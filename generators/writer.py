@@ -279,10 +279,11 @@ class RowGroupWriter:
         self._writer.close()
 
     def abort(self) -> None:
-        """Stop without raising again (the caller is already handling an error)."""
+        """Stop without raising again (the caller is already handling an error, and removes the file)."""
         self._encoder.shutdown(wait=True, cancel_futures=True)
         self._pending = None
-        self._writer.close()
+        with contextlib.suppress(Exception):
+            self._writer.close()
 
 
 def write_shard(world: World, calib: Calibration, spec: ShardSpec, root: Path, fingerprint: str,

@@ -169,15 +169,27 @@ def test_training_stops_at_an_id_beyond_its_cardinality(data, tmp_path):
     assert not (tmp_path / "res").exists() or not list((tmp_path / "res").glob("*.json"))
 
 
-def test_training_refuses_a_column_of_another_dtype(data, tmp_path):
-    """A float column where the manifest promises int64 IDs would be cast silently; train reads every
-    file's footer first and names the column (the checksums match: the file was re-checksummed)."""
+@pytest.mark.parametrize("no_verify", [False, True])
+def test_training_refuses_floats_where_the_manifest_promises_integers(data, tmp_path, no_verify):
+    """A float column where the manifest promises int64 IDs would be cast (and truncated) silently;
+    the loader reads every footer before the first batch and names the column, checksums or not."""
     _rewrite(data, "ad_id", lambda a: a.cast(pa.float64()))
     res = CliRunner().invoke(main, ["train", "--backend", "wukong", "--preset", "tiny", "-d", str(data),
-                                    "--out", str(tmp_path / "res")])
+                                    "--out", str(tmp_path / "res"), *(["--no-verify"] if no_verify else [])])
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
-    assert "column 'ad_id' is double, the manifest says int64" in res.output
+    assert "column 'ad_id' has type double, which does not match manifest dtype int64" in res.output
     assert not (tmp_path / "res").exists() or not list((tmp_path / "res").glob("*.json"))
+
+
+def test_verify_reads_non_null_lists_as_the_manifest_lists(data):
+    """Spark writes arrays without nulls as `list<element: int64 not null>`: the same values."""
+    def non_null(a):
+        field = pa.field("element", pa.int64(), nullable=False)
+        return pa.ListArray.from_arrays(a.offsets, a.values, type=pa.list_(field))
+
+    _rewrite(data, "seq_click_item", non_null)
+    res = _verify(data)
+    assert res.exit_code == 0 and "the manifest says" not in res.output, res.output
 
 
 def test_repeated_runs_without_an_oracle_write_their_result(tmp_path):

@@ -323,9 +323,33 @@ def test_a_millisecond_log_needs_its_unit_and_then_imports_in_seconds(tmp_path):
     _ok(["import", _ms_log(tmp_path / "b", "ms"), "--out", tmp_path / "b" / "ds", "--quiet"])
     ts = pq.read_table(tmp_path / "b" / "ds" / "train" / "part-00000.parquet").column("request_ts").to_numpy()
     assert 1_700_000_000 <= ts.min() and ts.max() < 1_700_005_000  # milliseconds, floored to seconds
-    bad = _ms_log(tmp_path / "c", "minutes")
-    res = CliRunner().invoke(main, ["import", str(bad), "--out", str(tmp_path / "c" / "ds"), "--quiet"])
-    assert res.exit_code == 2 and "input.timestamp_unit must be one of s, ms, us, ns" in res.output
+    for name, unit in (("c", '"minutes"'), ("d", '["ms"]')):
+        bad = _ms_log(tmp_path / name, "ms")
+        bad.write_text(bad.read_text().replace('timestamp_unit = "ms"', f"timestamp_unit = {unit}"))
+        res = CliRunner().invoke(main, ["import", str(bad), "--out", str(tmp_path / name / "ds"), "--quiet"])
+        assert res.exit_code == 2 and "input.timestamp_unit must be one of s, ms, us, ns" in res.output, res.output
+
+
+@pytest.mark.parametrize("values", [pa.array([1e19, 5.0] * 50), pa.array([-2 * 10**11, 5] * 50),
+                                    pa.array([2**63 + 5, 5] * 50, pa.uint64())])
+def test_timestamps_beyond_any_log_are_refused(tmp_path, values):
+    pq.write_table(pa.table({"user": list(range(100)), "item": [1] * 100, "y": [1, 0] * 50, "ts": values}),
+                   tmp_path / "log.parquet")
+    (tmp_path / "s.toml").write_text('[input]\npath = "log.parquet"\nuser = "user"\nitem = "item"\n'
+                                     'timestamp = "ts"\nlabel = "y"\n[events]\n'
+                                     'rules = [{name = "seen", when = "y >= 0"}]\n')
+    res = CliRunner().invoke(main, ["import", str(tmp_path / "s.toml"), "--out", str(tmp_path / "ds"), "--quiet"])
+    assert res.exit_code == 2 and "input.timestamp: column 'ts'" in res.output and "Traceback" not in res.output
+
+
+def test_the_default_unit_keeps_a_specs_fingerprint(tmp_path):
+    from kunbench.importer.spec import load_spec
+
+    spec = load_spec(_small_log(tmp_path))
+    assert "timestamp_unit" not in spec.to_dict()  # imports made before the key resume and re-run as before
+    text = (tmp_path / "s.toml").read_text()
+    (tmp_path / "s.toml").write_text(text.replace('timestamp = "ts"\n', 'timestamp = "ts"\ntimestamp_unit = "ms"\n'))
+    assert load_spec(tmp_path / "s.toml").to_dict()["timestamp_unit"] == "ms"
 
 
 def test_an_empty_label_on_a_request_row_is_refused_not_read_as_0(tmp_path):
@@ -340,6 +364,17 @@ def test_an_empty_label_on_a_request_row_is_refused_not_read_as_0(tmp_path):
     _ok(["import", tmp_path / "b.toml", "--out", tmp_path / "b", "--quiet"])
     m = load_manifest(tmp_path / "b")
     assert m.split_rows("train") + m.split_rows("eval") == 79
+    # a NaN in a float column is as empty as a blank; a 0/1 label column may be empty off the requests
+    t = pa.table({"u": [k % 7 for k in range(80)], "i": [k % 5 for k in range(80)], "ts": list(range(1000, 1080)),
+                  "rating": [float("nan") if k == 30 else float(k % 5 + 1) for k in range(80)],
+                  "y": [None if k == 30 else k % 2 for k in range(80)]})
+    pq.write_table(t, tmp_path / "log.parquet")
+    (tmp_path / "c.toml").write_text(spec.format(req="").replace("log.csv", "log.parquet"))
+    res = CliRunner().invoke(main, ["import", str(tmp_path / "c.toml"), "--out", str(tmp_path / "c"), "--quiet"])
+    assert res.exit_code == 2 and "is empty on 1 request row(s)" in res.output, res.output
+    (tmp_path / "d.toml").write_text(spec.format(req='requests = "rating >= 1"\n').replace("log.csv", "log.parquet")
+                                     .replace('label = "rating >= 4"', 'label = "y"'))
+    _ok(["import", tmp_path / "d.toml", "--out", tmp_path / "d", "--quiet"])
 
 
 @pytest.mark.parametrize("column, values, message", [

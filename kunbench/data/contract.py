@@ -25,7 +25,6 @@ from typing import Iterator
 import numpy as np
 
 from kunbench.data.manifest import Column, Manifest
-from kunbench.errors import KunbenchError
 
 ID_ROLES = ("context_categorical", "context_multihot")
 DTYPES = {"int8": "int8", "int32": "int32", "int64": "int64", "float32": "float", "float64": "double",
@@ -78,6 +77,16 @@ def verify_contract(m: Manifest, max_problems: int = 50) -> list[str]:
     return problems
 
 
+def _normalised(t) -> str:
+    """How Arrow prints a type, without what does not change the values read: large vs plain lists,
+    the list field's name and its nullability (Spark writes `list<element: int64 not null>`)."""
+    import pyarrow as pa
+
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return f"list<element: {t.value_type}>"
+    return str(t)
+
+
 def schema_problems(m: Manifest, schema, rel: str) -> list[str]:
     """A file's columns against the manifest's: missing, unlisted, or of another dtype."""
     present = set(schema.names)
@@ -89,29 +98,10 @@ def schema_problems(m: Manifest, schema, rel: str) -> list[str]:
     if unlisted:
         out.append(f"{rel}: columns {', '.join(unlisted[:5])} are not in the manifest")
     for c in m.columns:
-        arrow = str(schema.field(c.name).type).replace("large_list", "list").replace("list<item:", "list<element:")
+        arrow = _normalised(schema.field(c.name).type)
         if c.dtype in DTYPES and arrow != DTYPES[c.dtype]:
             out.append(f"{rel}: column {c.name!r} is {arrow}, the manifest says {c.dtype}")
     return out
-
-
-def require_schemas(m: Manifest, skip_hint: str = "") -> None:
-    """Raise one line naming the first file whose columns or dtypes differ from the manifest's
-    (only the footers are read, so it costs nothing next to a pass): a float where an ID belongs
-    would otherwise be cast silently."""
-    import pyarrow.parquet as pq
-
-    for split, s in m.splits.items():
-        for f in s["files"]:
-            path = m.root / f.get("path", "")
-            if not path.is_file():
-                continue  # missing files are require_intact's to report
-            problems = schema_problems(m, pq.ParquetFile(path).schema_arrow, f["path"])
-            if problems:
-                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-                raise KunbenchError(f"dataset {m.root} does not match its manifest: {problems[0]}{more}; "
-                                    f"`kunbench inspect --verify` lists every problem"
-                                    + (f", or {skip_hint}" if skip_hint else ""))
 
 
 def _file_problems(m: Manifest, path, rel: str, span: list[int]) -> list[str]:

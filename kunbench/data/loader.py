@@ -295,7 +295,12 @@ class ParquetBatches(IterableDataset):
             for name in self._read_columns:
                 t = arrow_schema.field(name).type
                 is_list = pa.types.is_list(t) or pa.types.is_large_list(t)
-                if is_list != (expected[name].role in LIST_ROLES):
+                value_type = t.value_type if is_list else t
+                # an integer column holding floats or text would be cast (and truncated) silently;
+                # a narrower integer or float width reads fine
+                wants_int = expected[name].dtype.startswith(("int", "list<int"))
+                if is_list != (expected[name].role in LIST_ROLES) or (
+                        wants_int and not pa.types.is_integer(value_type)):
                     raise KunbenchError(f"shard {path} column {name!r} has type {t}, "
                                         f"which does not match manifest dtype {expected[name].dtype}")
             if "rows" in entry and int(entry["rows"]) != meta.num_rows:

@@ -92,13 +92,13 @@ def _text(a: pa.Array) -> pa.Array:
     return pc.cast(a, pa.string()) if not pa.types.is_string(a.type) else a
 
 
-# seconds past 1970 that no log reaches (the year 5138): a larger value counts a finer unit
+# seconds from 1970 that no log reaches (about 3,170 years): a larger value counts a finer unit
 MAX_SECONDS = 10**11
 
 
 def _seconds(a: pa.Array, name: str, unit: str = "s") -> np.ndarray:
     """Whole seconds, rounded down. A timestamp column carries its unit; a number counts `unit`
-    (`input.timestamp_unit`), and one that reads as past the year 5000 is refused rather than
+    (`input.timestamp_unit`), and one more than 3,000 years from 1970 is refused rather than
     taken as seconds (milliseconds read as seconds put every event thousands of years apart)."""
     if a.null_count:
         raise KunbenchError(f"input.timestamp: column {name!r} has empty values")
@@ -109,15 +109,19 @@ def _seconds(a: pa.Array, name: str, unit: str = "s") -> np.ndarray:
         values = a.to_numpy(zero_copy_only=False)
         if not np.isfinite(values).all():
             raise KunbenchError(f"input.timestamp: column {name!r} holds NaN or infinite values")
-        secs = np.floor(values / per_second).astype(np.int64)
+        secs = np.floor(values / per_second)
+        secs = np.clip(secs, -MAX_SECONDS - 1, MAX_SECONDS + 1).astype(np.int64)  # past the check below: refused
     elif pa.types.is_integer(a.type):
-        secs = a.to_numpy().astype(np.int64) // per_second
+        raw = a.to_numpy()
+        if raw.dtype == np.uint64 and raw.size and int(raw.max()) > np.iinfo(np.int64).max:
+            raise KunbenchError(f"input.timestamp: column {name!r} holds values beyond int64")
+        secs = raw.astype(np.int64) // per_second
     else:
         raise KunbenchError(f"input.timestamp: column {name!r} is {a.type}, not a number or a timestamp")
-    if secs.size and int(np.abs(secs).max()) > MAX_SECONDS:
-        top = float(np.abs(secs).max())
+    if secs.size and max(int(secs.max()), -int(secs.min())) > MAX_SECONDS:
+        top = float(max(int(secs.max()), -int(secs.min())))
         raise KunbenchError(f"input.timestamp: column {name!r} reaches {top:.3g} seconds (timestamp_unit = {unit!r}), "
-                            f"past the year 5000; if it counts ms, us or ns, set input.timestamp_unit")
+                            f"more than 3,000 years from 1970; if it counts ms, us or ns, set input.timestamp_unit")
     return secs
 
 
@@ -125,18 +129,22 @@ def _label(spec: ImportSpec, batch: pa.RecordBatch, requests: np.ndarray) -> np.
     cond = spec.label_condition
     if cond is not None:
         column = batch.column(cond.column)
-        # an empty value would compare false and silently become a 0 label on a request row
-        empty = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else None
-        if empty is not None and (empty & requests).any():
+        values = column.to_numpy(zero_copy_only=False)
+        # an empty value (null, or NaN in a float column) would compare false and silently become a
+        # 0 label on a request row
+        empty = column.is_null().to_numpy(zero_copy_only=False)
+        if values.dtype.kind == "f":
+            empty = empty | np.isnan(values)
+        if (empty & requests).any():
             raise KunbenchError(f"input.label: column {cond.column!r} is empty on {int((empty & requests).sum())} "
                                 f"request row(s); drop them from the log or exclude them with input.requests")
-        return cond.evaluate(column.to_numpy(zero_copy_only=False)).astype(np.int8)
+        return cond.evaluate(values).astype(np.int8)
     y = batch.column(spec.label).to_numpy(zero_copy_only=False)
-    bad = ~np.isin(y, (0, 1))
+    bad = ~np.isin(y, (0, 1)) & requests  # a row that is no request needs no label
     if bad.any():
         raise KunbenchError(f"input.label: column {spec.label!r} holds {np.asarray(y[bad][:1]).tolist()[0]!r}; a label column must be 0 or 1 "
                             f"(or write a condition, e.g. \"{spec.label} >= 4\")")
-    return y.astype(np.int8)
+    return np.where(requests, y, 0).astype(np.int8)
 
 
 def _events(spec: ImportSpec, batch: pa.RecordBatch) -> np.ndarray:

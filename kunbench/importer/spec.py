@@ -171,6 +171,8 @@ class ImportSpec:
             if d[side] is not None:
                 d[side]["source"]["path"] = str(d[side]["source"]["path"])
         d.pop("extra")
+        if d["timestamp_unit"] == "s":  # the default leaves a spec's fingerprint as it was before the key
+            d.pop("timestamp_unit")
         return d
 
 
@@ -266,7 +268,7 @@ def load_spec(path: str | Path) -> ImportSpec:
         raise KunbenchError(f"output.buckets must be an integer in [1, 1024], got {buckets!r}")
     requests = inp.get("requests")
     unit = inp.get("timestamp_unit", "s")
-    if unit not in TIMESTAMP_UNITS:
+    if not isinstance(unit, str) or unit not in TIMESTAMP_UNITS:
         raise KunbenchError(f"input.timestamp_unit must be one of {', '.join(TIMESTAMP_UNITS)}, got {unit!r}")
     spec = ImportSpec(
         source=source, user=_str(inp, "user", "input"), item=_str(inp, "item", "input"),

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from kunbench import overrides
-from kunbench.data.contract import require_schemas
 from kunbench.data.manifest import Manifest, load_manifest, manifest_fingerprint, require_intact
 from kunbench.backends.common import kernels_of
 from kunbench.errors import KunbenchError
@@ -161,9 +160,7 @@ def run_training(backend: str, data: str | Path | None = None, *, preset: str | 
         if manifest.split_rows("eval") == 0 and log is not None and ctx.is_main:
             log(f"warning: {data} has no eval rows, so NE, AUC and gap closed below are n/a")
         if cfg.verify_data:  # a damaged shard must never train silently (sha256 is cheap next to a pass)
-            skip = "skip this check with --no-verify (train) or --set train.verify_data=false"
-            require_intact(manifest, skip)
-            require_schemas(manifest, skip)
+            require_intact(manifest, "skip this check with --no-verify (train) or --set train.verify_data=false")
         schema = manifest.schema
         notes = spec.notes(model_cfg, schema)
         for note in notes if log is not None and ctx.is_main else []:
