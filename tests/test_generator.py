@@ -180,20 +180,26 @@ def test_resume_after_interruption(tmp_path):
     assert _parts(root) == reference
 
 
-def test_interrupted_shard_leaves_no_partial_file(tmp_path):
+def _first_shard(tmp_path):
+    """(write(**kwargs), train dir) for the first shard of a small dataset, nothing written yet."""
     cfg = _fast_config()
     world = build_world(cfg)
     calib = calibrate(world)
     root = tmp_path / "d"
     (root / "train").mkdir(parents=True)
     spec = plan_shards(cfg)[0]
+    return (lambda **kw: write_shard(world, calib, spec, root, cfg.fingerprint(), **kw)), root / "train"
+
+
+def test_interrupted_shard_leaves_no_partial_file(tmp_path):
+    write, train = _first_shard(tmp_path)
 
     def boom(n):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        write_shard(world, calib, spec, root, cfg.fingerprint(), on_chunk=boom)
-    assert list((root / "train").iterdir()) == []
+        write(on_chunk=boom)
+    assert list(train.iterdir()) == []
 
 
 def test_a_failed_row_group_write_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -201,12 +207,7 @@ def test_a_failed_row_group_write_leaves_no_partial_file(tmp_path, monkeypatch):
     thread stops, and the temp file is removed."""
     import pyarrow.parquet as pq
 
-    cfg = _fast_config()
-    world = build_world(cfg)
-    calib = calibrate(world)
-    root = tmp_path / "d"
-    (root / "train").mkdir(parents=True)
-    spec = plan_shards(cfg)[0]
+    write, train = _first_shard(tmp_path)
     real = pq.ParquetWriter.write_table
     calls = []
 
@@ -218,9 +219,9 @@ def test_a_failed_row_group_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pq.ParquetWriter, "write_table", failing)
     with pytest.raises(OSError, match="disk full"):
-        write_shard(world, calib, spec, root, cfg.fingerprint())
+        write()
     assert len(calls) == 2
-    assert list((root / "train").iterdir()) == []
+    assert list(train.iterdir()) == []
 
 
 # ---- the output directory -------------------------------------------------------------------
