@@ -67,8 +67,13 @@ def gpu_info() -> dict[str, Any]:
             "devices": devices,
             **({} if devices else {"reason": "no GPU (NVML reports 0 devices)"}),
         }
+    except Exception as exc:  # a query a container or MIG slice refuses: the run's result still gets written
+        return {"available": False, "reason": f"NVML query failed: {exc}"}
     finally:
-        pynvml.nvmlShutdown()
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
 
 
 def environment_stamp() -> dict[str, Any]:

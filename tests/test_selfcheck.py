@@ -36,3 +36,53 @@ def test_selfcheck_command_writes_one_result(tmp_path, monkeypatch):
     assert {"train_qps", "infer_qps", "train_aten_ops_per_step"} <= names
     assert any("not checked" in n for n in doc["notes"])
     assert "GDPA kernels: skipped" in " ".join(doc["extra"]["unchecked"])
+
+
+def test_a_failing_backend_is_a_row_and_the_result_is_still_written(tmp_path, monkeypatch):
+    """On a lent GPU one out-of-memory backend must not lose the other backends' figures."""
+    import kunbench.suites.selfcheck as sc
+
+    real = sc.build_model
+
+    def build(ctx, built):
+        if built.spec.name == "wukong":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(ctx, built)
+
+    monkeypatch.setattr(sc, "build_model", build)
+    monkeypatch.setenv("KUNBENCH_CACHE", str(tmp_path / "cache"))
+    res = CliRunner().invoke(main, ["selfcheck", "-b", "wukong,logreg", "--preset", "tiny", "--device", "cpu",
+                                    "--set", "selfcheck.kernels=false", "--set", "selfcheck.compile=false",
+                                    "--set", "selfcheck.batch_size=16", "--set", "selfcheck.window_s=0.02",
+                                    "--out", str(tmp_path / "res")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(next((tmp_path / "res").glob("suite-selfcheck-*.json")).read_text())
+    assert any("wukong eager train/infer: FAIL: RuntimeError: CUDA out of memory" in u
+               for u in doc["extra"]["unchecked"])
+    assert any(m["name"] == "train_qps" and m["backend"] == "logreg" for m in doc["metrics"])
+
+
+def test_float32_on_a_gpu_is_held_to_tf32_precision():
+    from kunbench.suites.selfcheck import TOLERANCE, tolerance
+
+    assert tolerance(torch.float32, cuda=False) == TOLERANCE[torch.float32] == 1e-4
+    assert tolerance(torch.float32, cuda=True) == 2e-3  # tl.dot rounds fp32 inputs to TF32 on a GPU
+    assert tolerance(torch.bfloat16, cuda=True) == TOLERANCE[torch.bfloat16]
+
+
+def test_an_nvml_query_that_fails_is_reported_not_raised(monkeypatch):
+    import sys
+    import types
+
+    from kunbench.environment import gpu_info
+
+    class NVMLError(Exception):
+        pass
+
+    def refused(*_):
+        raise NVMLError("Insufficient Permissions")
+
+    fake = types.SimpleNamespace(nvmlInit=lambda: None, nvmlShutdown=refused, nvmlSystemGetDriverVersion=refused)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    info = gpu_info()
+    assert info["available"] is False and "Insufficient Permissions" in info["reason"]
