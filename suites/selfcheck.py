@@ -203,6 +203,7 @@ def backend_runs(ctx: SuiteContext, batch_size: int, window_s: float, compile_: 
             row["kernels"] = f"FAIL: {type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"
             unchecked.append(f"{name} eager train/infer: {row['kernels']}")
             ctx.log(f"selfcheck: {name}: {row['kernels']}")
+            model = None  # noqa: F841 - drop the failed model before the next one is built
             if cuda:
                 torch.cuda.empty_cache()
         if compile_ and time.perf_counter() > deadline:
