@@ -91,10 +91,10 @@ def _row_sum(row: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(row, weights=weights, minlength=n) if row.size else np.zeros(n)
 
 
-def _per_event(cols: EventColumns):
-    """`f(per_row) -> per_row[cols.row]`, as a repeat by the row lengths (the events of a row are
-    contiguous and rows come in order, so it is the same array, read sequentially)."""
-    return lambda per_row: np.repeat(per_row, cols.lengths, axis=0)
+def _per_event(cols: EventColumns, per_row: np.ndarray) -> np.ndarray:
+    """`per_row[cols.row]`, as a repeat by the row lengths: the events of a row are contiguous and
+    rows come in order, so it is the same array, read sequentially rather than gathered."""
+    return np.repeat(per_row, cols.lengths, axis=0)
 
 
 def newest_events(cols: EventColumns, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,10 +131,7 @@ def history_features(world: World, chunk: Chunk, events: dict, active: frozenset
         if cols.item.size == 0:
             continue
         row = cols.row
-        # events are grouped by row in order, so a per-row value repeated by the row lengths is
-        # the same array as a gather by `row`, read sequentially
-        ad_row = _per_event(cols)
-        age = (ad_row(chunk.request_ts) - cols.ts).astype(np.float64)
+        age = (_per_event(cols, chunk.request_ts) - cols.ts).astype(np.float64)
         decay = None
         if need_s:
             s = world.similarity(cols.item, cols.category, u, row, lengths=cols.lengths)
@@ -155,7 +152,7 @@ def history_features(world: World, chunk: Chunk, events: dict, active: frozenset
                 peak_parts.append((row, s))
                 np.maximum(peak_max, segment_max(s, cols.offsets, cols.lengths), out=peak_max)
         if "repeat" in active:
-            hit = np.flatnonzero(cols.item == ad_row(chunk.ad))
+            hit = np.flatnonzero(cols.item == _per_event(cols, chunk.ad))
             if hit.size:
                 w = (decay[hit] if decay is not None
                      else np.exp(age[hit] * (-1.0 / (ev.recency_days * 86400.0))))
@@ -167,7 +164,7 @@ def history_features(world: World, chunk: Chunk, events: dict, active: frozenset
             w = world.transition_weight[k] * position_weight[rank]
             transition += _row_sum(sel_row, w * aff, n)
         if "time_gap" in active:
-            hit = np.flatnonzero(cols.category == ad_row(chunk.ad_category))
+            hit = np.flatnonzero(cols.category == _per_event(cols, chunk.ad_category))
             if hit.size:
                 cycle = world.cycle_days[cols.category[hit]] * 86400.0
                 z = np.log(age[hit] / cycle) * (1.0 / sig.cycle_width)
@@ -209,12 +206,12 @@ def _fatigue(world: World, chunk: Chunk, events: dict) -> np.ndarray:
         return np.zeros(n)
     exposure, engagement = events[streams[0]], events[streams[1]]
     last = np.full(n, np.iinfo(np.int64).min)
-    hit = np.flatnonzero(engagement.category == _per_event(engagement)(chunk.ad_category))
+    hit = np.flatnonzero(engagement.category == _per_event(engagement, chunk.ad_category))
     if hit.size:
         np.maximum.at(last, engagement.row[hit], engagement.ts[hit])
     row = exposure.row
-    per_event = _per_event(exposure)
-    keep = np.flatnonzero((exposure.category == per_event(chunk.ad_category)) & (exposure.ts > per_event(last)))
+    keep = np.flatnonzero((exposure.category == _per_event(exposure, chunk.ad_category))
+                          & (exposure.ts > _per_event(exposure, last)))
     if keep.size == 0:
         return np.zeros(n)
     r = row[keep]

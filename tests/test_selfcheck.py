@@ -22,16 +22,21 @@ def test_gdpa_checks_pass_on_cpu():
     assert all(r["rel_err"] is not None and r["rel_err"] < 1e-4 for r in rows)
 
 
-def test_selfcheck_command_writes_one_result(tmp_path, monkeypatch):
+def _quick_selfcheck(tmp_path, monkeypatch, backends: str) -> dict:
+    """A CPU selfcheck of the tiny presets without kernels or compile; its one result file."""
     monkeypatch.setenv("KUNBENCH_CACHE", str(tmp_path / "cache"))
-    res = CliRunner().invoke(main, ["selfcheck", "-b", "wukong", "--preset", "tiny", "--device", "cpu",
+    res = CliRunner().invoke(main, ["selfcheck", "-b", backends, "--preset", "tiny", "--device", "cpu",
                                     "--set", "selfcheck.kernels=false", "--set", "selfcheck.compile=false",
                                     "--set", "selfcheck.batch_size=16", "--set", "selfcheck.window_s=0.02",
                                     "--out", str(tmp_path / "res")])
     assert res.exit_code == 0, res.output
     files = list((tmp_path / "res").glob("suite-selfcheck-*.json"))
     assert len(files) == 1
-    doc = json.loads(files[0].read_text())
+    return json.loads(files[0].read_text())
+
+
+def test_selfcheck_command_writes_one_result(tmp_path, monkeypatch):
+    doc = _quick_selfcheck(tmp_path, monkeypatch, "wukong")
     names = {m["name"] for m in doc["metrics"]}
     assert {"train_qps", "infer_qps", "train_aten_ops_per_step"} <= names
     assert any("not checked" in n for n in doc["notes"])
@@ -50,13 +55,7 @@ def test_a_failing_backend_is_a_row_and_the_result_is_still_written(tmp_path, mo
         return real(ctx, built)
 
     monkeypatch.setattr(sc, "build_model", build)
-    monkeypatch.setenv("KUNBENCH_CACHE", str(tmp_path / "cache"))
-    res = CliRunner().invoke(main, ["selfcheck", "-b", "wukong,logreg", "--preset", "tiny", "--device", "cpu",
-                                    "--set", "selfcheck.kernels=false", "--set", "selfcheck.compile=false",
-                                    "--set", "selfcheck.batch_size=16", "--set", "selfcheck.window_s=0.02",
-                                    "--out", str(tmp_path / "res")])
-    assert res.exit_code == 0, res.output
-    doc = json.loads(next((tmp_path / "res").glob("suite-selfcheck-*.json")).read_text())
+    doc = _quick_selfcheck(tmp_path, monkeypatch, "wukong,logreg")
     assert any("wukong eager train/infer: FAIL: RuntimeError: CUDA out of memory" in u
                for u in doc["extra"]["unchecked"])
     assert any(m["name"] == "train_qps" and m["backend"] == "logreg" for m in doc["metrics"])
