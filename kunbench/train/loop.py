@@ -87,7 +87,8 @@ def _train(model: nn.Module, batches: Iterable[Batch], cfg: TrainConfig, ctx: Di
            progress: ProgressFn | None, total_steps: int | None) -> TrainStats:
     device = ctx.device
     ts = make_train_step(model, cfg, ctx)
-    average = WeightAverage(ts.groups.dense, cfg.weight_ema) if cfg.weight_ema > 0 and ts.groups.dense else None
+    average = (WeightAverage(ts.optimizers.dense, cfg.weight_ema)
+               if cfg.weight_ema > 0 and ts.optimizers.dense else None)
     clock = CompileClock()
     ts.net.train()
 

@@ -26,6 +26,21 @@ from torch import nn
 
 from kunbench.errors import KunbenchError
 from kunbench.train.config import TrainConfig
+from kunbench.train.flat import FlatDense
+
+
+def sum_duplicate_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sparse row gradient as `(rows, values [U, ...])`, one entry per distinct row (sorted).
+
+    The same result as `grad.coalesce()` (bit for bit: duplicates are summed in their original
+    order), in about 0.4x the time on a CPU: one unique and one index_add_ instead of coalesce's
+    serial merge (28 ms against 11 ms for 172k lookups of a `small` batch)."""
+    if grad.is_coalesced():
+        return grad.indices()[0], grad.values()
+    rows, inverse = torch.unique(grad._indices()[0], sorted=True, return_inverse=True)
+    values = grad._values()
+    summed = values.new_zeros((rows.shape[0], *values.shape[1:])).index_add_(0, inverse, values)
+    return rows, summed
 
 
 class RowWiseAdagrad(torch.optim.Optimizer):
@@ -60,9 +75,8 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                                               dtype=torch.float32, device=p.device)
                 acc = state["sum"]
                 if grad.is_sparse:
-                    grad = grad.coalesce()
-                    rows = grad.indices()[0]
-                    values = grad.values().reshape(rows.shape[0], -1)
+                    rows, values = sum_duplicate_rows(grad)
+                    values = values.reshape(rows.shape[0], -1)
                     if rows.numel() == 0:
                         continue
                     acc.index_add_(0, rows, values.float().pow(2).mean(dim=1))
@@ -165,11 +179,15 @@ class Optimizers:
     def __init__(self, groups: ParamGroups, cfg: TrainConfig, sparse_grads: bool):
         self.cfg = cfg
         self.opts: list[torch.optim.Optimizer] = []
-        if groups.dense:
-            # foreach: one multi-tensor op per update stage instead of ~10 ops per parameter tensor
-            # (on a CPU the per-tensor loop was ~40% of a step's dispatched ops)
-            self.opts.append(torch.optim.AdamW(groups.dense, lr=cfg.lr, betas=tuple(cfg.betas),
-                                               weight_decay=cfg.weight_decay, fused=True))
+        # the dense parameters as one flat tensor (flat.py) where they share a dtype and device:
+        # clipping and AdamW then cost a handful of ops instead of ~14 per parameter tensor
+        self.flat = FlatDense(groups.dense) if FlatDense.supports(groups.dense) else None
+        self.dense: list[torch.Tensor] = [self.flat.param] if self.flat is not None else list(groups.dense)
+        self._dense_opt = None
+        if self.dense:
+            self._dense_opt = torch.optim.AdamW(self.dense, lr=cfg.lr, betas=tuple(cfg.betas),
+                                                weight_decay=cfg.weight_decay, fused=True)
+            self.opts.append(self._dense_opt)
         if groups.embedding:
             kind = cfg.embedding_optimizer
             if kind == "rowwise_adagrad":
@@ -200,10 +218,24 @@ class Optimizers:
             for g, lr in zip(opt.param_groups, base):
                 g["lr"] = lr * scale
 
+    def clip_dense_grad_norm_(self, max_norm: float) -> torch.Tensor | None:
+        """Clip the dense gradients to `max_norm` in place; their norm before clipping (None
+        without dense parameters)."""
+        if not self.dense:
+            return None
+        if self.flat is not None:
+            self.flat.gather_grads()
+        return torch.nn.utils.clip_grad_norm_(self.dense, max_norm, foreach=True)
+
     def zero_grad(self) -> None:
         for o in self.opts:
-            o.zero_grad(set_to_none=True)
+            if o is self._dense_opt and self.flat is not None:
+                self.flat.zero_grad()  # the views stay in place for the next backward
+            else:
+                o.zero_grad(set_to_none=True)
 
     def step(self) -> None:
+        if self.flat is not None:
+            self.flat.gather_grads()
         for o in self.opts:
             o.step()

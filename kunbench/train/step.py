@@ -57,7 +57,7 @@ class TrainStep:
         loss.backward()
         norm = None
         if self.cfg.clip_grad_norm is not None and self.groups.dense:
-            norm = torch.nn.utils.clip_grad_norm_(self.groups.dense, self.cfg.clip_grad_norm, foreach=True)
+            norm = self.optimizers.clip_dense_grad_norm_(self.cfg.clip_grad_norm)
             if check_norm is not None:
                 check_norm(norm)
         self.optimizers.step()
