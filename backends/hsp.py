@@ -99,9 +99,9 @@ class HSP(nn.Module):
         the work that grows with the events), then attend on a padded view."""
         d_e = s.shape[-1]
         h, dh = self.h, d_e // self.h
-        if isinstance(mask, Packed):
-            k, v = self.kv(s).view(s.shape[0], 2, h, dh).unbind(1)  # [N, H, dh]
-            k, v, mask = to_padded(k, mask), to_padded(v, mask), padded_mask(mask)
+        if isinstance(mask, Packed):  # one padded view of both: [B, T, 2, H, dh]
+            k, v = to_padded(self.kv(s).view(s.shape[0], 2, h, dh), mask).unbind(2)
+            mask = padded_mask(mask)
         else:
             k, v = self.kv(s).view(s.shape[0], s.shape[1], 2, h, dh).unbind(2)  # [B, T, H, dh]
         b = k.shape[0]
