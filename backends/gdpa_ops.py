@@ -137,8 +137,10 @@ def same_dtype(*tensors: torch.Tensor) -> list[torch.Tensor]:
 
 
 def gdpa_pffn(q: torch.Tensor, mask: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, activations: Sequence[str],
-              scale, position: str = "post", impl: str = "auto") -> torch.Tensor:
-    """PFFN mode: `q [B, T, H, d_h]`, `k, v [B, F, H, d_h]` -> `[B, T, H, d_h]`."""
+              scale, position: str = "post", impl: str = "auto", zero_padding: bool = True) -> torch.Tensor:
+    """PFFN mode: `q [B, T, H, d_h]`, `k, v [B, F, H, d_h]` -> `[B, T, H, d_h]`. A caller that
+    reads only the real rows (a packed stream's padded view) passes `zero_padding=False`, and the
+    torch path then skips zeroing the padded outputs (a full-size multiply and its backward)."""
     if _uses_triton(impl, q):
         return _triton(q, k, v, mask.sum(1), None, list(activations), scale, position, None, False)
     if len(set(activations)) > 1:
@@ -149,9 +151,11 @@ def gdpa_pffn(q: torch.Tensor, mask: torch.Tensor, k: torch.Tensor, v: torch.Ten
             a = torch.matmul(q[:, :, h], k[:, :, h].transpose(1, 2))  # [B, T, F]
             w = activation_fn(name)(a * scale if position == "pre" else a)
             outs.append(torch.matmul(w, _v_scaled(v[:, :, h], scale, position)))  # [B, T, dh]
-        return torch.stack(outs, dim=2) * mask[:, :, None, None]
-    out = head_product(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), activations, scale, position)
-    return out.transpose(1, 2) * mask[:, :, None, None]  # [B, T, H, dh]
+        out = torch.stack(outs, dim=2)
+    else:
+        out = head_product(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), activations, scale,
+                           position).transpose(1, 2)  # [B, T, H, dh]
+    return out * mask[:, :, None, None] if zero_padding else out
 
 
 def gdpa_seed_pool(seeds: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, *,

@@ -32,8 +32,8 @@ class GDPAPFFNBlock(nn.Module):
     def generate(self, x_sum_flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`[B, n_in]` -> K, V each `[B, F, H, d_h]`."""
         b = x_sum_flat.shape[0]
-        kv = self.weight_gen(x_sum_flat).view(b, 2, self.dff, self.h, self.d // self.h)
-        return kv[:, 0], kv[:, 1]
+        k, v = self.weight_gen(x_sum_flat).view(b, 2, self.dff, self.h, self.d // self.h).unbind(1)
+        return k, v
 
     def forward(self, s: torch.Tensor, mask, x_sum_flat: torch.Tensor, scale) -> torch.Tensor:
         """`s [B, T, d]` with `mask [B, T]`, or packed `s [N, d]` with a `packed.Packed` as `mask`
@@ -44,7 +44,7 @@ class GDPAPFFNBlock(nn.Module):
             z = self.ln(s)
             q = to_padded(z.view(n, self.h, d // self.h), mask)
             g = gdpa_pffn(q, padded_mask(mask), k, v, activations=self.activations, scale=scale,
-                          position=self.scale_position, impl=self.impl)
+                          position=self.scale_position, impl=self.impl, zero_padding=False)
             return s + self.rms(z + from_padded(g, mask).reshape(n, d))
         b, t, d = s.shape
         z = self.ln(s)
