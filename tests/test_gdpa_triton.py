@@ -331,3 +331,20 @@ def test_cuda_bf16_against_fp32_reference(monkeypatch, mode, window, activation)
     want = torch.autograd.grad(ref, ref_leaves, grad.to(torch.bfloat16).float())
     for name, a, b in zip("qkv", got, want):
         _assert_bf16_close(a, b, "d" + name)
+
+
+@pytest.mark.parametrize("tuned", [False, True])
+def test_launch_puts_samples_times_heads_on_the_unbounded_grid_axis(monkeypatch, tuned):
+    """CUDA caps grid axes 1 and 2 at 65,535 programs: B x heads (which passes that at 32k rows and
+    two heads) must be axis 0, the row blocks axis 1."""
+    grids = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            grids.append(grid(dict(BLOCK_M=16, BLOCK_N=16)) if callable(grid) else grid)
+            return lambda *args, **kwargs: None
+
+    monkeypatch.setattr(gdpa_triton, "_kernel", lambda name, interpret: (Kernel(), tuned))
+    gdpa_triton._launch("gdpa_fwd_kernel", 100, 70_000, "BLOCK_M", (), {})
+    (grid,) = grids
+    assert grid[0] == 70_000 and 1 <= grid[1] <= 7  # 100 rows in blocks of 16 or more

@@ -128,17 +128,18 @@ def _kernel(name: str, interpret: bool):
 
 
 def _launch(name: str, grid_rows: int, grid_bh: int, tile: str, args: tuple, consts: dict) -> None:
-    """Launch kernel `name` over (row blocks, B * heads-in-group); `tile` names the block along rows."""
+    """Launch kernel `name` over (B * heads-in-group, row blocks); `tile` names the block along rows."""
     interpret = interpreting()
     kern, tuned = _kernel(name, interpret)
     if grid_rows == 0 or grid_bh == 0:
         return
+    # (B * heads, row blocks): axis 0 takes up to 2^31 - 1 programs, axis 1 only 65,535
     if tuned:
-        grid = lambda meta: (triton_cdiv(grid_rows, meta[tile]), grid_bh)  # noqa: E731
+        grid = lambda meta: (grid_bh, triton_cdiv(grid_rows, meta[tile]))  # noqa: E731
         kern[grid](*args, **consts)
     else:
         blocks = dict(INTERPRET_BLOCKS if interpret else UNTUNED_GPU_BLOCKS)
-        grid = (triton_cdiv(grid_rows, blocks[tile]), grid_bh)
+        grid = (grid_bh, triton_cdiv(grid_rows, blocks[tile]))
         kern[grid](*args, **consts, **blocks)
 
 

@@ -78,10 +78,11 @@ def _act_and_grad(x, ACT: tl.constexpr):
 def _program(QOFF, KOFF, HEADS, NH, NQ, NK, BLOCK: tl.constexpr, BROADCAST_Q: tl.constexpr,
              JAGGED_KV: tl.constexpr, PADDED: tl.constexpr):
     """(first row of this program's block, its BLOCK rows, head, q row start, q length, output/dO
-    row start, k row start, k length): grid axis 0 walks the row blocks (of q or of k), axis 1
-    walks (sample, head in the group)."""
-    start = tl.program_id(0) * BLOCK
-    pid_bh = tl.program_id(1)
+    row start, k row start, k length): grid axis 0 walks (sample, head in the group), axis 1 the
+    row blocks (of q or of k). Samples x heads go on axis 0 because CUDA caps axes 1 and 2 at
+    65,535 programs, which a batch of 32k rows with two heads would pass."""
+    start = tl.program_id(1) * BLOCK
+    pid_bh = tl.program_id(0)
     b = pid_bh // NH
     h = tl.load(HEADS + pid_bh % NH).to(tl.int64)
     b64 = b.to(tl.int64)
