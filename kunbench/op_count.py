@@ -36,7 +36,9 @@ def _quiet_native_stderr():
 
 def count_ops(step: Callable[[], Any], device: torch.device) -> dict[str, int]:
     """Run `step()` once under the profiler: `{"aten_ops": n}` plus `{"cuda_launches": n}` on CUDA
-    (nested aten calls count once each, as dispatched)."""
+    (nested aten calls count once each, as dispatched). A CUDA step launches kernels, so a count of
+    zero means the profiler could not see them (CUPTI not permitted in a container) and the key is
+    left out rather than reported as 0."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
@@ -50,6 +52,8 @@ def count_ops(step: Callable[[], Any], device: torch.device) -> dict[str, int]:
     events = prof.events()
     out = {"aten_ops": sum(1 for e in events if e.name.startswith("aten::"))}
     if cuda:
-        out["cuda_launches"] = sum(1 for e in events if e.name in ("cudaLaunchKernel", "cuLaunchKernel",
-                                                                   "cudaLaunchKernelExC", "cuLaunchKernelEx"))
+        launches = sum(1 for e in events if e.name in ("cudaLaunchKernel", "cuLaunchKernel",
+                                                       "cudaLaunchKernelExC", "cuLaunchKernelEx"))
+        if launches:
+            out["cuda_launches"] = launches
     return out

@@ -264,7 +264,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
         tps = res["tp"]
         res.update({"train_qps": tps["train"].qps, "train_qps_std": std(tps["train"].window_qps),
                     "infer_qps": tps["infer"].qps, "infer_qps_std": std(tps["infer"].window_qps),
-                    "ops": tps["train"].ops.get("cuda_launches", tps["train"].ops.get("aten_ops")),
+                    "ops": tps["train"].ops.get("cuda_launches" if ctx.device.type == "cuda" else "aten_ops"),
                     "kernels": ", ".join(f"{k}={v}" for k, v in tps["train"].kernels.items()) or "-"})
         if mfu(res["flops"], res["train_qps"], peak, training=True, world_size=ctx.world_size) is not None:
             res["mfu"] = mfu(res["flops"], res["train_qps"], peak, training=True, world_size=ctx.world_size)

@@ -198,6 +198,9 @@ def backend_runs(ctx: SuiteContext, batch_size: int, window_s: float, compile_: 
                     row[m["name"]] = m["value"]
                 row["flops"] = tp.flops_per_example
                 row["kernels"] = ", ".join(f"{k}={v}" for k, v in tp.kernels.items()) or "-"
+                if mode == "train" and cuda and "cuda_launches" not in tp.ops:
+                    unchecked.append(f"{name}: CUDA kernel launches per step (the profiler saw none: "
+                                     "CUPTI may not be permitted here)")
             del model
         except Exception as exc:
             row["kernels"] = f"FAIL: {type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"
@@ -222,7 +225,7 @@ def backend_runs(ctx: SuiteContext, batch_size: int, window_s: float, compile_: 
                 row["compiled_preset"] = preset
                 row["compile_s"] = tp.compile_s
                 row["compiled_train_qps"] = tp.qps
-                row["compiled_aten_ops"] = tp.ops.get("cuda_launches", tp.ops.get("aten_ops"))
+                row["compiled_aten_ops"] = tp.ops.get("cuda_launches" if cuda else "aten_ops")
                 ms += [dict(m, name="compiled_" + m["name"])
                        for m in throughput_measurements(NAME, name, f"bs={batch_size} {preset}", tp, peak=peak,
                                                         world_size=ctx.world_size)]

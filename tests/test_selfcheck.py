@@ -85,3 +85,14 @@ def test_an_nvml_query_that_fails_is_reported_not_raised(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     info = gpu_info()
     assert info["available"] is False and "Insufficient Permissions" in info["reason"]
+
+
+def test_op_count_leaves_out_cuda_launches_it_could_not_see(monkeypatch):
+    """A CUDA step always launches kernels: a count of zero (CUPTI refused, as in some containers,
+    simulated here by a CPU step) must be absent, not a measured 0."""
+    import kunbench.op_count as op_count
+
+    monkeypatch.setattr(op_count, "sync", lambda device: None)
+    ops = op_count.count_ops(lambda: torch.ones(3) + 1, torch.device("cuda"))
+    assert ops["aten_ops"] > 0 and "cuda_launches" not in ops
+    assert op_count.count_ops(lambda: torch.ones(3) + 1, torch.device("cpu")).keys() == {"aten_ops"}
