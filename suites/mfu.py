@@ -6,7 +6,9 @@ lengths; a training step counts kunbench.hardware.TRAINING_FLOPS_MULTIPLIER x fo
 Peak: docs/measurement.md's table on known GPUs (unknown GPUs: no MFU, said so); on CPU the peak of a
 calibration GEMM measured at the start of the run, printed as such.
 
-Options (mfu.KEY=V): batch_size (default 256 reduced, 1024 with --full or on CUDA), window_s, warmup.
+Options (mfu.KEY=V): batch_size (default 256 reduced, 1024 with --full or on CUDA), window_s, warmup,
+interleave (default true: with several backends, each measured window visits them all in turn, so
+a host that slows down for a while does not bias the ratio between them).
 """
 
 from __future__ import annotations
@@ -14,10 +16,32 @@ from __future__ import annotations
 from kunbench.results import measurement
 from kunbench.hardware import device_peak, flops_convention, model_flops
 from kunbench.suites.context import SuiteContext, build_model, param_count, resolve_backend, world_note
-from kunbench.suites.throughput import measure_throughput, throughput_measurements
+from kunbench.suites.throughput import ThroughputProbe, measure_throughput, throughput_measurements
 from kunbench.suites.registry import SuiteOutput, SuiteSpec
 
 NAME = "mfu"
+
+
+def _row(ctx: SuiteContext, out: SuiteOutput, b: str, built, params: int, tps: dict, bs: int,
+         peak: dict) -> dict:
+    """One backend's table row from its train and infer throughput; its measurements go to `out`."""
+    row = {"backend": b, "preset": built.preset, "params": params}
+    for mode, tp in tps.items():
+        ms = [m for m in throughput_measurements(NAME, b, f"bs={bs}", tp, peak=peak, world_size=ctx.world_size)
+              if not m["name"].startswith("latency")]
+        step_flops = model_flops(tp.flops_per_example, training=mode == "train") * bs
+        ms.append(measurement(NAME, b, f"bs={bs}", f"{mode}_step_ms", tp.step_s * 1000.0, unit="ms",
+                              better="lower", spread_kind="median per-iteration time"))
+        ms.append(measurement(NAME, b, f"bs={bs}", f"{mode}_achieved_gflops", step_flops * tp.qps / bs / 1e9,
+                              unit="GFLOP/s", better="higher",
+                              samples=[step_flops * q / bs / 1e9 for q in tp.window_qps]))
+        out.measurements += ms
+        for m in ms:
+            row[m["name"]] = m["value"]
+            row[m["name"] + "_spread"] = m.get("spread")
+        row["flops"] = tp.flops_per_example
+        row["kernels"] = ", ".join(f"{k}={v}" for k, v in tp.kernels.items()) or "-"
+    return row
 
 
 def run(ctx: SuiteContext) -> SuiteOutput:
@@ -26,38 +50,44 @@ def run(ctx: SuiteContext) -> SuiteOutput:
     window_s = ctx.number_option("window_s", 2.0 if ctx.full else 0.75, maximum=3600)
     warmup = ctx.number_option("warmup", 10 if ctx.full else 3, integer=True, strict=False)
     windows = ctx.repeats(3)
+    interleave = bool(ctx.suite_option("interleave", True))
     peak = device_peak(ctx.device, ctx.dtype)
     ctx.log(f"mfu: device peak {peak['flops_per_s'] / 1e9:,.1f} GFLOP/s ({peak['source']})"
             if peak.get("flops_per_s") else f"mfu: {peak['source']}")
     backends = ctx.backends()
     out = SuiteOutput(backends=backends, config={"batch_size": bs, "window_s": window_s, "warmup": warmup,
-                                                 "windows": windows, "peak": peak, "backends": {}})
+                                                 "windows": windows, "interleave": interleave, "peak": peak,
+                                                 "backends": {}})
     rows = []
+    built_of = {b: resolve_backend(ctx, b) for b in backends}
     for b in backends:
-        built = resolve_backend(ctx, b)
-        out.config["backends"][b] = {"preset": built.preset}
-        model = build_model(ctx, built)
-        row = {"backend": b, "preset": built.preset, "params": param_count(model)}
-        for mode in ("train", "infer"):
-            ctx.log(f"mfu: {b} {mode} bs={bs} ...")
-            tp = measure_throughput(ctx, built, model, mode, bs, windows=windows, min_window_s=window_s, warmup=warmup)
-            ms = [m for m in throughput_measurements(NAME, b, f"bs={bs}", tp, peak=peak,
-                                                     world_size=ctx.world_size)
-                  if not m["name"].startswith("latency")]
-            step_flops = model_flops(tp.flops_per_example, training=mode == "train") * bs
-            ms.append(measurement(NAME, b, f"bs={bs}", f"{mode}_step_ms", tp.step_s * 1000.0, unit="ms",
-                                  better="lower", spread_kind="median per-iteration time"))
-            ms.append(measurement(NAME, b, f"bs={bs}", f"{mode}_achieved_gflops", step_flops * tp.qps / bs / 1e9,
-                                  unit="GFLOP/s", better="higher",
-                                  samples=[step_flops * q / bs / 1e9 for q in tp.window_qps]))
-            out.measurements += ms
-            for m in ms:
-                row[m["name"]] = m["value"]
-                row[m["name"] + "_spread"] = m.get("spread")
-            row["flops"] = tp.flops_per_example
-            row["kernels"] = ", ".join(f"{k}={v}" for k, v in tp.kernels.items()) or "-"
-        rows.append(row)
-        del model
+        out.config["backends"][b] = {"preset": built_of[b].preset}
+    if interleave and len(backends) > 1:
+        # every model built and warmed up first, then each window visits every backend in turn, so
+        # a host that slows down for a while (shared CPUs, clocks) slows them all alike
+        ctx.log(f"mfu: {len(backends)} backends at batch {bs}, {windows} interleaved windows ...")
+        models = {b: build_model(ctx, built_of[b]) for b in backends}
+        probes = {b: {mode: ThroughputProbe(ctx, built_of[b], models[b], mode, bs, min_window_s=window_s,
+                                            warmup=warmup, label=f"mfu {b} {mode}")
+                      for mode in ("train", "infer")} for b in backends}
+        for _ in range(windows):
+            for b in backends:
+                for probe in probes[b].values():
+                    probe.window()
+        for b in backends:
+            rows.append(_row(ctx, out, b, built_of[b], param_count(models[b]),
+                             {mode: probe.result() for mode, probe in probes[b].items()}, bs, peak))
+        del models, probes
+    else:
+        for b in backends:
+            model = build_model(ctx, built_of[b])
+            tps = {}
+            for mode in ("train", "infer"):
+                ctx.log(f"mfu: {b} {mode} bs={bs} ...")
+                tps[mode] = measure_throughput(ctx, built_of[b], model, mode, bs, windows=windows,
+                                               min_window_s=window_s, warmup=warmup)
+            rows.append(_row(ctx, out, b, built_of[b], param_count(model), tps, bs, peak))
+            del model
     peak_txt = (f"{peak['flops_per_s'] / 1e9:,.1f} GFLOP/s" if peak.get("flops_per_s") else "unknown")
     out.tables.append({
         "title": f"mfu: analytic FLOPs ({flops_convention(True)}) / step time / peak {peak_txt} (batch {bs})",
@@ -84,4 +114,4 @@ def run(ctx: SuiteContext) -> SuiteOutput:
 SUITE = SuiteSpec(NAME, f"Training-step MFU: analytic FLOPs ({flops_convention(True)}) vs device peak "
                         "(CPU: measured GEMM peak)",
                   run,
-                  options=('batch_size', 'warmup', 'window_s'))
+                  options=('batch_size', 'interleave', 'warmup', 'window_s'))

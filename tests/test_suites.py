@@ -243,6 +243,20 @@ def test_smoke_ne_and_qps(tiny_dataset, tmp_path):
     assert cmp.exit_code == 0, cmp.output
 
 
+@pytest.mark.parametrize("interleave", ["true", "false"])
+def test_mfu_measures_every_backend_interleaved_or_in_turn(tiny_dataset, tmp_path, interleave):
+    out = tmp_path / "res"
+    _run(["--suite", "mfu", "--backend", "wukong,logreg", "--data", tiny_dataset, "--device", "cpu",
+          "--set", "mfu.batch_size=16", "--set", "mfu.window_s=0.02", "--set", f"mfu.interleave={interleave}",
+          "--repeat", "2", "--out", out])
+    (mfu,) = _docs(out, "mfu")
+    assert mfu["config"]["interleave"] is (interleave == "true")
+    for b in ("wukong", "logreg"):
+        m = {x["name"]: x for x in mfu["metrics"] if x["backend"] == b}
+        assert m["train_step_ms"]["value"] > 0 and m["infer_step_ms"]["value"] > 0
+        assert len(m["train_qps"]["samples"]) == 2 and m["train_aten_ops_per_step"]["value"] > 0
+
+
 def test_smoke_mfu_scaling_ablation(tiny_dataset, tmp_path):
     out = tmp_path / "res"
     res = _run(["--suite", "mfu,scaling,ablation", "--backend", "wukong", "--data", tiny_dataset, "--device", "cpu",

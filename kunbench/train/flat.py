@@ -10,7 +10,15 @@ FlatParameter.
 
 Numbers are unchanged: AdamW is element-wise, and a gradient added into a zeroed slice is the
 gradient itself. Only the clip norm is summed in another order, which moves the clip factor in
-its last bits on the steps where clipping is active.
+its last bits on the steps where clipping is active. One semantic difference: a parameter that
+gets no gradient in a step has a zero gradient here, not None, so AdamW still decays it and
+applies its momentum (per-tensor AdamW skips it). Every shipped backend uses all its dense
+parameters in every step (a test checks this); a plugin backend with conditionally unused
+parameters sees that difference.
+
+Each slice starts on a 16-element boundary (64 bytes in fp32), as FSDP's FlatParameter pads, so a
+parameter with an odd size does not leave every later one unaligned for vectorized kernels. The
+gaps hold zeros and their gradients stay zero, so they never move.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ import torch
 
 from kunbench.errors import KunbenchError
 
+ALIGN = 16  # elements: each slice starts on a 64-byte boundary in fp32
+
 
 class FlatDense:
     """Owns `param` (the flat leaf the dense optimizer updates, with `param.grad`) and keeps every
@@ -26,21 +36,24 @@ class FlatDense:
 
     def __init__(self, params: list[torch.Tensor]):
         first = params[0]
-        with torch.no_grad():
-            flat = torch.cat([p.detach().reshape(-1) for p in params])
+        offsets, total = [], 0
+        for p in params:
+            offsets.append(total)
+            total += -(-p.numel() // ALIGN) * ALIGN
+        flat = torch.zeros(total, dtype=first.dtype, device=first.device)
         grad = torch.zeros_like(flat)
         self.params = params
         self._slices: list[torch.Tensor] = []
         self._data_ptrs: list[int] = []
-        offset = 0
-        for p in params:
+        for p, offset in zip(params, offsets):
             n = p.numel()
+            with torch.no_grad():
+                flat[offset:offset + n].copy_(p.detach().reshape(-1))
             p.data = flat[offset:offset + n].view_as(p)
             self._data_ptrs.append(p.data_ptr())
             view = grad[offset:offset + n].view_as(p)
             p.grad = view
             self._slices.append(view)
-            offset += n
         self.param = flat.requires_grad_(first.requires_grad)
         self.param.grad = grad
 
