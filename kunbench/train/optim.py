@@ -32,8 +32,9 @@ from kunbench.train.flat import FlatDense
 def sum_duplicate_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A sparse row gradient as `(rows, values [U, ...])`, one entry per distinct row (sorted).
 
-    The same result as `grad.coalesce()` (bit for bit on a CPU, where both sum duplicates in their
-    original order; a GPU's atomic adds may round differently), in about 0.4x the time on a CPU: one unique and one index_add_ instead of coalesce's
+    The same rows as `grad.coalesce()` and the same sums up to float rounding (duplicates are added
+    in another order; deterministic on a CPU, where index_add_ adds them in input order), in about
+    0.4x the time on a CPU: one unique and one index_add_ instead of coalesce's
     serial merge (28 ms against 11 ms for 172k lookups of a `small` batch)."""
     if grad.is_coalesced():
         return grad.indices()[0], grad.values()
