@@ -129,7 +129,7 @@ def test_sum_duplicate_rows_is_coalesce(rows, width):
     ref = grad.coalesce()
     assert torch.equal(got_rows, ref.indices()[0])
     # the duplicates are summed in another order than coalesce's: equal up to float rounding
-    torch.testing.assert_close(got_values, ref.values(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_values, ref.values(), rtol=1e-5, atol=1e-4)
     again_rows, again_values = sum_duplicate_rows(grad)
     assert torch.equal(again_rows, got_rows) and torch.equal(again_values, got_values)  # deterministic
 
