@@ -70,7 +70,8 @@ def _kernel_name(choice: str, device_type: str, dtype: str | None) -> str:
         raise KunbenchError(f"gdpa={choice}: {e}") from None
 
 
-def _uses_triton(choice: str, t: torch.Tensor) -> bool:
+def uses_triton(choice: str, t: torch.Tensor) -> bool:
+    """Whether a GDPA call with config value `choice` on `t` runs the fused kernels."""
     return _kernel_name(str(choice), t.device.type, str(_compute_dtype(t))) == "triton"
 
 
@@ -141,7 +142,7 @@ def gdpa_pffn(q: torch.Tensor, mask: torch.Tensor, k: torch.Tensor, v: torch.Ten
     """PFFN mode: `q [B, T, H, d_h]`, `k, v [B, F, H, d_h]` -> `[B, T, H, d_h]`. A caller that
     reads only the real rows (a packed stream's padded view) passes `zero_padding=False`, and the
     torch path then skips zeroing the padded outputs (a full-size multiply and its backward)."""
-    if _uses_triton(impl, q):
+    if uses_triton(impl, q):
         return _triton(q, k, v, mask.sum(1), None, list(activations), scale, position, None, False)
     if len(set(activations)) > 1:
         # mixed activations: one product per head, so the activated scores are never stacked
@@ -163,7 +164,7 @@ def gdpa_seed_pool(seeds: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
                    impl: str = "auto") -> torch.Tensor:
     """Seed-pooling mode: `seeds [n, H, d_h]` shared by the batch attend over `k, v [B, T, H, d_h]`
     (real rows where `mask`) -> `[B, n, H, d_h]`; a row without events pools to zero."""
-    if _uses_triton(impl, k):
+    if uses_triton(impl, k):
         return _triton(seeds, k, v, None, mask.sum(1), list(activations), scale, position, None, True)
     out = head_product(seeds.transpose(0, 1)[None], k.transpose(1, 2), v.transpose(1, 2), activations, scale,
                        position, keep=mask[:, None, None, :])  # [B, H, n, dh]
@@ -174,7 +175,7 @@ def gdpa_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
                         activations: Sequence[str], scale, position: str = "post",
                         window: int | None = None, impl: str = "auto") -> torch.Tensor:
     """Self-attention mode over one sequence (`[B, T, H, d_h]` each), keys `|i - j| <= window`."""
-    if _uses_triton(impl, q):
+    if uses_triton(impl, q):
         lengths = mask.sum(1)
         return _triton(q, k, v, lengths, lengths, list(activations), scale, position, window, False)
     t = q.shape[1]
@@ -189,4 +190,4 @@ def gdpa_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
 
 
 __all__ = ["GDPAKernel", "GDPA_CHOICES", "gdpa_pffn", "gdpa_seed_pool", "gdpa_self_attention", "head_product",
-           "normalize_choice", "resolve_gdpa"]
+           "normalize_choice", "resolve_gdpa", "uses_triton"]

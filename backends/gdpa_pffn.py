@@ -13,16 +13,16 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from kunbench.backends.gdpa_ops import gdpa_pffn
+from kunbench.backends.gdpa_ops import gdpa_pffn, uses_triton
 from kunbench.backends.modules import MLP
-from kunbench.backends.packed import Packed, from_padded, padded_mask, to_padded
+from kunbench.backends.packed import Packed, from_groups, from_padded, padded_mask, to_groups, to_padded
 
 
 class GDPAPFFNBlock(nn.Module):
     def __init__(self, n_in: int, d: int, heads: int, dff: int, hidden: int, activations: Sequence[str],
-                 scale_position: str = "post", impl: str = "auto"):
+                 scale_position: str = "post", impl: str = "auto", row_groups: int = 1):
         super().__init__()
-        self.d, self.h, self.dff = d, heads, dff
+        self.d, self.h, self.dff, self.row_groups = d, heads, dff, row_groups
         self.activations = list(activations)
         self.scale_position, self.impl = scale_position, impl
         self.weight_gen = MLP([n_in, hidden, 2 * dff * d], act="relu")
@@ -40,17 +40,27 @@ class GDPAPFFNBlock(nn.Module):
         (the product with each row's K/V runs on a padded view of the queries)."""
         k, v = self.generate(x_sum_flat)
         if isinstance(mask, Packed):
-            n, d = s.shape
-            z = self.ln(s)
-            q = to_padded(z.view(n, self.h, d // self.h), mask)
-            g = gdpa_pffn(q, padded_mask(mask), k, v, activations=self.activations, scale=scale,
-                          position=self.scale_position, impl=self.impl, zero_padding=False)
-            return s + self.rms(z + from_padded(g, mask).reshape(n, d))
+            return self._packed(s, mask, k, v, scale)
         b, t, d = s.shape
         z = self.ln(s)
         g = gdpa_pffn(z.view(b, t, self.h, d // self.h), mask, k, v, activations=self.activations, scale=scale,
                       position=self.scale_position, impl=self.impl).reshape(b, t, d)
         return s + self.rms(z + g)
+
+    def _packed(self, s: torch.Tensor, p: Packed, k: torch.Tensor, v: torch.Tensor, scale) -> torch.Tensor:
+        """The product runs per row group on the torch path (the fused kernel skips padding itself)."""
+        n, d = s.shape
+        z = self.ln(s)
+        zh = z.view(n, self.h, d // self.h)
+        kw = dict(activations=self.activations, scale=scale, position=self.scale_position, impl=self.impl,
+                  zero_padding=False)
+        groups = None if uses_triton(self.impl, zh) else p.groups(self.row_groups)
+        if groups is None:
+            g = from_padded(gdpa_pffn(to_padded(zh, p), padded_mask(p), k, v, **kw), p)
+        else:
+            g = from_groups([gdpa_pffn(q, m, kg, vg, **kw) for q, m, kg, vg in
+                             zip(to_groups(zh, groups), groups.masks(), groups.rows(k), groups.rows(v))], groups)
+        return s + self.rms(z + g.reshape(n, d))
 
     @staticmethod
     def flops(length, d: int, dff: int, n_in: int, hidden: int):

@@ -23,8 +23,8 @@ import math
 import torch
 from torch import nn
 
-from kunbench.backends.gdpa_ops import gdpa_seed_pool
-from kunbench.backends.packed import Packed, padded_mask, to_padded
+from kunbench.backends.gdpa_ops import gdpa_seed_pool, uses_triton
+from kunbench.backends.packed import Packed, padded_mask, to_groups, to_padded
 from kunbench.backends.modules import PMA, masked_attention
 
 
@@ -82,9 +82,11 @@ def nonempty_key_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class HSP(nn.Module):
     def __init__(self, d_e: int, d: int, heads: int, n_tok: int, seed_factor: int = 4, k: int = 4,
                  sumkron: bool = True, seed_attention: str = "gdpa", seed_activation: str = "silu",
-                 scale_position: str = "post", gdpa_impl: str = "auto", attention_kernel: str = "sdpa"):
+                 scale_position: str = "post", gdpa_impl: str = "auto", attention_kernel: str = "sdpa",
+                 row_groups: int = 1):
         super().__init__()
         self.d_e, self.h, self.n_tok, self.n_seed = d_e, heads, n_tok, seed_factor * n_tok
+        self.row_groups = row_groups
         self.seed_attention, self.seed_activation = seed_attention, seed_activation
         self.scale_position, self.gdpa_impl, self.fused = scale_position, gdpa_impl, attention_kernel == "sdpa"
         self.seeds = nn.Parameter(torch.randn(self.n_seed, d_e) * d_e ** -0.5)
@@ -96,24 +98,35 @@ class HSP(nn.Module):
     def pool(self, s: torch.Tensor, mask, scale) -> torch.Tensor:
         """Seed attention: `[B, T, d_e]` with `mask [B, T]` (or packed `[N, d_e]` with its `Packed`)
         -> `[B, n_seed, d_e]`. Packed tokens get their keys and values packed (the projection is
-        the work that grows with the events), then attend on a padded view."""
+        the work that grows with the events), then attend on a padded view, one per row group
+        (`packed.RowGroups`) unless the fused GDPA kernel runs, which skips padding itself."""
         d_e = s.shape[-1]
         h, dh = self.h, d_e // self.h
         if isinstance(mask, Packed):  # one padded view of both: [B, T, 2, H, dh]
-            k, v = to_padded(self.kv(s).view(s.shape[0], 2, h, dh), mask).unbind(2)
+            kv = self.kv(s).view(s.shape[0], 2, h, dh)
+            fused = self.seed_attention == "gdpa" and uses_triton(self.gdpa_impl, kv)
+            groups = None if fused else mask.groups(self.row_groups)
+            if groups is not None:
+                return groups.unrows([self._attend(*x.unbind(2), m, scale)
+                                      for x, m in zip(to_groups(kv, groups), groups.masks())])
+            k, v = to_padded(kv, mask).unbind(2)
             mask = padded_mask(mask)
         else:
             k, v = self.kv(s).view(s.shape[0], s.shape[1], 2, h, dh).unbind(2)  # [B, T, H, dh]
-        b = k.shape[0]
+        return self._attend(k, v, mask, scale)
+
+    def _attend(self, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale) -> torch.Tensor:
+        """The seeds over padded `k, v [b, T, H, dh]` with `mask [b, T]` -> `[b, n_seed, d_e]`."""
+        b, _, h, dh = k.shape
         q = self.seeds.view(self.n_seed, h, dh)
         if self.seed_attention == "gdpa":
             o = gdpa_seed_pool(q, k, v, mask, activations=[self.seed_activation] * h, scale=scale,
                                position=self.scale_position, impl=self.gdpa_impl)  # [B, n_seed, H, dh]
-            return o.reshape(b, self.n_seed, d_e)
+            return o.reshape(b, self.n_seed, h * dh)
         km, has = nonempty_key_mask(mask)
         o = masked_attention(q.transpose(0, 1)[None], k.transpose(1, 2), v.transpose(1, 2), km, self.fused)
         o = o * has[:, None, None, None]
-        return o.transpose(1, 2).reshape(b, self.n_seed, d_e)
+        return o.transpose(1, 2).reshape(b, self.n_seed, h * dh)
 
     def forward(self, s: torch.Tensor, mask, scale) -> torch.Tensor:
         return self.norm(self.compress(self.pool(s, mask, scale)))
@@ -130,18 +143,27 @@ class HSP(nn.Module):
 class PMASummary(nn.Module):
     """`summary = pma`: InterFormer's PMA with `n_tok` seeds, projected `d_e -> d` if needed."""
 
-    def __init__(self, d_e: int, d: int, heads: int, n_tok: int, attention_kernel: str = "sdpa"):
+    def __init__(self, d_e: int, d: int, heads: int, n_tok: int, attention_kernel: str = "sdpa",
+                 row_groups: int = 1):
         super().__init__()
+        self.row_groups = row_groups
         self.pma = PMA(d_e, heads, n_tok, fused=attention_kernel == "sdpa")
         self.proj = nn.Linear(d_e, d, bias=False) if d_e != d else None
         self.norm = nn.LayerNorm(d)
 
     def forward(self, s: torch.Tensor, mask, scale) -> torch.Tensor:
-        if isinstance(mask, Packed):  # PMA on a padded view
+        if isinstance(mask, Packed):  # PMA on a padded view, one per row group
+            groups = mask.groups(self.row_groups)
+            if groups is not None:
+                o = groups.unrows([self._pool(x, m) for x, m in zip(to_groups(s, groups), groups.masks())])
+                return self.norm(o if self.proj is None else self.proj(o))
             s, mask = to_padded(s, mask), padded_mask(mask)
-        km, has = nonempty_key_mask(mask)
-        o = self.pma(s, km) * has[:, None, None]
+        o = self._pool(s, mask)
         return self.norm(o if self.proj is None else self.proj(o))
+
+    def _pool(self, s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        km, has = nonempty_key_mask(mask)
+        return self.pma(s, km) * has[:, None, None]
 
     @staticmethod
     def flops(length, d_e: int, d: int, n_tok: int):

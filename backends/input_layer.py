@@ -267,7 +267,9 @@ class InputLayer(nn.Module):
             index, offsets = truncate_recent_index(offsets, cap)
             item, category, ts = item[index], category[index], ts[index]
             longest = cap
-        return item, category, ts, packed.plan(offsets, item.shape[0], longest)
+        # kept = min(length, cap) keeps the sorted order, so the slices' bounds clamp the same way
+        slices = tuple(min(w, longest) for w in batch.length_slices.get(event_type, ()))
+        return item, category, ts, packed.plan(offsets, item.shape[0], longest, slices)
 
     def _padded_stream(self, batch: Batch, event_type: str) -> jagged.PaddedStreams:
         """One stream cut to its most recent events, as padded ID columns `[B, width]`."""

@@ -53,11 +53,11 @@ __all__ = ["KunlunConfig", "KunlunModel", "PRESETS", "SPEC", "StreamConfig", "bu
 
 def make_summary(config: KunlunConfig, sc: StreamConfig) -> nn.Module:
     if config.summary == "pma":
-        return PMASummary(sc.d, config.d, sc.heads, sc.n_tok, config.attention_kernel)
+        return PMASummary(sc.d, config.d, sc.heads, sc.n_tok, config.attention_kernel, config.row_groups)
     return HSP(sc.d, config.d, sc.heads, sc.n_tok, config.seed_factor, config.sumkron_k,
                sumkron=config.sumkron == "on", seed_attention=config.seed_attention,
                seed_activation=config.seed_activation, scale_position=config.gdpa_scale_position,
-               gdpa_impl=config.gdpa, attention_kernel=config.attention_kernel)
+               gdpa_impl=config.gdpa, attention_kernel=config.attention_kernel, row_groups=config.row_groups)
 
 
 def weight_generation_layers(config: KunlunConfig, stream_cfgs) -> set[int]:
@@ -92,7 +92,7 @@ class StreamModel(nn.Module):
             if run_pffn:
                 self.pffn[key] = GDPAPFFNBlock(config.n_sum * d, sc.d, sc.heads, config.dff, config.kv_hidden,
                                                config.activations_for(sc.heads), config.gdpa_scale_position,
-                                               config.gdpa)
+                                               config.gdpa, config.row_groups)
             if run_attn:
                 self.attn[key] = WindowSelfAttention(sc.d, sc.heads, window, config.attention_act,
                                                      config.attention_kernel, config.gdpa,

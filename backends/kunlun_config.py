@@ -103,6 +103,9 @@ class KunlunConfig:
     event_personalization: str = "on"
     # packed: each stream's real events back to back (no padding work; the default) | padded: [B, T]
     sequence_layout: str = "packed"
+    # packed streams: the padded products (the PFFN's, seed pooling) run over at most this many
+    # groups of rows of similar length, each padded to its own longest row (1: one padded view)
+    row_groups: int = 4
     stream: StreamConfig = field(default_factory=StreamConfig)
     streams: dict[str, StreamConfig] = field(default_factory=_default_streams)
     # a dataset's own event types, most important first (e.g. buy,cart,fav,pv): the first takes the
@@ -207,7 +210,7 @@ class KunlunConfig:
 
     def _check(self) -> None:
         check_positive(self, "d", "n_layers", "n_sum", "dff", "kv_hidden", "seed_factor", "sumkron_k",
-                       "experts", "expert_layers", "n_F", "n_L", "fm_k", "max_rows_per_field")
+                       "experts", "expert_layers", "n_F", "n_L", "fm_k", "max_rows_per_field", "row_groups")
         check_positive(self, "n_dense_tokens", minimum=0)
         check_dims("fmb_mlp", self.fmb_mlp)
         check_dims("head_mlp", self.head_mlp)

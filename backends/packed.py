@@ -10,6 +10,12 @@ row offsets. Products that need a per-row shape (a row's own K/V, seed pooling) 
 view (`to_padded` / `from_padded`), which costs one scatter and one gather of the tokens. Every
 helper here reads only shapes on the host: N is the values' length, and the longest row is a host
 integer that the batch carries.
+
+Row groups (`RowGroups`, `to_groups` / `from_groups`): with the batch's `length_slices` (the
+longest row of each eighth of the rows sorted by length, host ints), the rows are cut into a few
+groups of similar length, each padded only to its own longest row. A padded product then does
+1.1-1.4x the real work on `small`'s click and conversion histories instead of 2.3-2.7x, for a few
+more (smaller) calls.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ class Packed:
     offsets: torch.Tensor  # [B+1]
     lengths: torch.Tensor  # [B]
     longest: int  # host int: at least the longest row (the padded width when one is needed)
+    # host ints: upper bounds of the longest kept row in each of `len(slices)` equal-count slices
+    # of the rows sorted by length (`ops.jagged.slice_maxima`); () when the batch carried none
+    slices: tuple[int, ...] = ()
     # per padded width: (slot of each token, token of each slot), built once per forward pass
     slot_maps: dict = field(default_factory=dict, repr=False)
 
@@ -48,11 +57,103 @@ class Packed:
         return self.slot_maps[width]
 
 
-def plan(offsets: torch.Tensor, n: int, longest: int) -> Packed:
+    def groups(self, max_groups: int) -> "RowGroups | None":
+        """The rows cut into at most `max_groups` groups of similar length (None: one padded
+        view at `longest` is as good, or the batch carried no `slices`)."""
+        key = ("groups", max_groups)
+        if key not in self.slot_maps:
+            bounds = choose_groups(self.slices, self.batch, self.longest, max_groups)
+            self.slot_maps[key] = None if len(bounds) < 2 else RowGroups.build(self, bounds)
+        return self.slot_maps[key]
+
+
+def plan(offsets: torch.Tensor, n: int, longest: int, slices: tuple[int, ...] = ()) -> Packed:
     """Row and position of each of the `n` packed tokens (no host read of the offsets)."""
     row = segment_ids(offsets, n)
     pos = torch.arange(n, device=offsets.device) - offsets[row]
-    return Packed(row, pos, offsets, lengths_of(offsets), int(longest))
+    return Packed(row, pos, offsets, lengths_of(offsets), int(longest), tuple(int(x) for x in slices))
+
+
+# a further group must save this share of the one-group padded area: each group costs its own calls
+GROUP_MIN_SAVING = 0.05
+
+
+def choose_groups(slices: tuple[int, ...], batch: int, longest: int, max_groups: int
+                  ) -> tuple[tuple[int, int, int], ...]:
+    """`(start, end, width)` per group, over positions in the rows sorted by length: runs of whole
+    slices, chosen to pad the fewest slots (a small dynamic program on host ints). The fewest
+    groups within `GROUP_MIN_SAVING` of the best area win."""
+    s = len(slices)
+    if s == 0 or max_groups < 2 or batch == 0:
+        return ((0, batch, max(longest, 1)),)
+    ends = [(i + 1) * batch // s for i in range(s)]
+    starts = [0, *ends[:-1]]
+    width = [max(min(w, longest), 1) for w in slices]
+    width = [max(width[: i + 1]) for i in range(s)]  # sorted rows: an upper bound never shrinks
+    inf = float("inf")
+    # best[g][i]: least area covering slices 0..i-1 with g groups; cut[g][i]: where the last began
+    best = [[inf] * (s + 1) for _ in range(max_groups + 1)]
+    cut = [[0] * (s + 1) for _ in range(max_groups + 1)]
+    best[0][0] = 0
+    for g in range(1, max_groups + 1):
+        for i in range(1, s + 1):
+            for j in range(i):
+                area = best[g - 1][j] + (ends[i - 1] - starts[j]) * width[i - 1]
+                if area < best[g][i]:
+                    best[g][i], cut[g][i] = area, j
+    floor = min(best[g][s] for g in range(1, max_groups + 1))
+    g = next(g for g in range(1, max_groups + 1) if best[g][s] <= floor + GROUP_MIN_SAVING * best[1][s])
+    bounds, i = [], s
+    while g:
+        j = cut[g][i]
+        bounds.append((starts[j], ends[i - 1], width[i - 1]))
+        i, g = j, g - 1
+    return tuple(reversed(bounds))
+
+
+@dataclass
+class RowGroups:
+    """Group `g` is rows `order[start:end]` (sorted by kept length), padded to `width`, and held
+    at slots `base_g .. base_g + (end - start) width - 1` of one flat grouped layout."""
+
+    bounds: tuple[tuple[int, int, int], ...]  # host ints: (start, end, width) per group
+    order: torch.Tensor  # [B] rows by kept length (a stable sort: deterministic)
+    inverse: torch.Tensor  # [B] each row's position in `order`
+    slot: torch.Tensor  # [N] each token's flat slot
+    source: torch.Tensor  # [S] each slot's token, or N (a zero row) in padding
+    lengths: torch.Tensor  # [B] kept lengths in `order`
+    cache: dict = field(default_factory=dict, repr=False)  # masks, shared by every layer's products
+
+    @staticmethod
+    def build(p: Packed, bounds) -> "RowGroups":
+        dev = p.row.device
+        lengths, order = torch.sort(p.lengths, stable=True)
+        inverse = torch.empty_like(order).index_copy_(0, order, torch.arange(p.batch, device=dev))
+        base, at = [], 0
+        for start, end, width in bounds:
+            base.append(at + torch.arange(end - start, device=dev) * width)
+            at += (end - start) * width
+        row_base = torch.cat(base).index_select(0, inverse)  # [B] first slot of each row
+        slot = row_base.index_select(0, p.row) + p.pos
+        n = p.row.shape[0]
+        source = torch.full((at,), n, dtype=torch.int64, device=dev)
+        source.index_copy_(0, slot, torch.arange(n, device=dev))
+        return RowGroups(tuple(bounds), order, inverse, slot, source, lengths)
+
+    def masks(self) -> list[torch.Tensor]:
+        """`[n_g, width_g]` bool per group: True on real events."""
+        if "masks" not in self.cache:
+            self.cache["masks"] = [torch.arange(w, device=self.lengths.device)[None, :] < self.lengths[a:b, None]
+                                   for a, b, w in self.bounds]
+        return self.cache["masks"]
+
+    def rows(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """A per-row tensor `[B, ...]` split by group (rows in group order)."""
+        return [x.index_select(0, self.order[a:b]) for a, b, _ in self.bounds]
+
+    def unrows(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        """Per-group per-row results -> `[B, ...]` in row order."""
+        return torch.cat(xs).index_select(0, self.inverse)
 
 
 def _gather_rows(x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
@@ -106,6 +207,59 @@ def from_padded(x: torch.Tensor, p: Packed) -> torch.Tensor:
 def padded_mask(p: Packed, width: int | None = None) -> torch.Tensor:
     t = max(p.longest if width is None else width, 1)
     return torch.arange(t, device=p.lengths.device)[None, :] < p.lengths[:, None]
+
+
+class _ToGroups(torch.autograd.Function):
+    """`[N, ...]` -> one `[n_g, width_g, ...]` view per group, all of one gathered buffer; the
+    backward gathers the tokens' gradients back from the groups' (as `_ToPadded`)."""
+
+    @staticmethod
+    def forward(ctx, x, slot, source, bounds):
+        ctx.save_for_backward(slot)
+        ctx.rest = x.shape[1:]
+        flat = _gather_rows(x, source)
+        out, at = [], 0
+        for start, end, width in bounds:
+            size = (end - start) * width
+            out.append(flat[at:at + size].view(end - start, width, *x.shape[1:]))
+            at += size
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        (slot,) = ctx.saved_tensors
+        flat = torch.cat([g.reshape(-1, *ctx.rest) for g in grads])
+        return flat.index_select(0, slot), None, None, None
+
+
+class _FromGroups(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, slot, source, *xs):
+        ctx.save_for_backward(source)
+        ctx.shapes = [x.shape for x in xs]
+        rest = xs[0].shape[2:]
+        return torch.cat([x.reshape(-1, *rest) for x in xs]).index_select(0, slot)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (source,) = ctx.saved_tensors
+        flat = _gather_rows(grad, source)
+        out, at = [], 0
+        for shape in ctx.shapes:
+            size = shape[0] * shape[1]
+            out.append(flat[at:at + size].view(shape))
+            at += size
+        return (None, None, *out)
+
+
+def to_groups(x: torch.Tensor, groups: RowGroups) -> list[torch.Tensor]:
+    """`[N, ...]` -> left-aligned `[n_g, width_g, ...]` per group, zeros in the padding."""
+    return list(_ToGroups.apply(x, groups.slot, groups.source, groups.bounds))
+
+
+def from_groups(xs: list[torch.Tensor], groups: RowGroups) -> torch.Tensor:
+    """Per-group left-aligned `[n_g, width_g, ...]` -> `[N, ...]` (the real positions only)."""
+    return _FromGroups.apply(groups.slot, groups.source, *xs)
 
 
 class _NeighbourBlocks(torch.autograd.Function):

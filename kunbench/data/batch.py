@@ -2,8 +2,9 @@
 
 Jagged tensors are values + offsets `[B+1]` (int64), oldest event first, most recent last.
 Each batch also carries, as host integers, the longest history of every event type
-(`max_lengths`): the padded width a model needs is then known without reading the device, so a
-forward pass has no host-device sync and compiles as one graph.
+(`max_lengths`), and the longest row of each eighth of the rows sorted by length
+(`length_slices`): the padded widths a model needs are then known without reading the device, so
+a forward pass has no host-device sync and compiles as one graph.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from kunbench.ops.jagged import lengths_of, longest_row
+from kunbench.ops.jagged import lengths_of, longest_row, slice_maxima
 
 
 @dataclass
@@ -69,6 +70,9 @@ class Batch:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     # per event type: the longest row, or an upper bound of it (host ints; a larger bound only pads more)
     max_lengths: dict[str, int] = field(default_factory=dict)
+    # per event type: `ops.jagged.slice_maxima` of the row lengths (host ints, upper bounds allowed);
+    # a stream without one runs its padded products at one width, `max_lengths`
+    length_slices: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
@@ -112,6 +116,8 @@ class Batch:
 
 
 def with_max_lengths(batch: Batch) -> Batch:
-    """`batch` with `max_lengths` filled in for every event type (reads the offsets once, on the
-    host side of a loader or source, never inside a model)."""
-    return replace(batch, max_lengths={et: longest_row(s.offsets) for et, s in batch.sequences.items()})
+    """`batch` with `max_lengths` and `length_slices` filled in for every event type (reads the
+    offsets once, on the host side of a loader or source, never inside a model)."""
+    slices = {et: slice_maxima(lengths_of(s.offsets).cpu()) for et, s in batch.sequences.items()}
+    return replace(batch, max_lengths={et: (sl[-1] if sl else 0) for et, sl in slices.items()},
+                   length_slices=slices)

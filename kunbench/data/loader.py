@@ -32,6 +32,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from kunbench.data.batch import Batch, EventSequence, Jagged
 from kunbench.data.jagged import arrow_list_to_numpy, truncate_recent_index_np
+from kunbench.ops.jagged import slice_maxima
 from kunbench.data.manifest import Column, Manifest, load_manifest
 from kunbench.errors import KunbenchError
 
@@ -163,9 +164,10 @@ def _assemble(pieces: list[tuple[_Chunk, int, int]], include_p_true: bool, event
         t_off.numpy()[:] = off
         _fill_jagged(cols, t_val.numpy())
         multihot[name] = Jagged(t_val, t_off)
-    sequences, max_lengths = {}, {}
+    sequences, max_lengths, length_slices = {}, {}, {}
     for et, parts, off in zip(event_types, seq_cols, seq_off):
         max_lengths[et] = int(np.diff(off).max(initial=0))
+        length_slices[et] = slice_maxima(torch.from_numpy(np.diff(off)))
         t_off = next(tensors)
         t_off.numpy()[:] = off
         vals = [next(tensors) for _ in range(3)]
@@ -173,7 +175,8 @@ def _assemble(pieces: list[tuple[_Chunk, int, int]], include_p_true: bool, event
             _fill_jagged(part, t.numpy())
         sequences[et] = EventSequence(vals[0], vals[1], vals[2], t_off)
     return Batch(context_categorical=t_cat, context_dense=t_dense, multihot=multihot, sequences=sequences,
-                 request_ts=t_request_ts, labels=t_labels, p_true=t_p_true, max_lengths=max_lengths)
+                 request_ts=t_request_ts, labels=t_labels, p_true=t_p_true, max_lengths=max_lengths,
+                 length_slices=length_slices)
 
 
 # ---- the dataset ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import torch
 from kunbench.data.batch import Batch, EventSequence, Jagged
 from kunbench.data.manifest import Column, DatasetSchema, load_manifest
 from kunbench.errors import KunbenchError
-from kunbench.ops.jagged import lengths_to_offsets, segment_ids
+from kunbench.ops.jagged import lengths_to_offsets, segment_ids, slice_maxima
 
 DEFAULT_START_TS = 1_767_225_600
 DEFAULT_CARDINALITY = 1 << 20  # for columns whose manifest entry carries no cardinality
@@ -241,11 +241,12 @@ class SyntheticBatches:
             multihot[name] = Jagged(self._randint(card, int(offsets[-1])), offsets)
         request_ts = self.start_ts + torch.randint(0, self.request_span_s, (B,), generator=g, device=dev,
                                                    dtype=torch.int64)
-        sequences, max_lengths = {}, {}
+        sequences, max_lengths, length_slices = {}, {}, {}
         span = self.history_span_s
         for e in self.event_types:
             lens = self.length_laws[e].sample(B, g, dev)
             max_lengths[e] = int(lens.max()) if B else 0  # read once here, never by the model
+            length_slices[e] = slice_maxima(lens.cpu())
             offsets = lengths_to_offsets(lens)
             n = int(offsets[-1])
             item_card, cat_card = self._seq_card[e]
@@ -266,7 +267,7 @@ class SyntheticBatches:
         labels = (torch.rand(B, generator=g, device=dev, dtype=torch.float64) < p_true).to(torch.float32)
         return Batch(context_categorical=cat, context_dense=dense, multihot=multihot, sequences=sequences,
                      request_ts=request_ts, labels=labels, p_true=p_true if self.include_p_true else None,
-                     max_lengths=max_lengths)
+                     max_lengths=max_lengths, length_slices=length_slices)
 
     # ---- iteration ---------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Batch]:

@@ -28,6 +28,23 @@ def longest_row(offsets: torch.Tensor) -> int:
     return int(lengths_of(offsets).max())
 
 
+LENGTH_SLICES = 8
+
+
+def slice_maxima(lengths, slices: int = LENGTH_SLICES) -> tuple[int, ...]:
+    """The longest row of each of `min(slices, B)` equal-count slices of the rows sorted by length
+    (slice `i` holds sorted positions `floor(i B / S) .. floor((i + 1) B / S) - 1`), as host ints.
+    Read on the host beside `max_lengths` (the last entry is the longest row): a model cuts its
+    rows into groups of similar length with it, each padded only to its own longest row."""
+    lengths = torch.as_tensor(lengths).reshape(-1)
+    b = lengths.numel()
+    s = min(int(slices), b)
+    if s == 0:
+        return ()
+    ordered = torch.sort(lengths).values.tolist()
+    return tuple(int(ordered[(i + 1) * b // s - 1]) for i in range(s))
+
+
 def segment_ids(offsets: torch.Tensor, total: int | None = None) -> torch.Tensor:
     """Row index of every value: `[N]` int64. A binary search of the offsets, so with `total`
     (N, e.g. the values' length) given nothing is read on the host."""

@@ -1,7 +1,8 @@
 """torch.compile for training and throughput steps, with compile time kept apart from throughput.
 
 `compile_model` wraps the model in `torch.compile` and rounds every batch's per-stream maximum
-length up to a power of two (so a run sees a handful of padded widths, not one per batch); jagged
+length up to a power of two (so a run sees a handful of padded widths, not one per batch), and
+drops the batch's `length_slices`, so a packed stream's padded products run as one group; jagged
 value counts vary with every batch and become dynamic after the first recompilation. `CompileClock` tells which
 steps compiled something (dynamo's graph counter moved during the step): their time is compile
 time, reported on its own and left out of examples/s.
@@ -42,7 +43,8 @@ class CompiledModel(nn.Module):
             if cap is not None and longest <= cap:
                 bound = min(bound, cap)  # never past the stream's cap: that would read as a cut to make
             bounds[et] = bound
-        return self.compiled(dataclasses.replace(batch, max_lengths=bounds))
+        # row groups (packed.RowGroups) would add shapes that change with every batch: one group here
+        return self.compiled(dataclasses.replace(batch, max_lengths=bounds, length_slices={}))
 
 
 def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
