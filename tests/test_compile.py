@@ -112,3 +112,20 @@ def test_bucketed_bounds_stay_within_each_streams_cap():
             torch._dynamo.reset()
             got = CompiledModel(net, backend="aot_eager", fullgraph=True)(batch)
             torch.testing.assert_close(got, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_model_runs_one_row_group():
+    # row groups change shape with every batch: a compiled model gets batches without length_slices
+    from kunbench.train.compiled import CompiledModel
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, b):
+            seen.append(dict(b.length_slices))
+            return b.labels
+
+    batch = make_batch(make_schema(), 6, seed=1)
+    assert batch.length_slices  # the test batch carries them
+    CompiledModel(Recorder(), backend="eager")(batch)
+    assert seen == [{}]

@@ -18,6 +18,7 @@ from kunbench.backends.hsp import HSP, PMASummary
 from kunbench.backends.kunlun import (PRESETS, KunlunConfig, StreamConfig, build, flops_breakdown,
                                       flops_per_example)
 from kunbench.backends.modules import Gate, TokenLinear
+from kunbench.backends.packed import Packed
 from kunbench.backends.mowe import MixtureOfWukongExperts
 from kunbench.backends.registry import get_backend
 from kunbench.backends.window_attention import WindowSelfAttention
@@ -387,6 +388,49 @@ def test_packed_and_padded_layouts_compute_the_same(sets):
         grads = {n: (p.grad.to_dense() if p.grad.is_sparse else p.grad) for n, p in model.named_parameters()
                  if p.grad is not None}
         outs.append((out.detach(), grads))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-5)
+    assert outs[0][1].keys() == outs[1][1].keys()
+    for n in outs[0][1]:
+        torch.testing.assert_close(outs[0][1][n], outs[1][1][n], atol=1e-5, rtol=1e-4, msg=lambda m: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("sets", [{}, {"summary": "pma"}, {"seed_attention": "gdpa"}, {"gdpa": "naive"}],
+                         ids=["default", "summary=pma", "seed_attention=gdpa", "gdpa=naive"])
+def test_row_groups_compute_what_one_padded_view_does(sets):
+    # a long tail of click and conversion rows: the packed streams' padded products run in row
+    # groups; logits and every gradient must equal those of one padded view (row_groups = 1)
+    schema = make_schema(n_multihot=1)
+    cfg = tiny(sets)
+    assert cfg.row_groups > 1
+    torch.manual_seed(0)
+    grouped = build(cfg, schema)
+    single = build(dataclasses.replace(cfg, row_groups=1), schema)
+    single.load_state_dict(grouped.state_dict())
+    lengths = {"impression": [2] * 14 + [16, 16], "click": [3, 1, 0, 4, 2, 3] * 2 + [30, 28, 25, 31],
+               "conversion": [0] * 12 + [9, 1, 14, 2]}
+    batch = make_batch(schema, 16, seed=4, lengths=lengths)
+    seen = []
+    orig = Packed.groups
+
+    def spy(self, max_groups):
+        got = orig(self, max_groups)
+        seen.append(got is not None)
+        return got
+
+    outs = []
+    for model in (grouped, single):
+        model.zero_grad(set_to_none=True)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Packed, "groups", spy)
+            out = model(batch)
+        out.square().sum().backward()
+        grads = {n: (p.grad.to_dense() if p.grad.is_sparse else p.grad) for n, p in model.named_parameters()
+                 if p.grad is not None}
+        outs.append((out.detach(), grads))
+        if model is grouped:
+            assert any(seen)  # some product really ran in groups
+            seen.clear()
+    assert not any(seen)
     torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-5)
     assert outs[0][1].keys() == outs[1][1].keys()
     for n in outs[0][1]:

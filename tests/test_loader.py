@@ -17,7 +17,7 @@ from dataset_fixture import row_id_of, write_contract_dataset
 from kunbench.data.jagged import arrow_list_to_numpy, lengths_to_offsets_np, truncate_recent_index_np
 from kunbench.data.loader import ParquetBatches, make_dataloader, measure_loader
 from kunbench.errors import KunbenchError
-from kunbench.ops.jagged import lengths_to_offsets, segment_ids, to_padded, truncate_recent
+from kunbench.ops.jagged import lengths_to_offsets, segment_ids, slice_maxima, to_padded, truncate_recent
 
 TRAIN_FILES = (300, 0, 250, 90)
 EVAL_FILES = (130, 70)
@@ -110,6 +110,9 @@ def test_values_match_pyarrow_with_truncation(contract_dir):
     assert [b.batch_size for b in batches][:-1] == [100] * (len(batches) - 1)
     for b in batches:
         assert b.p_true is None
+        for et, seq in b.sequences.items():  # host-side length summaries of the cut rows
+            assert b.max_lengths[et] == int(seq.lengths.max())
+            assert b.length_slices[et] == slice_maxima(seq.lengths)
         assert b.context_categorical.dtype == torch.int64 and b.context_dense.dtype == torch.float32
         assert b.labels.dtype == torch.float32 and b.request_ts.dtype == torch.int64
         for i, rid in enumerate(_ids(b)):
@@ -293,3 +296,17 @@ def test_padded_and_arrow_views(rows, n, split):
     arr = pa.array(rows, pa.list_(pa.int64())).slice(k)
     av, ao = arrow_list_to_numpy(arr)
     assert [av[ao[i]:ao[i + 1]].tolist() for i in range(len(ao) - 1)] == rows[k:]
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(0, 500), max_size=40), slices=st.integers(1, 9))
+def test_slice_maxima_are_each_equal_count_slices_longest_row(lengths, slices):
+    got = slice_maxima(torch.tensor(lengths, dtype=torch.int64), slices)
+    b = len(lengths)
+    assert len(got) == min(slices, b)
+    ordered = sorted(lengths)
+    s = len(got)
+    for i, w in enumerate(got):
+        part = ordered[i * b // s:(i + 1) * b // s]
+        assert part and w == max(part)
+    assert not got or got[-1] == max(lengths)

@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kunbench.backends.packed import _NeighbourBlocks, from_padded, plan, to_padded, window_attention
+from kunbench.backends.packed import (_NeighbourBlocks, choose_groups, from_groups, from_padded, plan, to_groups,
+                                      to_padded, window_attention)
+from kunbench.ops.jagged import slice_maxima
 
 LENGTHS = st.lists(st.integers(0, 23), min_size=1, max_size=6)
 
@@ -83,3 +85,65 @@ def test_window_attention_equals_per_row_banded_softmax(lengths, window):
         refs = torch.autograd.grad((want * w).sum(), (q, k, v))
         for a, b in zip(grads, refs):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+# ---- row groups -----------------------------------------------------------------------------------
+GROUP_LENGTHS = st.lists(st.integers(0, 40), min_size=1, max_size=24)
+
+
+def _grouped_plan(lengths: list[int], slack: int = 0):
+    """A plan whose slices come from `slice_maxima`, each raised by `slack` (an upper bound)."""
+    p = _plan(lengths)
+    p.slices = tuple(w + slack for w in slice_maxima(torch.tensor(lengths)))
+    return p
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=GROUP_LENGTHS, max_groups=st.integers(1, 5), slack=st.integers(0, 3))
+def test_groups_cover_every_row_once_each_padded_to_fit(lengths, max_groups, slack):
+    p = _grouped_plan(lengths, slack)
+    bounds = choose_groups(p.slices, p.batch, p.longest, max_groups)
+    assert 1 <= len(bounds) <= max(max_groups, 1)
+    assert bounds[0][0] == 0 and bounds[-1][1] == len(lengths)
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))  # contiguous, no overlap
+    ordered = sorted(lengths)
+    for start, end, width in bounds:
+        assert start < end and width >= max(1, ordered[end - 1])  # every row fits its group
+    area = sum((end - start) * width for start, end, width in bounds)
+    assert area <= len(lengths) * max(p.longest, 1)  # never more padding than one view
+    assert choose_groups(p.slices, p.batch, p.longest, max_groups) == bounds  # host ints only: deterministic
+
+
+def test_groups_cut_a_long_tail_and_leave_even_lengths_alone():
+    tail = [10] * 56 + [100] * 8  # one long eighth: two groups pad 56x10 + 8x100, not 64x100
+    p = _grouped_plan(tail)
+    assert choose_groups(p.slices, p.batch, p.longest, 4) == ((0, 56, 10), (56, 64, 100))
+    even = _grouped_plan([30] * 63 + [29])
+    assert even.groups(4) is None  # nothing to save: one padded view
+    assert _plan(tail).groups(4) is None  # no slices carried: one padded view
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=GROUP_LENGTHS, slack=st.integers(0, 3))
+def test_grouped_views_and_their_gradients_equal_the_padded_ones(lengths, slack):
+    p = _grouped_plan(lengths, slack)
+    groups = p.groups(3)
+    if groups is None:
+        return
+    n = p.row.shape[0]
+    g = torch.Generator().manual_seed(n + slack)
+    x = torch.randn(n, 2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    padded = to_padded(x, p)  # [B, T, 2, 3]
+    parts = to_groups(x, groups)
+    for (start, end, width), part, mask, rows in zip(groups.bounds, parts, groups.masks(),
+                                                      groups.rows(torch.arange(p.batch))):
+        assert part.shape[:2] == (end - start, width)
+        real = padded[rows][:, :width]
+        assert torch.equal(part, real)  # the same tokens, zeros after each row's end
+        assert torch.equal(mask, torch.arange(width)[None] < p.lengths[rows][:, None])
+        assert torch.equal(padded[rows][:, width:], torch.zeros_like(padded[rows][:, width:]))
+    back = from_groups([t * 2 for t in parts], groups)
+    assert torch.equal(back, x * 2)
+    assert torch.autograd.gradcheck(lambda t: from_groups([u.sin() for u in to_groups(t, groups)], groups), (x,))
+    y = torch.randn(p.batch, 5, generator=g, dtype=torch.float64)
+    assert torch.equal(groups.unrows(groups.rows(y)), y)

@@ -10,6 +10,7 @@ from dataset_fixture import write_contract_dataset
 from kunbench.data.loader import ParquetBatches
 from kunbench.data.synthetic import LengthLaw, SyntheticBatches, columns_from_config, schema_from_config
 from kunbench.errors import KunbenchError
+from kunbench.ops.jagged import slice_maxima
 from kunbench.generators.config import PRESETS
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -45,6 +46,9 @@ def _check_consistent(b, schema):
     for e, s in b.sequences.items():
         n = int(s.offsets[-1])
         assert s.item.numel() == s.category.numel() == s.ts.numel() == n
+        # the host-side length summaries a model pads by: exact, read before the model runs
+        assert b.max_lengths[e] == (int(s.lengths.max()) if B else 0)
+        assert b.length_slices[e] == slice_maxima(s.lengths.cpu())
         rows = torch.repeat_interleave(torch.arange(B, device=s.ts.device), s.lengths)
         assert bool((s.ts < b.request_ts[rows]).all())
         same = rows[1:] == rows[:-1]
