@@ -105,7 +105,7 @@ class KunlunConfig:
     sequence_layout: str = "packed"
     # packed streams: the padded products (the PFFN's, seed pooling) run over at most this many
     # groups of rows of similar length, each padded to its own longest row (1: one padded view)
-    row_groups: int = 4
+    row_groups: int = 2
     stream: StreamConfig = field(default_factory=StreamConfig)
     streams: dict[str, StreamConfig] = field(default_factory=_default_streams)
     # a dataset's own event types, most important first (e.g. buy,cart,fav,pv): the first takes the

@@ -355,6 +355,7 @@ def test_set_values_parse():
     ({"stream.window": -1}, "stream.window must be"),
     ({"streams.click": 3}, "streams.NAME.KEY"),
     ({"streams.click.colour": 3}, "unknown config key"),
+    ({"row_groups": 0}, "row_groups must be an integer >= 1"),
 ])
 def test_bad_config_is_one_line_error(sets, fragment):
     assert_one_line_error(lambda: tiny(sets), fragment)
