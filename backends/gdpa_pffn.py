@@ -54,7 +54,7 @@ class GDPAPFFNBlock(nn.Module):
         zh = z.view(n, self.h, d // self.h)
         kw = dict(activations=self.activations, scale=scale, position=self.scale_position, impl=self.impl,
                   zero_padding=False)
-        groups = None if uses_triton(self.impl, zh) else p.groups(self.row_groups)
+        groups = None if uses_triton(self.impl, zh) else p.groups(self.row_groups, d)
         if groups is None:
             g = from_padded(gdpa_pffn(to_padded(zh, p), padded_mask(p), k, v, **kw), p)
         else:

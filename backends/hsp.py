@@ -105,7 +105,7 @@ class HSP(nn.Module):
         if isinstance(mask, Packed):  # one padded view of both: [B, T, 2, H, dh]
             kv = self.kv(s).view(s.shape[0], 2, h, dh)
             fused = self.seed_attention == "gdpa" and uses_triton(self.gdpa_impl, kv)
-            groups = None if fused else mask.groups(self.row_groups)
+            groups = None if fused else mask.groups(self.row_groups, d_e)
             if groups is not None:
                 return groups.unrows([self._attend(*x.unbind(2), m, scale)
                                       for x, m in zip(to_groups(kv, groups), groups.masks())])
@@ -153,7 +153,7 @@ class PMASummary(nn.Module):
 
     def forward(self, s: torch.Tensor, mask, scale) -> torch.Tensor:
         if isinstance(mask, Packed):  # PMA on a padded view, one per row group
-            groups = mask.groups(self.row_groups)
+            groups = mask.groups(self.row_groups, s.shape[-1])
             if groups is not None:
                 o = groups.unrows([self._pool(x, m) for x, m in zip(to_groups(s, groups), groups.masks())])
                 return self.norm(o if self.proj is None else self.proj(o))

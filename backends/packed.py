@@ -57,12 +57,13 @@ class Packed:
         return self.slot_maps[width]
 
 
-    def groups(self, max_groups: int) -> "RowGroups | None":
-        """The rows cut into at most `max_groups` groups of similar length (None: one padded
-        view at `longest` is as good, or the batch carried no `slices`)."""
-        key = ("groups", max_groups)
+    def groups(self, max_groups: int, width: int) -> "RowGroups | None":
+        """The rows cut into at most `max_groups` groups of similar length, for tokens of `width`
+        features (None: one padded view at `longest` is as good, or the batch carried no `slices`)."""
+        min_saving = -(-GROUP_MIN_ELEMENTS // max(width, 1))
+        key = ("groups", max_groups, min_saving)
         if key not in self.slot_maps:
-            bounds = choose_groups(self.slices, self.batch, self.longest, max_groups)
+            bounds = choose_groups(self.slices, self.batch, self.longest, max_groups, min_saving)
             self.slot_maps[key] = None if len(bounds) < 2 else RowGroups.build(self, bounds)
         return self.slot_maps[key]
 
@@ -74,15 +75,19 @@ def plan(offsets: torch.Tensor, n: int, longest: int, slices: tuple[int, ...] = 
     return Packed(row, pos, offsets, lengths_of(offsets), int(longest), tuple(int(x) for x in slices))
 
 
-# a further group must save this share of the one-group padded area: each group costs its own calls
+# more groups must save this share of the one-group padded area, and at least this many padded
+# elements (slots x token width): each group costs its own calls, which small tensors (the `tiny`
+# presets: at most 256 x 32 slots of 16 features) never win back
 GROUP_MIN_SAVING = 0.05
+GROUP_MIN_ELEMENTS = 1 << 18
 
 
-def choose_groups(slices: tuple[int, ...], batch: int, longest: int, max_groups: int
+def choose_groups(slices: tuple[int, ...], batch: int, longest: int, max_groups: int, min_saving: int = 0
                   ) -> tuple[tuple[int, int, int], ...]:
     """`(start, end, width)` per group, over positions in the rows sorted by length: runs of whole
     slices, chosen to pad the fewest slots (a small dynamic program on host ints). The fewest
-    groups within `GROUP_MIN_SAVING` of the best area win."""
+    groups whose area is within `max(GROUP_MIN_SAVING x one-group area, min_saving)` slots of the
+    best win."""
     s = len(slices)
     if s == 0 or max_groups < 2 or batch == 0:
         return ((0, batch, max(longest, 1)),)
@@ -102,7 +107,8 @@ def choose_groups(slices: tuple[int, ...], batch: int, longest: int, max_groups:
                 if area < best[g][i]:
                     best[g][i], cut[g][i] = area, j
     floor = min(best[g][s] for g in range(1, max_groups + 1))
-    g = next(g for g in range(1, max_groups + 1) if best[g][s] <= floor + GROUP_MIN_SAVING * best[1][s])
+    slack = max(GROUP_MIN_SAVING * best[1][s], min_saving)
+    g = next(g for g in range(1, max_groups + 1) if best[g][s] <= floor + slack)
     bounds, i = [], s
     while g:
         j = cut[g][i]

@@ -119,15 +119,20 @@ def test_groups_cut_a_long_tail_and_leave_even_lengths_alone():
     p = _grouped_plan(tail)
     assert choose_groups(p.slices, p.batch, p.longest, 4) == ((0, 56, 10), (56, 64, 100))
     even = _grouped_plan([30] * 63 + [29])
-    assert even.groups(4) is None  # nothing to save: one padded view
-    assert _plan(tail).groups(4) is None  # no slices carried: one padded view
+    assert even.groups(4, 1) is None  # nothing to save: one padded view
+    assert _plan(tail).groups(4, 1) is None  # no slices carried: one padded view
+    assert p.groups(4, 1 << 18) is not None  # wide tokens: any saving pays
+    # the second group saves 56 x 90 slots: too few elements to pay for its calls at 16 features
+    assert p.groups(4, 16) is None
+    assert choose_groups(p.slices, p.batch, p.longest, 4, min_saving=56 * 90 - 1) == ((0, 56, 10), (56, 64, 100))
+    assert choose_groups(p.slices, p.batch, p.longest, 4, min_saving=56 * 90) == ((0, 64, 100),)
 
 
 @settings(max_examples=40, deadline=None)
 @given(lengths=GROUP_LENGTHS, slack=st.integers(0, 3))
 def test_grouped_views_and_their_gradients_equal_the_padded_ones(lengths, slack):
     p = _grouped_plan(lengths, slack)
-    groups = p.groups(3)
+    groups = p.groups(3, 1 << 18)
     if groups is None:
         return
     n = p.row.shape[0]
