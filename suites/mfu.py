@@ -8,11 +8,17 @@ calibration GEMM measured at the start of the run, printed as such.
 
 Options (mfu.KEY=V): batch_size (default 256 reduced, 1024 with --full or on CUDA), window_s, warmup,
 interleave (default true: with several backends, each measured window visits them all in turn, so
-a host that slows down for a while does not bias the ratio between them).
+a host that slows down for a while does not bias the ratio between them), baseline (default: the
+first backend; with interleaved windows every backend's train and infer ex/s and train MFU are
+also given as multiples of the baseline's, the median of the ratios of windows measured side by
+side, with their std).
 """
 
 from __future__ import annotations
 
+import statistics
+
+from kunbench.errors import KunbenchError
 from kunbench.results import measurement
 from kunbench.hardware import device_peak, flops_convention, model_flops
 from kunbench.suites.context import SuiteContext, build_model, param_count, resolve_backend, world_note
@@ -44,6 +50,28 @@ def _row(ctx: SuiteContext, out: SuiteOutput, b: str, built, params: int, tps: d
     return row
 
 
+def _paired(ctx: SuiteContext, out: SuiteOutput, rows: list[dict], tps: dict, base: str, bs: int) -> None:
+    """Each backend against `base`, window by window: the windows of one round ran side by side, so
+    their ratio cancels what the host did meanwhile; the median and std of those ratios go in the
+    row and in `out` (`train_speedup`, `infer_speedup`, `train_mfu_ratio`)."""
+    for row in rows:
+        b = row["backend"]
+        for key, mode, flops in (("train_speedup", "train", False), ("infer_speedup", "infer", False),
+                                 ("train_mfu_ratio", "train", True)):
+            mine, ref = tps[b][mode], tps[base][mode]
+            if flops and not (mine.flops_per_example and ref.flops_per_example):
+                continue  # a backend without analytic FLOPs has no MFU to compare
+            scale = mine.flops_per_example / ref.flops_per_example if flops else 1.0
+            ratios = [q / r * scale for q, r in zip(mine.window_qps, ref.window_qps) if r > 0]
+            if not ratios:
+                continue
+            m = measurement(NAME, b, f"bs={bs}", key, statistics.median(ratios), unit="x", better="higher",
+                            samples=ratios, spread_kind=f"std of {len(ratios)} paired window ratios",
+                            baseline=base)
+            out.measurements.append(m)
+            row[key], row[key + "_spread"] = m["value"], m["spread"]
+
+
 def run(ctx: SuiteContext) -> SuiteOutput:
     big = ctx.full or ctx.device.type == "cuda"
     bs = ctx.number_option("batch_size", 1024 if big else 256, integer=True)
@@ -55,8 +83,13 @@ def run(ctx: SuiteContext) -> SuiteOutput:
     ctx.log(f"mfu: device peak {peak['flops_per_s'] / 1e9:,.1f} GFLOP/s ({peak['source']})"
             if peak.get("flops_per_s") else f"mfu: {peak['source']}")
     backends = ctx.backends()
+    base = str(ctx.suite_option("baseline", backends[0]))
+    if base not in backends:
+        raise KunbenchError(f"mfu.baseline must be one of the backends run ({', '.join(backends)}), got {base!r}")
+    paired = interleave and len(backends) > 1
     out = SuiteOutput(backends=backends, config={"batch_size": bs, "window_s": window_s, "warmup": warmup,
                                                  "windows": windows, "interleave": interleave, "peak": peak,
+                                                 "baseline": base if paired else None,
                                                  "backends": {}})
     rows = []
     built_of = {b: resolve_backend(ctx, b) for b in backends}
@@ -74,9 +107,10 @@ def run(ctx: SuiteContext) -> SuiteOutput:
             for b in backends:
                 for probe in probes[b].values():
                     probe.window()
+        tps = {b: {mode: probe.result() for mode, probe in probes[b].items()} for b in backends}
         for b in backends:
-            rows.append(_row(ctx, out, b, built_of[b], param_count(models[b]),
-                             {mode: probe.result() for mode, probe in probes[b].items()}, bs, peak))
+            rows.append(_row(ctx, out, b, built_of[b], param_count(models[b]), tps[b], bs, peak))
+        _paired(ctx, out, rows, tps, base, bs)
         del models, probes
     else:
         for b in backends:
@@ -98,6 +132,12 @@ def run(ctx: SuiteContext) -> SuiteOutput:
                     {"key": "train_mfu_pct", "header": "train MFU %", "fmt": ".2f", "pm": "train_mfu_pct_spread"},
                     {"key": "infer_step_ms", "header": "infer step ms", "fmt": ".1f"},
                     {"key": "infer_mfu_pct", "header": "infer MFU %", "fmt": ".2f", "pm": "infer_mfu_pct_spread"},
+                    *([{"key": "train_speedup", "header": f"train ex/s x {base}", "fmt": ".2f",
+                        "pm": "train_speedup_spread"},
+                       {"key": "train_mfu_ratio", "header": f"train MFU x {base}", "fmt": ".2f",
+                        "pm": "train_mfu_ratio_spread"},
+                       {"key": "infer_speedup", "header": f"infer ex/s x {base}", "fmt": ".2f",
+                        "pm": "infer_speedup_spread"}] if paired else []),
                     {"key": "train_aten_ops_per_step", "header": "aten ops/train step", "fmt": ",.0f"},
                     *([{"key": "train_cuda_launches_per_step", "header": "CUDA launches/train step", "fmt": ",.0f"}]
                       if ctx.device.type == "cuda" else []),
@@ -105,7 +145,9 @@ def run(ctx: SuiteContext) -> SuiteOutput:
                     {"key": "kernels", "header": "kernels"},
                     {"key": "params", "header": "params", "fmt": ","}],
         "rows": rows, "label_columns": 2,
-        "notes": [world_note(ctx), f"peak: {peak['source']}"]})
+        "notes": [world_note(ctx), f"peak: {peak['source']}",
+                  *([f"x {base}: median of the ratios of windows run side by side (± their std)"] if paired else
+                    ["no ratios to a baseline: windows were not interleaved"] if len(backends) > 1 else [])]})
     out.extra["peak"] = peak
     out.dataset = ctx.dataset_info()
     return out
@@ -114,4 +156,4 @@ def run(ctx: SuiteContext) -> SuiteOutput:
 SUITE = SuiteSpec(NAME, f"Training-step MFU: analytic FLOPs ({flops_convention(True)}) vs device peak "
                         "(CPU: measured GEMM peak)",
                   run,
-                  options=('batch_size', 'interleave', 'warmup', 'window_s'))
+                  options=('baseline', 'batch_size', 'interleave', 'warmup', 'window_s'))

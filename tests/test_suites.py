@@ -255,6 +255,27 @@ def test_mfu_measures_every_backend_interleaved_or_in_turn(tiny_dataset, tmp_pat
         m = {x["name"]: x for x in mfu["metrics"] if x["backend"] == b}
         assert m["train_step_ms"]["value"] > 0 and m["infer_step_ms"]["value"] > 0
         assert len(m["train_qps"]["samples"]) == 2 and m["train_aten_ops_per_step"]["value"] > 0
+    by = {(x["backend"], x["name"]): x for x in mfu["metrics"]}
+    if interleave == "true":  # ratios to the baseline (the first backend), window by window
+        assert mfu["config"]["baseline"] == "wukong"
+        assert by[("wukong", "train_speedup")]["samples"] == [1.0, 1.0]
+        pairs = zip(by[("logreg", "train_qps")]["samples"], by[("wukong", "train_qps")]["samples"])
+        ratios = [q / r for q, r in pairs]
+        assert by[("logreg", "train_speedup")]["samples"] == pytest.approx(ratios)
+        assert by[("logreg", "train_speedup")]["value"] == pytest.approx(sorted(ratios)[0] / 2 + sorted(ratios)[1] / 2)
+        assert ("logreg", "infer_speedup") in by and ("wukong", "train_mfu_ratio") in by
+        headers = [c["header"] for c in mfu["tables"][0]["columns"]]
+        assert "train ex/s x wukong" in headers
+    else:  # windows measured in turn are not paired: no ratios
+        assert mfu["config"]["baseline"] is None and ("logreg", "train_speedup") not in by
+
+
+def test_mfu_baseline_must_be_a_backend_run(tiny_dataset, tmp_path):
+    res = CliRunner().invoke(main, ["run", "--suite", "mfu", "--backend", "wukong,logreg", "--data", tiny_dataset,
+                                    "--device", "cpu", "--set", "mfu.baseline=kunlun", "--out", str(tmp_path)])
+    assert res.exit_code != 0
+    assert "mfu.baseline must be one of the backends run (wukong, logreg), got 'kunlun'" in res.output
+    assert not list(tmp_path.glob("*.json"))
 
 
 def test_smoke_mfu_scaling_ablation(tiny_dataset, tmp_path):
