@@ -23,7 +23,8 @@ sampled labels stay in the table as their own columns (what a real dataset would
 
 Other columns: gap closed (sampled and expected), forward GFLOPs/example and ΔFLOPs %, train and
 inference examples/s (in-memory source, median over windows, interleaved across rows so machine
-drift hits every row alike) and Δ QPS %, training MFU (kunbench.hardware: training FLOPs / peak), parameters; the
+drift hits every row alike) and Δ QPS % (interleaved: the median of each window's change against
+the reference's window of the same round, ± their std), training MFU (kunbench.hardware: training FLOPs / peak), parameters; the
 Kunlun paper's published deltas beside ours, converted to this table's direction (a row flips a
 switch *off*, the paper reports turning it *on*).
 
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,7 @@ from kunbench.train.evaluate import autocast_dtype
 from kunbench.hardware import device_peak, flops_convention, mfu
 from kunbench.stats import bootstrap_expected_ne, bootstrap_ne, mean, std
 from kunbench.suites.context import SuiteContext, build_model, resolve_backend, str_list, world_note
-from kunbench.suites.throughput import ThroughputProbe
+from kunbench.suites.throughput import ThroughputProbe, paired_ratios
 from kunbench.suites.training import same_eval_rows, train_and_predict
 from kunbench.suites.registry import SuiteOutput, SuiteSpec
 
@@ -311,10 +313,17 @@ def run(ctx: SuiteContext) -> SuiteOutput:
                     if a.p_true is not None:
                         d["dne_spread"] = bootstrap_expected_ne(a.p_true, a.probs, b.probs)["rel_pct_std"]
             d["dflops"] = _pct(res["flops"], ref["flops"])
-            d["dqps_train"] = _pct(res["train_qps"], ref["train_qps"])
-            d["dqps_train_spread"] = _ratio_pct_spread(res["train_qps"], res["train_qps_std"], ref["train_qps"],
-                                                       ref["train_qps_std"])
-            d["dqps_infer"] = _pct(res["infer_qps"], ref["infer_qps"])
+            if s["interleave"]:  # windows of one round ran side by side: compare them pairwise
+                for mode in ("train", "infer"):
+                    pcts = [100.0 * (r - 1.0) for r in paired_ratios(res["tp"][mode].window_qps,
+                                                                     ref["tp"][mode].window_qps)]
+                    d[f"dqps_{mode}"] = statistics.median(pcts) if pcts else None
+                    d[f"dqps_{mode}_spread"] = std(pcts) if len(pcts) >= 2 else None
+            else:
+                d["dqps_train"] = _pct(res["train_qps"], ref["train_qps"])
+                d["dqps_train_spread"] = _ratio_pct_spread(res["train_qps"], res["train_qps_std"],
+                                                           ref["train_qps"], ref["train_qps_std"])
+                d["dqps_infer"] = _pct(res["infer_qps"], ref["infer_qps"])
         table_rows.append(d)
         extra_rows.append({"row": d["row"], "backend": row.backend, "delta_expected_ne_pct": d.get("dne"),
                            "delta_expected_ne_pct_spread": d.get("dne_spread"),
@@ -377,7 +386,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
             {"key": "train_qps", "header": "train ex/s", "fmt": ",.0f"},
             {"key": "infer_qps", "header": "infer ex/s", "fmt": ",.0f"},
             {"key": "dqps_train", "header": "Δ train QPS %", "fmt": "+.1f", "pm": "dqps_train_spread"},
-            {"key": "dqps_infer", "header": "Δ infer QPS %", "fmt": "+.1f"},
+            {"key": "dqps_infer", "header": "Δ infer QPS %", "fmt": "+.1f", "pm": "dqps_infer_spread"},
             {"key": "mfu", "header": "MFU %", "fmt": ".2f"},
             {"key": "ops", "header": ("CUDA launches" if ctx.device.type == "cuda" else "aten ops") + "/train step",
              "fmt": ",.0f"},

@@ -22,7 +22,8 @@ from kunbench.errors import KunbenchError
 from kunbench.results import measurement
 from kunbench.hardware import device_peak, flops_convention, model_flops
 from kunbench.suites.context import SuiteContext, build_model, param_count, resolve_backend, world_note
-from kunbench.suites.throughput import ThroughputProbe, measure_throughput, throughput_measurements
+from kunbench.suites.throughput import (ThroughputProbe, measure_throughput, paired_ratios,
+                                        throughput_measurements)
 from kunbench.suites.registry import SuiteOutput, SuiteSpec
 
 NAME = "mfu"
@@ -62,7 +63,7 @@ def _paired(ctx: SuiteContext, out: SuiteOutput, rows: list[dict], tps: dict, ba
             if flops and not (mine.flops_per_example and ref.flops_per_example):
                 continue  # a backend without analytic FLOPs has no MFU to compare
             scale = mine.flops_per_example / ref.flops_per_example if flops else 1.0
-            ratios = [q / r * scale for q, r in zip(mine.window_qps, ref.window_qps) if r > 0]
+            ratios = paired_ratios(mine.window_qps, ref.window_qps, scale)
             if not ratios:
                 continue
             m = measurement(NAME, b, f"bs={bs}", key, statistics.median(ratios), unit="x", better="higher",

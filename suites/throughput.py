@@ -8,7 +8,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -173,6 +173,12 @@ class ThroughputProbe:
         return Throughput(self.mode, self.batch_size, list(self.window_qps), list(self.lat_ms),
                           merge_summaries(self.summaries), self.flops, self.iters or 0, self.compile_s,
                           dict(self.ops), dict(self.kernels))
+
+
+def paired_ratios(mine: Sequence[float], ref: Sequence[float], scale: float = 1.0) -> list[float]:
+    """`scale x mine[i] / ref[i]` for windows measured side by side (round `i` of an interleaved
+    run visits every model once): the drift of a shared host cancels within each ratio."""
+    return [scale * q / r for q, r in zip(mine, ref) if r > 0]
 
 
 def measure_throughput(ctx: SuiteContext, built: Built, model: torch.nn.Module, mode: str, batch_size: int, *,

@@ -320,7 +320,7 @@ def test_ablation_deltas_on_expected_ne(tiny_dataset, tmp_path):
     res = CliRunner().invoke(main, ["run", "--suite", "ablation", "--backend", "interformer,wukong", "--data",
                                     str(tiny_dataset), "--device", "cpu", "--set", "train.steps=2",
                                     "--set", "train.batch_size=64", "--set", "ablation.batch_size=16",
-                                    "--set", "ablation.window_s=0.02", "--set", "ablation.windows=1",
+                                    "--set", "ablation.window_s=0.02", "--set", "ablation.windows=2",
                                     "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "ΔNE % (exp.)" in res.output and "ΔNE % (sampled)" in res.output
@@ -336,6 +336,13 @@ def test_ablation_deltas_on_expected_ne(tiny_dataset, tmp_path):
     assert m[("wukong", "delta_ne_pct")]["value"] == pytest.approx(w["dne_sampled"])
     extra = {r["row"]: r for r in ab["extra"]["ablation_rows"]}
     assert extra["Wukong"]["delta_expected_ne_pct"] == pytest.approx(w["dne"])
+    # interleaved windows: Δ QPS is the median of the window-by-window changes, ± their std
+    for mode in ("train", "infer"):
+        pairs = zip(m[("wukong", f"{mode}_qps")]["samples"], m[("interformer", f"{mode}_qps")]["samples"])
+        pcts = [100.0 * (q / r - 1.0) for q, r in pairs]
+        assert len(pcts) == 2
+        assert w[f"dqps_{mode}"] == pytest.approx(sum(pcts) / 2)
+        assert w[f"dqps_{mode}_spread"] == pytest.approx(abs(pcts[0] - pcts[1]) / 2 ** 0.5)  # their std
 
 
 def test_run_rejects_bad_options(tiny_dataset, tmp_path):
