@@ -105,6 +105,7 @@ class HSP(nn.Module):
         if isinstance(mask, Packed):  # one padded view of both: [B, T, 2, H, dh]
             kv = self.kv(s).view(s.shape[0], 2, h, dh)
             fused = self.seed_attention == "gdpa" and uses_triton(self.gdpa_impl, kv)
+            # width d_e, as the PFFN asks: both then share one grouping of the stream
             groups = None if fused else mask.groups(self.row_groups, d_e)
             if groups is not None:
                 return groups.unrows([self._attend(*x.unbind(2), m, scale)

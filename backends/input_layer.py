@@ -267,8 +267,11 @@ class InputLayer(nn.Module):
             index, offsets = truncate_recent_index(offsets, cap)
             item, category, ts = item[index], category[index], ts[index]
             longest = cap
-        # kept = min(length, cap) keeps the sorted order, so the slices' bounds clamp the same way
-        slices = tuple(min(w, longest) for w in batch.length_slices.get(event_type, ()))
+        # kept = min(length, cap) keeps the sorted order, so the slices' bounds clamp the same way;
+        # slices of another row count (a batch cut to other rows) say nothing about these rows
+        got = batch.length_slices.get(event_type)
+        slices = (tuple(min(w, longest) for w in got.maxima)
+                  if got is not None and got.rows == batch.batch_size else ())
         return item, category, ts, packed.plan(offsets, item.shape[0], longest, slices)
 
     def _padded_stream(self, batch: Batch, event_type: str) -> jagged.PaddedStreams:

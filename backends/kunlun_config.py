@@ -103,7 +103,7 @@ class KunlunConfig:
     event_personalization: str = "on"
     # packed: each stream's real events back to back (no padding work; the default) | padded: [B, T]
     sequence_layout: str = "packed"
-    # packed streams: the padded products (the PFFN's, seed pooling) run over at most this many
+    # packed streams: the padded products (the PFFN's, seed pooling, PMA) run over at most this many
     # groups of rows of similar length, each padded to its own longest row (1: one padded view)
     row_groups: int = 2
     stream: StreamConfig = field(default_factory=StreamConfig)

@@ -51,7 +51,7 @@ def _row(ctx: SuiteContext, out: SuiteOutput, b: str, built, params: int, tps: d
     return row
 
 
-def _paired(ctx: SuiteContext, out: SuiteOutput, rows: list[dict], tps: dict, base: str, bs: int) -> None:
+def _paired(out: SuiteOutput, rows: list[dict], tps: dict, base: str, bs: int) -> None:
     """Each backend against `base`, window by window: the windows of one round ran side by side, so
     their ratio cancels what the host did meanwhile; the median and std of those ratios go in the
     row and in `out` (`train_speedup`, `infer_speedup`, `train_mfu_ratio`)."""
@@ -66,8 +66,8 @@ def _paired(ctx: SuiteContext, out: SuiteOutput, rows: list[dict], tps: dict, ba
             ratios = paired_ratios(mine.window_qps, ref.window_qps, scale)
             if not ratios:
                 continue
-            m = measurement(NAME, b, f"bs={bs}", key, statistics.median(ratios), unit="x", better="higher",
-                            samples=ratios, spread_kind=f"std of {len(ratios)} paired window ratios",
+            m = measurement(NAME, b, f"bs={bs} vs {base}", key, statistics.median(ratios), unit="x",
+                            better="higher", samples=ratios, spread_kind=f"std of {len(ratios)} paired window ratios",
                             baseline=base)
             out.measurements.append(m)
             row[key], row[key + "_spread"] = m["value"], m["spread"]
@@ -111,7 +111,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
         tps = {b: {mode: probe.result() for mode, probe in probes[b].items()} for b in backends}
         for b in backends:
             rows.append(_row(ctx, out, b, built_of[b], param_count(models[b]), tps[b], bs, peak))
-        _paired(ctx, out, rows, tps, base, bs)
+        _paired(out, rows, tps, base, bs)
         del models, probes
     else:
         for b in backends:

@@ -439,3 +439,24 @@ def test_row_groups_compute_what_one_padded_view_does(sets, monkeypatch):
     assert outs[0][1].keys() == outs[1][1].keys()
     for n in outs[0][1]:
         torch.testing.assert_close(outs[0][1][n], outs[1][1][n], atol=1e-5, rtol=1e-4, msg=lambda m: f"{n}: {m}")
+
+
+def test_length_slices_of_other_rows_are_not_used(monkeypatch):
+    # a batch cut to fewer rows but still carrying the full batch's slices: they describe other
+    # rows, so the model must pad as one view (a group too narrow would drop events silently)
+    monkeypatch.setattr(packed_mod, "GROUP_MIN_ELEMENTS", 0)
+    schema = make_schema(n_multihot=1)
+    full = make_batch(schema, 16, seed=4, lengths={"click": [1] * 8 + [30] * 8, "impression": [2] * 16,
+                                                   "conversion": [3] * 16})
+    sub = dataclasses.replace(take_rows(full, list(range(8, 16))), length_slices=full.length_slices)
+    sub = dataclasses.replace(sub, max_lengths={et: full.max_lengths[et] for et in full.max_lengths})
+    made = []
+    orig = Packed.groups
+    monkeypatch.setattr(Packed, "groups", lambda self, g, w: made.append(orig(self, g, w)) or made[-1])
+    torch.manual_seed(0)
+    model = build(tiny(), schema).eval()
+    with torch.no_grad():
+        got = model(sub)
+        want = model(dataclasses.replace(sub, length_slices={}))
+    assert made and all(g is None for g in made)
+    torch.testing.assert_close(got, want)

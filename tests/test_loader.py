@@ -302,6 +302,8 @@ def test_padded_and_arrow_views(rows, n, split):
 @given(lengths=st.lists(st.integers(0, 500), max_size=40), slices=st.integers(1, 9))
 def test_slice_maxima_are_each_equal_count_slices_longest_row(lengths, slices):
     got = slice_maxima(torch.tensor(lengths, dtype=torch.int64), slices)
+    assert got.rows == len(lengths)
+    got = got.maxima
     b = len(lengths)
     assert len(got) == min(slices, b)
     ordered = sorted(lengths)

@@ -94,7 +94,7 @@ GROUP_LENGTHS = st.lists(st.integers(0, 40), min_size=1, max_size=24)
 def _grouped_plan(lengths: list[int], slack: int = 0):
     """A plan whose slices come from `slice_maxima`, each raised by `slack` (an upper bound)."""
     p = _plan(lengths)
-    p.slices = tuple(w + slack for w in slice_maxima(torch.tensor(lengths)))
+    p.slices = tuple(w + slack for w in slice_maxima(torch.tensor(lengths)).maxima)
     return p
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from kunbench.ops.jagged import lengths_of, longest_row, slice_maxima
+from kunbench.ops.jagged import LengthSlices, lengths_of, longest_row, slice_maxima
 
 
 @dataclass
@@ -70,9 +70,10 @@ class Batch:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     # per event type: the longest row, or an upper bound of it (host ints; a larger bound only pads more)
     max_lengths: dict[str, int] = field(default_factory=dict)
-    # per event type: `ops.jagged.slice_maxima` of the row lengths (host ints, upper bounds allowed);
-    # a stream without one runs its padded products at one width, `max_lengths`
-    length_slices: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # per event type: `ops.jagged.slice_maxima` of the row lengths (host ints; upper bounds allowed,
+    # e.g. after rows are cut shorter). A stream without one, or whose row count differs from the
+    # batch's (rows taken out), runs its padded products at one width, `max_lengths`
+    length_slices: dict[str, LengthSlices] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
@@ -119,5 +120,5 @@ def with_max_lengths(batch: Batch) -> Batch:
     """`batch` with `max_lengths` and `length_slices` filled in for every event type (reads the
     offsets once, on the host side of a loader or source, never inside a model)."""
     slices = {et: slice_maxima(lengths_of(s.offsets).cpu()) for et, s in batch.sequences.items()}
-    return replace(batch, max_lengths={et: (sl[-1] if sl else 0) for et, sl in slices.items()},
+    return replace(batch, max_lengths={et: (sl.maxima[-1] if sl.maxima else 0) for et, sl in slices.items()},
                    length_slices=slices)

@@ -8,6 +8,8 @@ Nothing here loops over rows in Python.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -31,18 +33,26 @@ def longest_row(offsets: torch.Tensor) -> int:
 LENGTH_SLICES = 8
 
 
-def slice_maxima(lengths, slices: int = LENGTH_SLICES) -> tuple[int, ...]:
+class LengthSlices(NamedTuple):
+    """`maxima[i]`: the longest row of slice `i` of the `rows` rows sorted by length (host ints)."""
+
+    rows: int
+    maxima: tuple[int, ...]
+
+
+def slice_maxima(lengths, slices: int = LENGTH_SLICES) -> LengthSlices:
     """The longest row of each of `min(slices, B)` equal-count slices of the rows sorted by length
-    (slice `i` holds sorted positions `floor(i B / S) .. floor((i + 1) B / S) - 1`), as host ints.
+    (slice `i` holds sorted positions `floor(i B / S) .. floor((i + 1) B / S) - 1`), as host ints,
+    with `B` beside them (a batch cut to other rows no longer matches, and is padded as one view).
     Read on the host beside `max_lengths` (the last entry is the longest row): a model cuts its
     rows into groups of similar length with it, each padded only to its own longest row."""
     lengths = torch.as_tensor(lengths).reshape(-1)
     b = lengths.numel()
     s = min(int(slices), b)
     if s == 0:
-        return ()
+        return LengthSlices(0, ())
     ordered = torch.sort(lengths).values.tolist()
-    return tuple(int(ordered[(i + 1) * b // s - 1]) for i in range(s))
+    return LengthSlices(b, tuple(int(ordered[(i + 1) * b // s - 1]) for i in range(s)))
 
 
 def segment_ids(offsets: torch.Tensor, total: int | None = None) -> torch.Tensor:
