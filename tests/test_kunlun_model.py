@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
@@ -460,3 +462,23 @@ def test_length_slices_of_other_rows_are_not_used(monkeypatch):
         want = model(dataclasses.replace(sub, length_slices={}))
     assert made and all(g is None for g in made)
     torch.testing.assert_close(got, want)
+
+
+@settings(max_examples=12, deadline=None)
+@given(lengths=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), min_size=1, max_size=20))
+def test_row_groups_equal_one_view_for_any_lengths(lengths):
+    # rows of any length, empty ones and ones past max_len: up to 3 groups against one padded view
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(packed_mod, "GROUP_MIN_ELEMENTS", 0)
+        schema = make_schema(n_multihot=1)
+        cfg = dataclasses.replace(tiny(), row_groups=3)
+        torch.manual_seed(0)
+        grouped = build(cfg, schema).eval()
+        single = build(dataclasses.replace(cfg, row_groups=1), schema).eval()
+        single.load_state_dict(grouped.state_dict())
+        b = len(lengths)
+        batch = make_batch(schema, b, seed=b, lengths={"click": [a for a, _ in lengths],
+                                                       "conversion": [c for _, c in lengths],
+                                                       "impression": [3] * b})
+        with torch.no_grad():
+            torch.testing.assert_close(grouped(batch), single(batch), atol=1e-5, rtol=1e-5)
