@@ -318,7 +318,9 @@ def run(ctx: SuiteContext) -> SuiteOutput:
                     pcts = [100.0 * (r - 1.0) for r in paired_ratios(res["tp"][mode].window_qps,
                                                                      ref["tp"][mode].window_qps)]
                     d[f"dqps_{mode}"] = statistics.median(pcts) if pcts else None
-                    d[f"dqps_{mode}_spread"] = std(pcts) if len(pcts) >= 2 else None
+                    # a row that reuses full's run has no windows of its own: no spread to show
+                    d[f"dqps_{mode}_spread"] = (std(pcts) if len(pcts) >= 2 and not res.get("same_as_full")
+                                                else None)
             else:
                 d["dqps_train"] = _pct(res["train_qps"], ref["train_qps"])
                 d["dqps_train_spread"] = _ratio_pct_spread(res["train_qps"], res["train_qps_std"],
@@ -329,7 +331,9 @@ def run(ctx: SuiteContext) -> SuiteOutput:
                            "delta_expected_ne_pct_spread": d.get("dne_spread"),
                            "delta_ne_pct": d.get("dne_sampled"), "delta_ne_pct_spread": d.get("dne_sampled_spread"),
                            "delta_flops_pct": d.get("dflops"), "delta_qps_train_pct": d.get("dqps_train"),
-                           "delta_qps_infer_pct": d.get("dqps_infer"), "paper_delta_ne_pct": row.paper_dne,
+                           "delta_qps_train_pct_spread": d.get("dqps_train_spread"),
+                           "delta_qps_infer_pct": d.get("dqps_infer"),
+                           "delta_qps_infer_pct_spread": d.get("dqps_infer_spread"), "paper_delta_ne_pct": row.paper_dne,
                            "paper_delta_flops_pct": row.paper_dflops, "paper_delta_qps_pct": row.paper_dqps})
         ne_kind = f"std over {repeats} seeds" if repeats >= 2 else "bootstrap std over eval rows"
         tel = res["tp"]["train"].telemetry if "tp" in res else None

@@ -69,7 +69,8 @@ def _paired(out: SuiteOutput, rows: list[dict], tps: dict, base: str, bs: int) -
             m = measurement(NAME, b, f"bs={bs} vs {base}", key, statistics.median(ratios), unit="x",
                             better="higher", samples=ratios, spread_kind=f"std of {len(ratios)} paired window ratios",
                             baseline=base)
-            out.measurements.append(m)
+            if b != base:  # the baseline's own 1.0 is shown in its row, not stored
+                out.measurements.append(m)
             row[key], row[key + "_spread"] = m["value"], m["spread"]
 
 

@@ -178,7 +178,7 @@ class ThroughputProbe:
 def paired_ratios(mine: Sequence[float], ref: Sequence[float], scale: float = 1.0) -> list[float]:
     """`scale x mine[i] / ref[i]` for windows measured side by side (round `i` of an interleaved
     run visits every model once): the drift of a shared host cancels within each ratio."""
-    return [scale * q / r for q, r in zip(mine, ref) if r > 0]
+    return [scale * q / r for q, r in zip(mine, ref, strict=True) if r > 0]
 
 
 def measure_throughput(ctx: SuiteContext, built: Built, model: torch.nn.Module, mode: str, batch_size: int, *,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 import textwrap
 
 import numpy as np
@@ -248,22 +249,25 @@ def test_mfu_measures_every_backend_interleaved_or_in_turn(tiny_dataset, tmp_pat
     out = tmp_path / "res"
     _run(["--suite", "mfu", "--backend", "wukong,logreg", "--data", tiny_dataset, "--device", "cpu",
           "--set", "mfu.batch_size=16", "--set", "mfu.window_s=0.02", "--set", f"mfu.interleave={interleave}",
-          "--repeat", "2", "--out", out])
+          "--repeat", "3", "--out", out])
     (mfu,) = _docs(out, "mfu")
     assert mfu["config"]["interleave"] is (interleave == "true")
     for b in ("wukong", "logreg"):
         m = {x["name"]: x for x in mfu["metrics"] if x["backend"] == b}
         assert m["train_step_ms"]["value"] > 0 and m["infer_step_ms"]["value"] > 0
-        assert len(m["train_qps"]["samples"]) == 2 and m["train_aten_ops_per_step"]["value"] > 0
+        assert len(m["train_qps"]["samples"]) == 3 and m["train_aten_ops_per_step"]["value"] > 0
     by = {(x["backend"], x["name"]): x for x in mfu["metrics"]}
     if interleave == "true":  # ratios to the baseline (the first backend), window by window
         assert mfu["config"]["baseline"] == "wukong"
-        assert by[("wukong", "train_speedup")]["samples"] == [1.0, 1.0]
+        assert ("wukong", "train_speedup") not in by  # the baseline's own 1.0 is not stored
         pairs = zip(by[("logreg", "train_qps")]["samples"], by[("wukong", "train_qps")]["samples"])
         ratios = [q / r for q, r in pairs]
         assert by[("logreg", "train_speedup")]["samples"] == pytest.approx(ratios)
-        assert by[("logreg", "train_speedup")]["value"] == pytest.approx(sorted(ratios)[0] / 2 + sorted(ratios)[1] / 2)
-        assert ("logreg", "infer_speedup") in by and ("wukong", "train_mfu_ratio") in by
+        assert by[("logreg", "train_speedup")]["value"] == pytest.approx(sorted(ratios)[1])  # the median
+        assert by[("logreg", "train_speedup")]["variant"] == "bs=16 vs wukong"
+        assert ("logreg", "infer_speedup") in by and ("logreg", "train_mfu_ratio") in by
+        rows = {r["backend"]: r for r in mfu["tables"][0]["rows"]}
+        assert rows["wukong"]["train_speedup"] == 1.0
         headers = [c["header"] for c in mfu["tables"][0]["columns"]]
         assert "train ex/s x wukong" in headers
     else:  # windows measured in turn are not paired: no ratios
@@ -320,7 +324,7 @@ def test_ablation_deltas_on_expected_ne(tiny_dataset, tmp_path):
     res = CliRunner().invoke(main, ["run", "--suite", "ablation", "--backend", "interformer,wukong", "--data",
                                     str(tiny_dataset), "--device", "cpu", "--set", "train.steps=2",
                                     "--set", "train.batch_size=64", "--set", "ablation.batch_size=16",
-                                    "--set", "ablation.window_s=0.02", "--set", "ablation.windows=2",
+                                    "--set", "ablation.window_s=0.02", "--set", "ablation.windows=3",
                                     "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "ΔNE % (exp.)" in res.output and "ΔNE % (sampled)" in res.output
@@ -340,9 +344,10 @@ def test_ablation_deltas_on_expected_ne(tiny_dataset, tmp_path):
     for mode in ("train", "infer"):
         pairs = zip(m[("wukong", f"{mode}_qps")]["samples"], m[("interformer", f"{mode}_qps")]["samples"])
         pcts = [100.0 * (q / r - 1.0) for q, r in pairs]
-        assert len(pcts) == 2
-        assert w[f"dqps_{mode}"] == pytest.approx(sum(pcts) / 2)
-        assert w[f"dqps_{mode}_spread"] == pytest.approx(abs(pcts[0] - pcts[1]) / 2 ** 0.5)  # their std
+        assert len(pcts) == 3
+        assert w[f"dqps_{mode}"] == pytest.approx(sorted(pcts)[1])  # the median
+        assert w[f"dqps_{mode}_spread"] == pytest.approx(statistics.stdev(pcts))
+        assert extra["Wukong"][f"delta_qps_{mode}_pct_spread"] == pytest.approx(statistics.stdev(pcts))
 
 
 def test_run_rejects_bad_options(tiny_dataset, tmp_path):
