@@ -59,7 +59,7 @@ class GDPAPFFNBlock(nn.Module):
             g = from_padded(gdpa_pffn(to_padded(zh, p), padded_mask(p), k, v, **kw), p)
         else:
             g = from_groups([gdpa_pffn(q, m, kg, vg, **kw) for q, m, kg, vg in
-                             zip(to_groups(zh, groups), groups.masks(), groups.rows(k), groups.rows(v))], groups)
+                             zip(to_groups(zh, groups), groups.masks, groups.rows(k), groups.rows(v))], groups)
         return s + self.rms(z + g.reshape(n, d))
 
     @staticmethod

@@ -109,7 +109,7 @@ class HSP(nn.Module):
             groups = None if fused else mask.groups(self.row_groups, d_e)
             if groups is not None:
                 return groups.unrows([self._attend(*x.unbind(2), m, scale)
-                                      for x, m in zip(to_groups(kv, groups), groups.masks())])
+                                      for x, m in zip(to_groups(kv, groups), groups.masks)])
             k, v = to_padded(kv, mask).unbind(2)
             mask = padded_mask(mask)
         else:
@@ -156,7 +156,7 @@ class PMASummary(nn.Module):
         if isinstance(mask, Packed):  # PMA on a padded view, one per row group
             groups = mask.groups(self.row_groups, s.shape[-1])
             if groups is not None:
-                o = groups.unrows([self._pool(x, m) for x, m in zip(to_groups(s, groups), groups.masks())])
+                o = groups.unrows([self._pool(x, m) for x, m in zip(to_groups(s, groups), groups.masks)])
                 return self.norm(o if self.proj is None else self.proj(o))
             s, mask = to_padded(s, mask), padded_mask(mask)
         o = self._pool(s, mask)

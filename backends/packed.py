@@ -49,13 +49,9 @@ class Packed:
         """`(slot [N], source [B width])`: token `i` sits at flat slot `row width + pos` of a
         `[B, width]` view, and slot `j` holds token `source[j]`, or `N` (a zero row) in padding."""
         if width not in self.slot_maps:
-            n = self.row.shape[0]
             slot = self.row * width + self.pos
-            source = torch.full((self.batch * width,), n, dtype=torch.int64, device=self.row.device)
-            source.index_copy_(0, slot, torch.arange(n, device=self.row.device))
-            self.slot_maps[width] = (slot, source)
+            self.slot_maps[width] = (slot, _source_map(slot, self.batch * width))
         return self.slot_maps[width]
-
 
     def groups(self, max_groups: int, width: int) -> "RowGroups | None":
         """The rows cut into at most `max_groups` groups of similar length, for tokens of `width`
@@ -73,6 +69,13 @@ def plan(offsets: torch.Tensor, n: int, longest: int, slices: tuple[int, ...] = 
     row = segment_ids(offsets, n)
     pos = torch.arange(n, device=offsets.device) - offsets[row]
     return Packed(row, pos, offsets, lengths_of(offsets), int(longest), tuple(int(x) for x in slices))
+
+
+def _source_map(slot: torch.Tensor, size: int) -> torch.Tensor:
+    """`[size]`: the token held at each slot, or N (a zero row) where `slot` puts none."""
+    n = slot.shape[0]
+    source = torch.full((size,), n, dtype=torch.int64, device=slot.device)
+    return source.index_copy_(0, slot, torch.arange(n, device=slot.device))
 
 
 # more groups must save this share of the one-group padded area, and at least this many padded
@@ -127,8 +130,7 @@ class RowGroups:
     inverse: torch.Tensor  # [B] each row's position in `order`
     slot: torch.Tensor  # [N] each token's flat slot
     source: torch.Tensor  # [S] each slot's token, or N (a zero row) in padding
-    lengths: torch.Tensor  # [B] kept lengths in `order`
-    cache: dict = field(default_factory=dict, repr=False)  # masks, shared by every layer's products
+    masks: list[torch.Tensor]  # [n_g, width_g] bool per group: True on real events
 
     @staticmethod
     def build(p: Packed, bounds) -> "RowGroups":
@@ -141,17 +143,8 @@ class RowGroups:
             at += (end - start) * width
         row_base = torch.cat(base).index_select(0, inverse)  # [B] first slot of each row
         slot = row_base.index_select(0, p.row) + p.pos
-        n = p.row.shape[0]
-        source = torch.full((at,), n, dtype=torch.int64, device=dev)
-        source.index_copy_(0, slot, torch.arange(n, device=dev))
-        return RowGroups(tuple(bounds), order, inverse, slot, source, lengths)
-
-    def masks(self) -> list[torch.Tensor]:
-        """`[n_g, width_g]` bool per group: True on real events."""
-        if "masks" not in self.cache:
-            self.cache["masks"] = [torch.arange(w, device=self.lengths.device)[None, :] < self.lengths[a:b, None]
-                                   for a, b, w in self.bounds]
-        return self.cache["masks"]
+        masks = [torch.arange(w, device=dev)[None, :] < lengths[a:b, None] for a, b, w in bounds]
+        return RowGroups(tuple(bounds), order, inverse, slot, _source_map(slot, at), masks)
 
     def rows(self, x: torch.Tensor) -> list[torch.Tensor]:
         """A per-row tensor `[B, ...]` split by group (rows in group order)."""
@@ -168,46 +161,19 @@ def _gather_rows(x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     return ext.index_select(0, source)
 
 
-class _ToPadded(torch.autograd.Function):
-    """Both directions are gathers: every token has exactly one slot, so the gradient of the
-    scatter is a gather too (index_put's backward, and from_padded's index_put accumulate, were
-    1.8x and 3.3x slower on a CPU, forward plus backward)."""
-
-    @staticmethod
-    def forward(ctx, x, slot, source, batch: int, width: int):
-        ctx.save_for_backward(slot)
-        return _gather_rows(x, source).view(batch, width, *x.shape[1:])
-
-    @staticmethod
-    def backward(ctx, grad):
-        (slot,) = ctx.saved_tensors
-        return grad.reshape(-1, *grad.shape[2:]).index_select(0, slot), None, None, None, None
-
-
-class _FromPadded(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, slot, source):
-        ctx.save_for_backward(source)
-        ctx.shape = x.shape
-        return x.reshape(-1, *x.shape[2:]).index_select(0, slot)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (source,) = ctx.saved_tensors
-        return _gather_rows(grad, source).view(ctx.shape), None, None
-
-
 def to_padded(x: torch.Tensor, p: Packed, width: int | None = None) -> torch.Tensor:
-    """`[N, ...]` -> left-aligned `[B, T, ...]` with zeros in the padding."""
+    """`[N, ...]` -> left-aligned `[B, T, ...]` with zeros in the padding (the one-group case of
+    `to_groups`, rows in their own order)."""
     t = max(p.longest if width is None else width, 1)
     slot, source = p.slots(t)
-    return _ToPadded.apply(x, slot, source, p.batch, t)
+    (out,) = _ToGroups.apply(x, slot, source, ((0, p.batch, t),))
+    return out
 
 
 def from_padded(x: torch.Tensor, p: Packed) -> torch.Tensor:
     """Left-aligned `[B, T, ...]` -> `[N, ...]` (the real positions only)."""
     slot, source = p.slots(x.shape[1])
-    return _FromPadded.apply(x, slot, source)
+    return _FromGroups.apply(slot, source, x)
 
 
 def padded_mask(p: Packed, width: int | None = None) -> torch.Tensor:
@@ -215,27 +181,40 @@ def padded_mask(p: Packed, width: int | None = None) -> torch.Tensor:
     return torch.arange(t, device=p.lengths.device)[None, :] < p.lengths[:, None]
 
 
+def _flat(xs, rest) -> torch.Tensor:
+    """Groups `[n_g, width_g, *rest]` as one `[S, *rest]` (no copy for a single group)."""
+    if len(xs) == 1:
+        return xs[0].reshape(-1, *rest)
+    return torch.cat([x.reshape(-1, *rest) for x in xs])
+
+
+def _split(flat: torch.Tensor, shapes) -> tuple[torch.Tensor, ...]:
+    """`[S, ...]` -> one view per group shape `[n_g, width_g, ...]` (the inverse of `_flat`)."""
+    if len(shapes) == 1:
+        return (flat.view(shapes[0]),)
+    out, at = [], 0
+    for shape in shapes:
+        out.append(flat[at:at + shape[0] * shape[1]].view(shape))
+        at += shape[0] * shape[1]
+    return tuple(out)
+
+
 class _ToGroups(torch.autograd.Function):
-    """`[N, ...]` -> one `[n_g, width_g, ...]` view per group, all of one gathered buffer; the
-    backward gathers the tokens' gradients back from the groups' (as `_ToPadded`)."""
+    """`[N, ...]` -> one `[n_g, width_g, ...]` view per group, all of one gathered buffer. Both
+    directions are gathers: every token has exactly one slot, so the gradient of the scatter is a
+    gather too (index_put's backward, and the accumulating index_put in the backward of a gather,
+    were 1.8x and 3.3x slower on a CPU, forward plus backward)."""
 
     @staticmethod
     def forward(ctx, x, slot, source, bounds):
         ctx.save_for_backward(slot)
         ctx.rest = x.shape[1:]
-        flat = _gather_rows(x, source)
-        out, at = [], 0
-        for start, end, width in bounds:
-            size = (end - start) * width
-            out.append(flat[at:at + size].view(end - start, width, *x.shape[1:]))
-            at += size
-        return tuple(out)
+        return _split(_gather_rows(x, source), [(end - start, width, *x.shape[1:]) for start, end, width in bounds])
 
     @staticmethod
     def backward(ctx, *grads):
         (slot,) = ctx.saved_tensors
-        flat = torch.cat([g.reshape(-1, *ctx.rest) for g in grads])
-        return flat.index_select(0, slot), None, None, None
+        return _flat(grads, ctx.rest).index_select(0, slot), None, None, None
 
 
 class _FromGroups(torch.autograd.Function):
@@ -243,19 +222,12 @@ class _FromGroups(torch.autograd.Function):
     def forward(ctx, slot, source, *xs):
         ctx.save_for_backward(source)
         ctx.shapes = [x.shape for x in xs]
-        rest = xs[0].shape[2:]
-        return torch.cat([x.reshape(-1, *rest) for x in xs]).index_select(0, slot)
+        return _flat(xs, xs[0].shape[2:]).index_select(0, slot)
 
     @staticmethod
     def backward(ctx, grad):
         (source,) = ctx.saved_tensors
-        flat = _gather_rows(grad, source)
-        out, at = [], 0
-        for shape in ctx.shapes:
-            size = shape[0] * shape[1]
-            out.append(flat[at:at + size].view(shape))
-            at += size
-        return (None, None, *out)
+        return (None, None, *_split(_gather_rows(grad, source), ctx.shapes))
 
 
 def to_groups(x: torch.Tensor, groups: RowGroups) -> list[torch.Tensor]:

@@ -140,7 +140,7 @@ def test_grouped_views_and_their_gradients_equal_the_padded_ones(lengths, slack)
     x = torch.randn(n, 2, 3, generator=g, dtype=torch.float64, requires_grad=True)
     padded = to_padded(x, p)  # [B, T, 2, 3]
     parts = to_groups(x, groups)
-    for (start, end, width), part, mask, rows in zip(groups.bounds, parts, groups.masks(),
+    for (start, end, width), part, mask, rows in zip(groups.bounds, parts, groups.masks,
                                                       groups.rows(torch.arange(p.batch))):
         assert part.shape[:2] == (end - start, width)
         real = padded[rows][:, :width]
