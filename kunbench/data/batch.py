@@ -120,5 +120,5 @@ def with_max_lengths(batch: Batch) -> Batch:
     """`batch` with `max_lengths` and `length_slices` filled in for every event type (reads the
     offsets once, on the host side of a loader or source, never inside a model)."""
     slices = {et: slice_maxima(lengths_of(s.offsets).cpu()) for et, s in batch.sequences.items()}
-    return replace(batch, max_lengths={et: (sl.maxima[-1] if sl.maxima else 0) for et, sl in slices.items()},
+    return replace(batch, max_lengths={et: sl.longest for et, sl in slices.items()},
                    length_slices=slices)

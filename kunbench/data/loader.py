@@ -166,8 +166,8 @@ def _assemble(pieces: list[tuple[_Chunk, int, int]], include_p_true: bool, event
         multihot[name] = Jagged(t_val, t_off)
     sequences, max_lengths, length_slices = {}, {}, {}
     for et, parts, off in zip(event_types, seq_cols, seq_off):
-        max_lengths[et] = int(np.diff(off).max(initial=0))
         length_slices[et] = slice_maxima(torch.from_numpy(np.diff(off)))
+        max_lengths[et] = length_slices[et].longest
         t_off = next(tensors)
         t_off.numpy()[:] = off
         vals = [next(tensors) for _ in range(3)]

@@ -245,8 +245,8 @@ class SyntheticBatches:
         span = self.history_span_s
         for e in self.event_types:
             lens = self.length_laws[e].sample(B, g, dev)
-            max_lengths[e] = int(lens.max()) if B else 0  # read once here, never by the model
-            length_slices[e] = slice_maxima(lens.cpu())
+            length_slices[e] = slice_maxima(lens.cpu())  # read once here, never by the model
+            max_lengths[e] = length_slices[e].longest
             offsets = lengths_to_offsets(lens)
             n = int(offsets[-1])
             item_card, cat_card = self._seq_card[e]

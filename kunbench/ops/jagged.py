@@ -39,6 +39,10 @@ class LengthSlices(NamedTuple):
     rows: int
     maxima: tuple[int, ...]
 
+    @property
+    def longest(self) -> int:
+        return self.maxima[-1] if self.maxima else 0
+
 
 def slice_maxima(lengths, slices: int = LENGTH_SLICES) -> LengthSlices:
     """The longest row of each of `min(slices, B)` equal-count slices of the rows sorted by length
