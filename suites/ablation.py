@@ -52,7 +52,7 @@ from kunbench.train.evaluate import autocast_dtype
 from kunbench.hardware import device_peak, flops_convention, mfu
 from kunbench.stats import bootstrap_expected_ne, bootstrap_ne, mean, std
 from kunbench.suites.context import SuiteContext, build_model, resolve_backend, str_list, world_note
-from kunbench.suites.throughput import ThroughputProbe, paired_ratios
+from kunbench.suites.throughput import ThroughputProbe, interleaved, paired_ratios
 from kunbench.suites.training import same_eval_rows, train_and_predict
 from kunbench.suites.registry import SuiteOutput, SuiteSpec
 
@@ -148,13 +148,9 @@ def _throughput(ctx: SuiteContext, s: dict[str, Any], rows: list[Row], results: 
     if interleave:
         ctx.log(f"ablation: throughput of {len(rows)} rows at batch {s['batch_size']}, "
                 f"{s['windows']} interleaved windows ...")
-        probes = {row.name: probes_for(row) for row in rows}
-        for _ in range(s["windows"]):
-            for row in rows:
-                for p in probes[row.name].values():
-                    p.window()
+        tps = interleaved({row.name: probes_for(row) for row in rows}, s["windows"])
         for row in rows:
-            results[row.name]["tp"] = {m: p.result() for m, p in probes[row.name].items()}
+            results[row.name]["tp"] = tps[row.name]
         return
     for row in rows:
         ctx.log(f"ablation: throughput {row.name} bs={s['batch_size']} ...")
@@ -175,7 +171,7 @@ def settings(ctx: SuiteContext) -> dict[str, Any]:
             "window_s": ctx.number_option("window_s", 2.0 if ctx.full else 0.4, maximum=3600),
             "warmup": ctx.number_option("warmup", 10 if big else 2, integer=True, strict=False),
             "windows": ctx.number_option("windows", 3, integer=True),
-            "interleave": bool(ctx.suite_option("interleave", not ctx.full)),
+            "interleave": ctx.bool_option("interleave", not ctx.full),
             "rows": ctx.suite_option("rows", None)}
 
 

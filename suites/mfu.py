@@ -22,7 +22,7 @@ from kunbench.errors import KunbenchError
 from kunbench.results import measurement
 from kunbench.hardware import device_peak, flops_convention, model_flops
 from kunbench.suites.context import SuiteContext, build_model, param_count, resolve_backend, world_note
-from kunbench.suites.throughput import (ThroughputProbe, measure_throughput, paired_ratios,
+from kunbench.suites.throughput import (ThroughputProbe, interleaved, measure_throughput, paired_ratios,
                                         throughput_measurements)
 from kunbench.suites.registry import SuiteOutput, SuiteSpec
 
@@ -80,7 +80,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
     window_s = ctx.number_option("window_s", 2.0 if ctx.full else 0.75, maximum=3600)
     warmup = ctx.number_option("warmup", 10 if ctx.full else 3, integer=True, strict=False)
     windows = ctx.repeats(3)
-    interleave = bool(ctx.suite_option("interleave", True))
+    interleave = ctx.bool_option("interleave", True)
     peak = device_peak(ctx.device, ctx.dtype)
     ctx.log(f"mfu: device peak {peak['flops_per_s'] / 1e9:,.1f} GFLOP/s ({peak['source']})"
             if peak.get("flops_per_s") else f"mfu: {peak['source']}")
@@ -97,19 +97,13 @@ def run(ctx: SuiteContext) -> SuiteOutput:
     built_of = {b: resolve_backend(ctx, b) for b in backends}
     for b in backends:
         out.config["backends"][b] = {"preset": built_of[b].preset}
-    if interleave and len(backends) > 1:
-        # every model built and warmed up first, then each window visits every backend in turn, so
-        # a host that slows down for a while (shared CPUs, clocks) slows them all alike
+    if paired:  # every model built and warmed up first, then the windows run round by round
         ctx.log(f"mfu: {len(backends)} backends at batch {bs}, {windows} interleaved windows ...")
         models = {b: build_model(ctx, built_of[b]) for b in backends}
         probes = {b: {mode: ThroughputProbe(ctx, built_of[b], models[b], mode, bs, min_window_s=window_s,
                                             warmup=warmup, label=f"mfu {b} {mode}")
                       for mode in ("train", "infer")} for b in backends}
-        for _ in range(windows):
-            for b in backends:
-                for probe in probes[b].values():
-                    probe.window()
-        tps = {b: {mode: probe.result() for mode, probe in probes[b].items()} for b in backends}
+        tps = interleaved(probes, windows)
         for b in backends:
             rows.append(_row(ctx, out, b, built_of[b], param_count(models[b]), tps[b], bs, peak))
         _paired(out, rows, tps, base, bs)

@@ -175,6 +175,16 @@ class ThroughputProbe:
                           dict(self.ops), dict(self.kernels))
 
 
+def interleaved(probes: dict[str, dict[str, "ThroughputProbe"]], windows: int) -> dict[str, dict[str, Throughput]]:
+    """Round `i` runs window `i` of every probe in turn (`probes[name][mode]`), so a host that slows
+    down for a while slows every model alike; then each probe's result."""
+    for _ in range(windows):
+        for modes in probes.values():
+            for probe in modes.values():
+                probe.window()
+    return {name: {mode: p.result() for mode, p in modes.items()} for name, modes in probes.items()}
+
+
 def paired_ratios(mine: Sequence[float], ref: Sequence[float], scale: float = 1.0) -> list[float]:
     """`scale x mine[i] / ref[i]` for windows measured side by side (round `i` of an interleaved
     run visits every model once): the drift of a shared host cancels within each ratio."""

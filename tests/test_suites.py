@@ -274,11 +274,20 @@ def test_mfu_measures_every_backend_interleaved_or_in_turn(tiny_dataset, tmp_pat
         assert mfu["config"]["baseline"] is None and ("logreg", "train_speedup") not in by
 
 
-def test_mfu_baseline_must_be_a_backend_run(tiny_dataset, tmp_path):
+def test_mfu_baseline_and_interleave_must_be_valid(tiny_dataset, tmp_path):
     res = CliRunner().invoke(main, ["run", "--suite", "mfu", "--backend", "wukong,logreg", "--data", tiny_dataset,
                                     "--device", "cpu", "--set", "mfu.baseline=kunlun", "--out", str(tmp_path)])
     assert res.exit_code != 0
     assert "mfu.baseline must be one of the backends run (wukong, logreg), got 'kunlun'" in res.output
+    assert not list(tmp_path.glob("*.json"))
+    # a typo must not flip the switch: one line naming the value, nothing written
+    for suite in ("mfu", "ablation"):
+        res = CliRunner().invoke(main, ["run", "--suite", suite, "--backend", "wukong,logreg", "--data", tiny_dataset,
+                                        "--device", "cpu", "--set", f"{suite}.interleave=sometimes",
+                                        "--out", str(tmp_path)])
+        assert res.exit_code != 0
+        assert f"{suite}.interleave must be true or false, got 'sometimes'" in res.output
+        assert "Traceback" not in res.output
     assert not list(tmp_path.glob("*.json"))
 
 
