@@ -10,6 +10,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from kunbench import host_allocator
+
 
 def _pkg_version(name: str) -> str | None:
     try:
@@ -94,4 +96,5 @@ def environment_stamp() -> dict[str, Any]:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "gpu": gpu_info(),
+        "host_malloc": host_allocator.status(),
     }

@@ -16,14 +16,12 @@ side, with their std).
 
 from __future__ import annotations
 
-import statistics
-
 from kunbench.errors import KunbenchError
 from kunbench.results import measurement
 from kunbench.hardware import device_peak, flops_convention, model_flops
 from kunbench.suites.context import SuiteContext, build_model, param_count, resolve_backend, world_note
-from kunbench.suites.throughput import (ThroughputProbe, interleaved, measure_throughput, paired_ratios,
-                                        throughput_measurements)
+from kunbench.suites.throughput import (ThroughputProbe, interleaved, measure_throughput, paired_against,
+                                        paired_columns, throughput_measurements)
 from kunbench.suites.registry import SuiteOutput, SuiteSpec
 
 NAME = "mfu"
@@ -49,29 +47,6 @@ def _row(ctx: SuiteContext, out: SuiteOutput, b: str, built, params: int, tps: d
         row["flops"] = tp.flops_per_example
         row["kernels"] = ", ".join(f"{k}={v}" for k, v in tp.kernels.items()) or "-"
     return row
-
-
-def _paired(out: SuiteOutput, rows: list[dict], tps: dict, base: str, bs: int) -> None:
-    """Each backend against `base`, window by window: the windows of one round ran side by side, so
-    their ratio cancels what the host did meanwhile; the median and std of those ratios go in the
-    row and in `out` (`train_speedup`, `infer_speedup`, `train_mfu_ratio`)."""
-    for row in rows:
-        b = row["backend"]
-        for key, mode, flops in (("train_speedup", "train", False), ("infer_speedup", "infer", False),
-                                 ("train_mfu_ratio", "train", True)):
-            mine, ref = tps[b][mode], tps[base][mode]
-            if flops and not (mine.flops_per_example and ref.flops_per_example):
-                continue  # a backend without analytic FLOPs has no MFU to compare
-            scale = mine.flops_per_example / ref.flops_per_example if flops else 1.0
-            ratios = paired_ratios(mine.window_qps, ref.window_qps, scale)
-            if not ratios:
-                continue
-            m = measurement(NAME, b, f"bs={bs} vs {base}", key, statistics.median(ratios), unit="x",
-                            better="higher", samples=ratios, spread_kind=f"std of {len(ratios)} paired window ratios",
-                            baseline=base)
-            if b != base:  # the baseline's own 1.0 is shown in its row, not stored
-                out.measurements.append(m)
-            row[key], row[key + "_spread"] = m["value"], m["spread"]
 
 
 def run(ctx: SuiteContext) -> SuiteOutput:
@@ -106,7 +81,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
         tps = interleaved(probes, windows)
         for b in backends:
             rows.append(_row(ctx, out, b, built_of[b], param_count(models[b]), tps[b], bs, peak))
-        _paired(out, rows, tps, base, bs)
+        out.measurements += paired_against(NAME, rows, tps, base, f"bs={bs}")
         del models, probes
     else:
         for b in backends:
@@ -128,12 +103,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
                     {"key": "train_mfu_pct", "header": "train MFU %", "fmt": ".2f", "pm": "train_mfu_pct_spread"},
                     {"key": "infer_step_ms", "header": "infer step ms", "fmt": ".1f"},
                     {"key": "infer_mfu_pct", "header": "infer MFU %", "fmt": ".2f", "pm": "infer_mfu_pct_spread"},
-                    *([{"key": "train_speedup", "header": f"train ex/s x {base}", "fmt": ".2f",
-                        "pm": "train_speedup_spread"},
-                       {"key": "train_mfu_ratio", "header": f"train MFU x {base}", "fmt": ".2f",
-                        "pm": "train_mfu_ratio_spread"},
-                       {"key": "infer_speedup", "header": f"infer ex/s x {base}", "fmt": ".2f",
-                        "pm": "infer_speedup_spread"}] if paired else []),
+                    *(paired_columns(base) if paired else []),
                     {"key": "train_aten_ops_per_step", "header": "aten ops/train step", "fmt": ",.0f"},
                     *([{"key": "train_cuda_launches_per_step", "header": "CUDA launches/train step", "fmt": ",.0f"}]
                       if ctx.device.type == "cuda" else []),

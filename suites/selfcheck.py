@@ -9,14 +9,17 @@ how fast. `kunbench selfcheck` (or `kunbench run --suite selfcheck`).
 2. A kernel speed grid (the kernels suite on a few shapes): Triton vs eager vs torch.compile on a
    GPU; eager only on a CPU (triton needs CUDA, and compile time would dominate).
 3. Per backend (default presets, in-memory batches shaped like `small`): train and inference
-   examples/s, MFU, ops per training step and the kernels that ran; then a `--compile` training
-   step (compile time apart from examples/s) -- on a CPU with the tiny presets, whose compilation
-   fits the time budget.
+   examples/s, MFU, ops per training step and the kernels that ran, over `--repeat` (3) rounds
+   that each measure every backend in turn, so every backend's train ex/s, infer ex/s and train
+   MFU also come as multiples of the baseline's from windows that ran side by side; then a
+   `--compile` training step (compile time apart from examples/s) -- on a CPU with the tiny
+   presets, whose compilation fits the time budget.
 
 Steps 1 and 3 run the Triton kernels with their fixed blocks (autotuning every case would compile
 about a thousand variants); the speed grid tunes. Everything it could not check is listed in the
 notes and in the result's `unchecked`, and a step that fails is a row there, not the end of the run.
-Options (selfcheck.KEY=V): batch_size (1024 GPU / 256 CPU), window_s (1.0 / 0.5), compile
+Options (selfcheck.KEY=V): batch_size (1024 GPU / 256 CPU), window_s (1.0 / 0.5), baseline (the
+backend the ratios divide by; default the first backend), compile
 (true; false skips step 3's compiled runs), kernels (true; false skips steps 1-2), budget_s (420 on
 a GPU, 540 on a CPU: a compiled run that would start after this many seconds is skipped and listed
 as not checked, so the whole check stays inside its 8 / 10 minutes).
@@ -34,7 +37,8 @@ import torch
 from kunbench.results import measurement
 from kunbench.hardware import device_peak
 from kunbench.suites.context import SuiteContext, build_model, param_count, resolve_backend, world_note
-from kunbench.suites.throughput import throughput_measurements
+from kunbench.errors import KunbenchError
+from kunbench.suites.throughput import ThroughputProbe, paired_against, paired_columns, throughput_measurements
 from kunbench.suites.registry import SuiteOutput, SuiteSpec
 
 NAME = "selfcheck"
@@ -168,75 +172,106 @@ def speed_grid(device: torch.device) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, unchecked
 
 
-def backend_runs(ctx: SuiteContext, batch_size: int, window_s: float, compile_: bool, deadline: float
-                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
-    from kunbench.suites.throughput import ThroughputProbe
+def _failure(exc: Exception) -> str:
+    return f"FAIL: {type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"
+
+
+def backend_runs(ctx: SuiteContext, batch_size: int, window_s: float, windows: int, base: str | None,
+                 compile_: bool, deadline: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """Every backend built and warmed up first, then `windows` rounds that each measure one train
+    and one infer window of every backend in turn (so the ratios to `base` pair windows that ran
+    side by side), then a compiled training run per backend. A backend that fails (out of memory,
+    a kernel that does not launch) becomes a FAIL row and leaves the rounds; the others go on."""
+    from kunbench.backends.registry import get_backend
 
     cuda = ctx.device.type == "cuda"
     peak = device_peak(ctx.device, ctx.dtype)
-    rows, ms, unchecked = [], [], []
-    from kunbench.backends.registry import get_backend
+    rows: dict[str, dict[str, Any]] = {}
+    ms: list[dict[str, Any]] = []
+    unchecked: list[str] = []
+    built_of, models, probes = {}, {}, {}
+
+    def fail(name: str, exc: Exception) -> None:
+        rows[name]["kernels"] = _failure(exc)
+        unchecked.append(f"{name} eager train/infer: {rows[name]['kernels']}")
+        ctx.log(f"selfcheck: {name}: {rows[name]['kernels']}")
+        models.pop(name, None)  # drop the failed model before the next one runs
+        probes.pop(name, None)
+        if cuda:
+            torch.cuda.empty_cache()
 
     for name in ctx.backends():
         # the backends' own presets (the sizes the README's figures use), unless --preset says otherwise
-        built = resolve_backend(ctx, name, preset=ctx.opts.preset or get_backend(name).default_preset)
-        row: dict[str, Any] = {"backend": name, "preset": built.preset}
-        try:  # a backend that fails (out of memory, a kernel that does not launch) is a row, not the end
-            model = build_model(ctx, built)
-            row["params"] = param_count(model)
-            for mode in ("train", "infer"):
-                ctx.log(f"selfcheck: {name} {mode} bs={batch_size} ...")
-                probe = ThroughputProbe(ctx, built, model, mode, batch_size, min_window_s=window_s,
-                                        warmup=3 if cuda else 2, label=f"selfcheck {name} {mode}", compile=False)
-                for _ in range(2):
-                    probe.window()
-                tp = probe.result()
-                got = throughput_measurements(NAME, name, f"bs={batch_size}", tp, peak=peak,
-                                              world_size=ctx.world_size)
-                ms += got
-                for m in got:
-                    row[m["name"]] = m["value"]
-                row["flops"] = tp.flops_per_example
-                row["kernels"] = ", ".join(f"{k}={v}" for k, v in tp.kernels.items()) or "-"
-                if mode == "train" and cuda and "cuda_launches" not in tp.ops:
-                    unchecked.append(f"{name}: CUDA kernel launches per step (the profiler saw none: "
-                                     "CUPTI may not be permitted here)")
-            del model
+        built = built_of[name] = resolve_backend(ctx, name, preset=ctx.opts.preset or get_backend(name).default_preset)
+        rows[name] = {"backend": name, "preset": built.preset}
+        try:
+            ctx.log(f"selfcheck: {name} bs={batch_size}: build and warm up ...")
+            models[name] = build_model(ctx, built)
+            rows[name]["params"] = param_count(models[name])
+            probes[name] = {mode: ThroughputProbe(ctx, built, models[name], mode, batch_size, min_window_s=window_s,
+                                                  warmup=3 if cuda else 2, label=f"selfcheck {name} {mode}",
+                                                  compile=False)
+                            for mode in ("train", "infer")}
         except Exception as exc:
-            row["kernels"] = f"FAIL: {type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"
-            unchecked.append(f"{name} eager train/infer: {row['kernels']}")
-            ctx.log(f"selfcheck: {name}: {row['kernels']}")
-            model = None  # noqa: F841 - drop the failed model before the next one is built
-            if cuda:
-                torch.cuda.empty_cache()
-        if compile_ and time.perf_counter() > deadline:
+            fail(name, exc)
+    for i in range(windows):
+        ctx.log(f"selfcheck: window {i + 1}/{windows} of {', '.join(probes) or 'no backend'} ...")
+        for name in list(probes):
+            try:
+                for probe in probes[name].values():
+                    probe.window()
+            except Exception as exc:
+                fail(name, exc)
+    tps = {name: {mode: p.result() for mode, p in modes.items()} for name, modes in probes.items()}
+    for name, by_mode in tps.items():
+        row = rows[name]
+        for mode, tp in by_mode.items():
+            got = throughput_measurements(NAME, name, f"bs={batch_size}", tp, peak=peak, world_size=ctx.world_size)
+            ms += got
+            for m in got:
+                row[m["name"]] = m["value"]
+            row["flops"] = tp.flops_per_example
+            row["kernels"] = ", ".join(f"{k}={v}" for k, v in tp.kernels.items()) or "-"
+            if mode == "train" and cuda and "cuda_launches" not in tp.ops:
+                unchecked.append(f"{name}: CUDA kernel launches per step (the profiler saw none: "
+                                 "CUPTI may not be permitted here)")
+    if base is not None and base in tps and len(tps) > 1:
+        ms += paired_against(NAME, [rows[n] for n in tps], tps, base, f"bs={batch_size}")
+    elif base is not None and len(rows) > 1:
+        unchecked.append(f"ratios to {base}: it did not run")
+    models.clear()
+    probes.clear()
+    if cuda:
+        torch.cuda.empty_cache()
+    for name, row in rows.items() if compile_ else ():
+        if time.perf_counter() > deadline:
             unchecked.append(f"{name} --compile: skipped, the time budget (selfcheck.budget_s) is spent")
-        elif compile_:
-            preset = built.preset if cuda else "tiny"
+            continue
+        preset = built_of[name].preset if cuda else "tiny"
+        ctx.log(f"selfcheck: {name} --compile train ({preset}) ...")
+        cmodel = None
+        try:
             cbuilt = resolve_backend(ctx, name, preset=preset)
             cmodel = build_model(ctx, cbuilt)
-            ctx.log(f"selfcheck: {name} --compile train ({preset}) ...")
-            try:
-                probe = ThroughputProbe(ctx, cbuilt, cmodel, "train", batch_size, min_window_s=window_s, warmup=3,
-                                        label=f"selfcheck {name} compiled", compile=True)
-                for _ in range(2):
-                    probe.window()
-                tp = probe.result()
-                row["compiled_preset"] = preset
-                row["compile_s"] = tp.compile_s
-                row["compiled_train_qps"] = tp.qps
-                row["compiled_aten_ops"] = tp.ops.get("cuda_launches" if cuda else "aten_ops")
-                ms += [dict(m, name="compiled_" + m["name"])
-                       for m in throughput_measurements(NAME, name, f"bs={batch_size} {preset}", tp, peak=peak,
-                                                        world_size=ctx.world_size)]
-            except Exception as exc:  # report and go on: the other backends still get checked
-                row["compiled_preset"] = f"FAIL: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
-                unchecked.append(f"{name} --compile: {row['compiled_preset']}")
-            del cmodel
-        rows.append(row)
+            probe = ThroughputProbe(ctx, cbuilt, cmodel, "train", batch_size, min_window_s=window_s, warmup=3,
+                                    label=f"selfcheck {name} compiled", compile=True)
+            for _ in range(2):
+                probe.window()
+            tp = probe.result()
+            row["compiled_preset"] = preset
+            row["compile_s"] = tp.compile_s
+            row["compiled_train_qps"] = tp.qps
+            row["compiled_aten_ops"] = tp.ops.get("cuda_launches" if cuda else "aten_ops")
+            ms += [dict(m, name="compiled_" + m["name"])
+                   for m in throughput_measurements(NAME, name, f"bs={batch_size} {preset}", tp, peak=peak,
+                                                    world_size=ctx.world_size)]
+        except Exception as exc:  # report and go on: the other backends still get checked
+            row["compiled_preset"] = _failure(exc)
+            unchecked.append(f"{name} --compile: {row['compiled_preset']}")
+        del cmodel
     if not compile_:
         unchecked.append("compiled runs: skipped (selfcheck.compile=false)")
-    return rows, ms, unchecked
+    return list(rows.values()), ms, unchecked
 
 
 def run(ctx: SuiteContext) -> SuiteOutput:
@@ -246,8 +281,14 @@ def run(ctx: SuiteContext) -> SuiteOutput:
     compile_ = ctx.bool_option("compile", True)
     kernels = ctx.bool_option("kernels", True)
     budget_s = ctx.number_option("budget_s", 420.0 if cuda else 540.0, strict=False)
-    out = SuiteOutput(backends=ctx.backends(), config={"batch_size": bs, "window_s": window_s, "compile": compile_,
-                                                       "budget_s": budget_s})
+    windows = ctx.repeats(3)
+    backends = ctx.backends()
+    base = ctx.suite_option("baseline", None)
+    if base is not None and str(base) not in backends:
+        raise KunbenchError(f"selfcheck.baseline must be one of the backends run ({', '.join(backends)}), got {base!r}")
+    base = None if len(backends) < 2 else str(base or backends[0])
+    out = SuiteOutput(backends=backends, config={"batch_size": bs, "window_s": window_s, "windows": windows,
+                                                 "baseline": base, "compile": compile_, "budget_s": budget_s})
     unchecked: list[str] = []
     t0 = time.perf_counter()
     if not cuda:
@@ -294,7 +335,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
     # Triton autotuning would compile 8 block configs per kernel and shape here; the backend runs
     # use the fixed blocks (the kernels suite and `kunbench run --suite qps` tune)
     with _env("KUNBENCH_TRITON_AUTOTUNE", "0" if cuda else None):
-        rows, ms, missing = backend_runs(ctx, bs, window_s, compile_, deadline=t0 + budget_s)
+        rows, ms, missing = backend_runs(ctx, bs, window_s, windows, base, compile_, deadline=t0 + budget_s)
     if cuda:
         unchecked.append("tuned Triton blocks in the backend runs: they ran the fixed untuned blocks")
     unchecked += missing
@@ -306,6 +347,7 @@ def run(ctx: SuiteContext) -> SuiteOutput:
             {"key": "infer_mfu_pct", "header": "infer MFU %", "fmt": ".2f"},
             {"key": "train_cuda_launches_per_step" if cuda else "train_aten_ops_per_step",
              "header": ("CUDA launches" if cuda else "aten ops") + "/train step", "fmt": ",.0f"},
+            *(paired_columns(base) if base is not None else []),
             {"key": "kernels", "header": "kernels"}]
     if compile_:
         cols += [{"key": "compiled_preset", "header": "compiled preset"},
@@ -327,4 +369,4 @@ def run(ctx: SuiteContext) -> SuiteOutput:
 
 SUITE = SuiteSpec(NAME, "One-shot machine check: GDPA kernel correctness and speed, backend QPS/MFU/ops, compile",
                   run,
-                  options=('batch_size', 'budget_s', 'compile', 'kernels', 'window_s'))
+                  options=('baseline', 'batch_size', 'budget_s', 'compile', 'kernels', 'window_s'))

@@ -191,6 +191,44 @@ def paired_ratios(mine: Sequence[float], ref: Sequence[float], scale: float = 1.
     return [scale * q / r for q, r in zip(mine, ref, strict=True) if r > 0]
 
 
+PAIRED_KEYS = (("train_speedup", "train", False), ("infer_speedup", "infer", False), ("train_mfu_ratio", "train", True))
+
+
+def paired_against(suite: str, rows: list[dict[str, Any]], tps: dict[str, dict[str, Throughput]], base: str,
+                   variant: str) -> list[dict[str, Any]]:
+    """Each row's backend against `base`, window by window: the windows of one round ran side by
+    side, so their ratio cancels what the host did meanwhile. The median and std of those ratios
+    go in the row (`train_speedup`, `infer_speedup`, `train_mfu_ratio`); the measurements come
+    back, except the baseline's own 1.0, which only its row shows."""
+    out = []
+    for row in rows:
+        b = row["backend"]
+        for key, mode, flops in PAIRED_KEYS:
+            if b not in tps or mode not in tps[b] or mode not in tps[base]:
+                continue
+            mine, ref = tps[b][mode], tps[base][mode]
+            if flops and not (mine.flops_per_example and ref.flops_per_example):
+                continue  # a backend without analytic FLOPs has no MFU to compare
+            scale = mine.flops_per_example / ref.flops_per_example if flops else 1.0
+            ratios = paired_ratios(mine.window_qps, ref.window_qps, scale)
+            if not ratios:
+                continue
+            m = measurement(suite, b, f"{variant} vs {base}", key, statistics.median(ratios), unit="x",
+                            better="higher", samples=ratios,
+                            spread_kind=f"std of {len(ratios)} paired window ratios", baseline=base)
+            if b != base:
+                out.append(m)
+            row[key], row[key + "_spread"] = m["value"], m["spread"]
+    return out
+
+
+def paired_columns(base: str) -> list[dict[str, Any]]:
+    """Table columns of `paired_against`'s figures."""
+    return [{"key": "train_speedup", "header": f"train ex/s x {base}", "fmt": ".2f", "pm": "train_speedup_spread"},
+            {"key": "train_mfu_ratio", "header": f"train MFU x {base}", "fmt": ".2f", "pm": "train_mfu_ratio_spread"},
+            {"key": "infer_speedup", "header": f"infer ex/s x {base}", "fmt": ".2f", "pm": "infer_speedup_spread"}]
+
+
 def measure_throughput(ctx: SuiteContext, built: Built, model: torch.nn.Module, mode: str, batch_size: int, *,
                        windows: int, min_window_s: float, warmup: int, max_iters: int = 10_000,
                        label: str | None = None) -> Throughput:

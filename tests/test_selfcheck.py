@@ -22,13 +22,13 @@ def test_gdpa_checks_pass_on_cpu():
     assert all(r["rel_err"] is not None and r["rel_err"] < 1e-4 for r in rows)
 
 
-def _quick_selfcheck(tmp_path, monkeypatch, backends: str) -> dict:
+def _quick_selfcheck(tmp_path, monkeypatch, backends: str, *extra: str) -> dict:
     """A CPU selfcheck of the tiny presets without kernels or compile; its one result file."""
     monkeypatch.setenv("KUNBENCH_CACHE", str(tmp_path / "cache"))
     res = CliRunner().invoke(main, ["selfcheck", "-b", backends, "--preset", "tiny", "--device", "cpu",
                                     "--set", "selfcheck.kernels=false", "--set", "selfcheck.compile=false",
                                     "--set", "selfcheck.batch_size=16", "--set", "selfcheck.window_s=0.02",
-                                    "--out", str(tmp_path / "res")])
+                                    *extra, "--out", str(tmp_path / "res")])
     assert res.exit_code == 0, res.output
     files = list((tmp_path / "res").glob("suite-selfcheck-*.json"))
     assert len(files) == 1
@@ -59,6 +59,60 @@ def test_a_failing_backend_is_a_row_and_the_result_is_still_written(tmp_path, mo
     assert any("wukong eager train/infer: FAIL: RuntimeError: CUDA out of memory" in u
                for u in doc["extra"]["unchecked"])
     assert any(m["name"] == "train_qps" and m["backend"] == "logreg" for m in doc["metrics"])
+
+
+def test_backends_are_measured_side_by_side_and_given_as_ratios_to_the_baseline(tmp_path, monkeypatch):
+    """Each round measures every backend in turn; the ratios pair the windows of one round."""
+    import kunbench.suites.selfcheck as sc
+
+    order = []
+    real = sc.ThroughputProbe.window
+
+    def window(self):
+        order.append(self.label)
+        return real(self)
+
+    monkeypatch.setattr(sc.ThroughputProbe, "window", window)
+    doc = _quick_selfcheck(tmp_path, monkeypatch, "wukong,logreg", "--repeat", "3")
+    assert order == ["selfcheck wukong train", "selfcheck wukong infer", "selfcheck logreg train",
+                     "selfcheck logreg infer"] * 3
+    by = {(m["backend"], m["name"]): m for m in doc["metrics"]}
+    assert doc["config"]["baseline"] == "wukong" and doc["config"]["windows"] == 3
+    for key, mode in (("train_speedup", "train"), ("infer_speedup", "infer")):
+        mine, ref = by[("logreg", f"{mode}_qps")]["samples"], by[("wukong", f"{mode}_qps")]["samples"]
+        ratios = [a / b for a, b in zip(mine, ref)]
+        assert by[("logreg", key)]["samples"] == pytest.approx(ratios)
+        assert by[("logreg", key)]["value"] == pytest.approx(sorted(ratios)[1])
+        assert by[("logreg", key)]["variant"] == "bs=16 vs wukong"
+    assert ("wukong", "train_speedup") not in by  # the baseline's own 1.0 is only shown
+
+
+def test_a_backend_failing_in_a_window_leaves_the_rounds_and_the_others_finish(tmp_path, monkeypatch):
+    import kunbench.suites.selfcheck as sc
+
+    real = sc.ThroughputProbe.window
+
+    def window(self):
+        if self.label == "selfcheck wukong infer" and len(self.window_qps) == 1:
+            raise RuntimeError("an illegal memory access was encountered (simulated)")
+        return real(self)
+
+    monkeypatch.setattr(sc.ThroughputProbe, "window", window)
+    doc = _quick_selfcheck(tmp_path, monkeypatch, "logreg,wukong", "--repeat", "3")
+    assert any(u.startswith("wukong eager train/infer: FAIL: RuntimeError: an illegal memory access")
+               for u in doc["extra"]["unchecked"])
+    qps = [m for m in doc["metrics"] if m["name"] == "train_qps"]
+    assert [m["backend"] for m in qps] == ["logreg"] and len(qps[0]["samples"]) == 3
+    assert not any(m["name"].endswith("_speedup") for m in doc["metrics"])  # nothing left to pair with
+
+
+def test_a_baseline_that_is_not_run_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUNBENCH_CACHE", str(tmp_path / "cache"))
+    res = CliRunner().invoke(main, ["selfcheck", "-b", "wukong,logreg", "--device", "cpu",
+                                    "--set", "selfcheck.baseline=kunlun", "--out", str(tmp_path / "res")])
+    assert res.exit_code != 0
+    assert "selfcheck.baseline must be one of the backends run (wukong, logreg), got 'kunlun'" in res.output
+    assert not list((tmp_path / "res").glob("**/*.json"))  # nothing written
 
 
 def test_float32_on_a_gpu_is_held_to_tf32_precision():

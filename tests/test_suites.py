@@ -396,7 +396,7 @@ def test_config_file(tiny_dataset, tmp_path):
 @pytest.mark.parametrize("option, fragment", [
     ("ne.bootstrapp=5", "unknown option ne.bootstrapp (options of ne: baseline, bootstrap)"),
     ("mfu.batchsize=8", "unknown option mfu.batchsize"),
-    ("selfcheck.budget=1", "options of selfcheck: batch_size, budget_s"),
+    ("selfcheck.budget=1", "options of selfcheck: baseline, batch_size, budget_s"),
 ])
 def test_unknown_suite_option_is_rejected_before_work(tmp_path, monkeypatch, option, fragment):
     from click.testing import CliRunner

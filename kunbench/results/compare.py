@@ -166,11 +166,12 @@ def environment_warnings(base_docs: list[dict], new_docs: list[dict]) -> list[st
             if (tel.get("gpu") or {}).get("throttled"):
                 warnings.append(f"{side} {src}: the GPU throttled during measurement "
                                 f"({', '.join((tel.get('gpu') or {}).get('throttle_reasons', []))})")
-    for field_name, label in (("torch", "torch"), ("cuda", "CUDA")):
+    for field_name, label in (("torch", "torch version"), ("cuda", "CUDA version"),
+                              ("host_malloc", "host heap setting (CPU timings)")):
         bv = sorted({str(e.get(field_name)) for e in b})
         nv = sorted({str(e.get(field_name)) for e in n})
         if bv != nv:
-            warnings.append(f"note: {label} version differs: base {', '.join(bv)} vs new {', '.join(nv)}")
+            warnings.append(f"note: {label} differs: base {', '.join(bv)} vs new {', '.join(nv)}")
     return warnings
 
 

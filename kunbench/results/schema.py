@@ -153,4 +153,4 @@ def environment_summary(env: dict[str, Any]) -> dict[str, Any]:
     return {"device": env.get("device"), "gpu": ", ".join(n for n in names if n) or None,
             "cpu": env.get("cpu"), "cpu_count": env.get("cpu_count"), "torch": env.get("torch"),
             "cuda": env.get("cuda"), "dtype": env.get("dtype"), "world_size": env.get("world_size"),
-            "git_sha": env.get("git_sha"), "hostname": env.get("hostname")}
+            "git_sha": env.get("git_sha"), "hostname": env.get("hostname"), "host_malloc": env.get("host_malloc")}
