@@ -18,7 +18,7 @@ how fast. `kunbench selfcheck` (or `kunbench run --suite selfcheck`).
 Steps 1 and 3 run the Triton kernels with their fixed blocks (autotuning every case would compile
 about a thousand variants); the speed grid tunes. Everything it could not check is listed in the
 notes and in the result's `unchecked`, and a step that fails is a row there, not the end of the run.
-Options (selfcheck.KEY=V): batch_size (1024 GPU / 256 CPU), window_s (1.0 / 0.5), baseline (the
+Options (selfcheck.KEY=V): batch_size (1024 GPU / 256 CPU), window_s (1.0), baseline (the
 backend the ratios divide by; default the first backend), compile
 (true; false skips step 3's compiled runs), kernels (true; false skips steps 1-2), budget_s (420 on
 a GPU, 540 on a CPU: a compiled run that would start after this many seconds is skipped and listed
@@ -277,7 +277,7 @@ def backend_runs(ctx: SuiteContext, batch_size: int, window_s: float, windows: i
 def run(ctx: SuiteContext) -> SuiteOutput:
     cuda = ctx.device.type == "cuda"
     bs = ctx.number_option("batch_size", 1024 if cuda else 256, integer=True)
-    window_s = ctx.number_option("window_s", 1.0 if cuda else 0.5, maximum=3600)
+    window_s = ctx.number_option("window_s", 1.0, maximum=3600)
     compile_ = ctx.bool_option("compile", True)
     kernels = ctx.bool_option("kernels", True)
     budget_s = ctx.number_option("budget_s", 420.0 if cuda else 540.0, strict=False)
