@@ -45,7 +45,7 @@ class GDPAPFFNBlock(nn.Module):
         z = self.ln(s)
         g = gdpa_pffn(z.view(b, t, self.h, d // self.h), mask, k, v, activations=self.activations, scale=scale,
                       position=self.scale_position, impl=self.impl).reshape(b, t, d)
-        return s + self.rms(z + g)
+        return s + self._rms(z + g)
 
     def _packed(self, s: torch.Tensor, p: Packed, k: torch.Tensor, v: torch.Tensor, scale) -> torch.Tensor:
         """The product runs per row group on the torch path (the fused kernel skips padding itself)."""
@@ -60,7 +60,14 @@ class GDPAPFFNBlock(nn.Module):
         else:
             g = from_groups([gdpa_pffn(q, m, kg, vg, **kw) for q, m, kg, vg in
                              zip(to_groups(zh, groups), groups.masks, groups.rows(k), groups.rows(v))], groups)
-        return s + self.rms(z + g.reshape(n, d))
+        return s + self._rms(z + g.reshape(n, d))
+
+    def _rms(self, x: torch.Tensor) -> torch.Tensor:
+        """RMSNorm in its weight's dtype: under bf16 autocast the GDPA output arrives in bf16, and
+        `rms_norm` of a bf16 input with a float32 weight falls back from the fused kernel to
+        several element-wise ones (LayerNorm, which autocast runs in float32, has no such issue)."""
+        w = self.rms.weight
+        return self.rms(x if w is None or x.dtype == w.dtype else x.to(w.dtype))
 
     @staticmethod
     def flops(length, d: int, dff: int, n_in: int, hidden: int):

@@ -269,6 +269,8 @@ def run_cmd(suite, backends, preset, data, device, dtype, repeat, config_file, s
 @click.option("--preset", "-p", default=None, help="Backend size preset (default: each backend's own).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the best present).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default=None,
+              help="Backend runs: bf16 autocast (the default on CUDA) or fp32 (the default on a CPU).")
 @click.option("--repeat", "-r", type=click.IntRange(min=1), default=None,
               help="Rounds of measured windows per backend (default 3).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -278,13 +280,13 @@ def run_cmd(suite, backends, preset, data, device, dtype, repeat, config_file, s
 @click.option("--no-write", is_flag=True, help="Print the tables but write no result file.")
 @click.pass_context
 @friendly_errors
-def selfcheck_cmd(click_ctx, backends, preset, device, threads, repeat, sets, out_dir, no_write):
+def selfcheck_cmd(click_ctx, backends, preset, device, threads, dtype, repeat, sets, out_dir, no_write):
     """Check this machine in one run (<= 10 minutes on 2 CPU cores, <= 8 on one H100/H200): GDPA
     kernels against the reference, a kernel speed grid, QPS / MFU / ops per step of every backend and
     a torch.compile run. Writes one result, lists what it could not check, and exits 1 when a kernel
     check failed."""
     click_ctx.invoke(run_cmd, suite="selfcheck", backends=backends, preset=preset, device=device, threads=threads,
-                     repeat=repeat, sets=sets, out_dir=out_dir, no_write=no_write)
+                     dtype=dtype, repeat=repeat, sets=sets, out_dir=out_dir, no_write=no_write)
     for run in click_ctx.meta.get("kunbench.runs", []):
         if run.document.get("extra", {}).get("failed"):
             raise SystemExit(1)

@@ -103,6 +103,7 @@ class SuiteContext:
     _dataset: Path | None = None
     _manifest: Any = None  # the dataset's Manifest, read once
     _routed: dict[str, dict[str, Any]] | None = None
+    cuda_dtype: str = "fp32"  # the suite's own default on a GPU (SuiteSpec.cuda_dtype)
 
     # ---- device / dtype -------------------------------------------------------------------------
     @property
@@ -111,7 +112,10 @@ class SuiteContext:
 
     @property
     def dtype(self) -> str:
-        return self.opts.dtype or str(self.train_sets.get("dtype", "fp32"))
+        chosen = self.opts.dtype or self.train_sets.get("dtype")
+        if chosen is not None:
+            return str(chosen)
+        return self.cuda_dtype if self.cuda_dtype != "fp32" and self.device.type == "cuda" else "fp32"
 
     @property
     def world_size(self) -> int:

@@ -52,6 +52,7 @@ class SuiteSpec:
     # must not be ignored). None: not declared (plug-in suites), nothing checked.
     options: tuple[str, ...] | None = None
     trains: bool | None = None  # the old name of data_parallel, still read for plug-ins written against it
+    cuda_dtype: str = "fp32"  # its dtype on a GPU when neither --dtype nor train.dtype names one
 
     def __post_init__(self) -> None:
         if self.trains is not None:

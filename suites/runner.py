@@ -46,7 +46,7 @@ def run_suites(opts: RunOptions, *, log: Callable[[str], None] = lambda m: None,
                     f"rank 0 reports (examples/s are summed over ranks where stated)")
         for spec in specs:
             ctx = SuiteContext(opts=opts, suite=spec.name, log=log if dist.is_main else (lambda m: None),
-                               console=console, dist=dist)
+                               console=console, dist=dist, cuda_dtype=spec.cuda_dtype)
             t0 = time.perf_counter()
             out = spec.run(ctx)
             seconds = time.perf_counter() - t0

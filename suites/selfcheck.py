@@ -8,7 +8,8 @@ how fast. `kunbench selfcheck` (or `kunbench run --suite selfcheck`).
    max |reference|, against a tolerance per dtype.
 2. A kernel speed grid (the kernels suite on a few shapes): Triton vs eager vs torch.compile on a
    GPU; eager only on a CPU (triton needs CUDA, and compile time would dominate).
-3. Per backend (default presets, in-memory batches shaped like `small`): train and inference
+3. Per backend (default presets, in-memory batches shaped like `small`; bf16 autocast on a GPU
+   unless `--dtype fp32`, float32 on a CPU): train and inference
    examples/s, MFU, ops per training step and the kernels that ran, over `--repeat` (3) rounds
    that each measure every backend in turn, so every backend's train ex/s, infer ex/s and train
    MFU also come as multiples of the baseline's from windows that ran side by side; then a
@@ -369,4 +370,5 @@ def run(ctx: SuiteContext) -> SuiteOutput:
 
 SUITE = SuiteSpec(NAME, "One-shot machine check: GDPA kernel correctness and speed, backend QPS/MFU/ops, compile",
                   run,
-                  options=('baseline', 'batch_size', 'budget_s', 'compile', 'kernels', 'window_s'))
+                  options=('baseline', 'batch_size', 'budget_s', 'compile', 'kernels', 'window_s'),
+                  cuda_dtype="bf16")  # a GPU's figures are the bf16 ones; --dtype fp32 asks otherwise

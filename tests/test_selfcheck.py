@@ -150,3 +150,22 @@ def test_op_count_leaves_out_cuda_launches_it_could_not_see(monkeypatch):
     ops = op_count.count_ops(lambda: torch.ones(3) + 1, torch.device("cuda"))
     assert ops["aten_ops"] > 0 and "cuda_launches" not in ops
     assert op_count.count_ops(lambda: torch.ones(3) + 1, torch.device("cpu")).keys() == {"aten_ops"}
+
+
+def test_on_a_gpu_the_backend_runs_default_to_bf16_unless_a_dtype_is_named():
+    import types
+
+    from kunbench.suites.context import RunOptions, SuiteContext
+    from kunbench.suites.registry import get_suite
+
+    spec = get_suite("selfcheck")
+    assert spec.cuda_dtype == "bf16" and get_suite("mfu").cuda_dtype == "fp32"
+
+    def ctx(device, **opts):
+        return SuiteContext(RunOptions(suites=["selfcheck"], **opts), "selfcheck",
+                            dist=types.SimpleNamespace(device=torch.device(device)), cuda_dtype=spec.cuda_dtype)
+
+    assert ctx("cuda").dtype == "bf16"
+    assert ctx("cpu").dtype == "fp32"
+    assert ctx("cuda", dtype="fp32").dtype == "fp32"
+    assert ctx("cuda", sets={"train.dtype": "fp32"}).dtype == "fp32"
