@@ -12,15 +12,8 @@ from kunbench.cli_common import console, err_console, friendly_errors  # noqa: F
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(kunbench.__version__, prog_name="kunbench")
-@friendly_errors
 def main() -> None:
-    """kunbench: synthetic CTR data and benchmarks for ranking architectures and kernels.
-
-    Every command first keeps freed memory in the process heap (KUNBENCH_HOST_MALLOC=system keeps
-    the C library's defaults), so CPU timings do not include page faults (docs/measurement.md)."""
-    from kunbench.host_allocator import configure
-
-    configure()
+    """kunbench: synthetic CTR data and benchmarks for ranking architectures and kernels."""
 
 
 @main.command()

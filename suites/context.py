@@ -187,7 +187,7 @@ class SuiteContext:
         from kunbench.backends.registry import available_backends
 
         if self.opts.backends:
-            return list(self.opts.backends)
+            return list(dict.fromkeys(self.opts.backends))  # a backend named twice runs once
         avail = available_backends()
         order = list(default) if default is not None else list(DEFAULT_BACKEND_ORDER)
         chosen = [b for b in order if b in avail]

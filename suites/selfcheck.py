@@ -190,13 +190,15 @@ def backend_runs(ctx: SuiteContext, batch_size: int, window_s: float, windows: i
     rows: dict[str, dict[str, Any]] = {}
     ms: list[dict[str, Any]] = []
     unchecked: list[str] = []
-    built_of, models, probes = {}, {}, {}
+    built_of: dict[str, Any] = {}
+    models: dict[str, torch.nn.Module] = {}
+    probes: dict[str, dict[str, ThroughputProbe]] = {}
+    tps: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
 
-    def fail(name: str, exc: Exception) -> None:
-        rows[name]["kernels"] = _failure(exc)
-        unchecked.append(f"{name} eager train/infer: {rows[name]['kernels']}")
-        ctx.log(f"selfcheck: {name}: {rows[name]['kernels']}")
-        models.pop(name, None)  # drop the failed model before the next one runs
+    def drop(name: str) -> None:
+        """Free a failed backend's model (outside the `except` block: its traceback holds tensors)."""
+        models.pop(name, None)
         probes.pop(name, None)
         if cuda:
             torch.cuda.empty_cache()
@@ -214,16 +216,25 @@ def backend_runs(ctx: SuiteContext, batch_size: int, window_s: float, windows: i
                                                   compile=False)
                             for mode in ("train", "infer")}
         except Exception as exc:
-            fail(name, exc)
+            failed[name] = _failure(exc)
+        if name in failed:
+            drop(name)
+    finished = dict.fromkeys(probes, 0)
     for i in range(windows):
-        ctx.log(f"selfcheck: window {i + 1}/{windows} of {', '.join(probes) or 'no backend'} ...")
+        ctx.log(f"selfcheck: round {i + 1}/{windows} of {', '.join(probes) or 'no backend'} ...")
         for name in list(probes):
             try:
                 for probe in probes[name].values():
                     probe.window()
+                finished[name] += 1
             except Exception as exc:
-                fail(name, exc)
-    tps = {name: {mode: p.result() for mode, p in modes.items()} for name, modes in probes.items()}
+                failed[name] = f"{_failure(exc)} (in round {i + 1} of {windows})"
+            if name in failed:  # keep the rounds it finished: a fault that poisons the device fails the rest too
+                if finished[name]:
+                    tps[name] = {mode: p.result(finished[name]) for mode, p in probes[name].items()}
+                drop(name)
+    for name, modes in probes.items():
+        tps[name] = {mode: p.result() for mode, p in modes.items()}
     for name, by_mode in tps.items():
         row = rows[name]
         for mode, tp in by_mode.items():
@@ -236,10 +247,16 @@ def backend_runs(ctx: SuiteContext, batch_size: int, window_s: float, windows: i
             if mode == "train" and cuda and "cuda_launches" not in tp.ops:
                 unchecked.append(f"{name}: CUDA kernel launches per step (the profiler saw none: "
                                  "CUPTI may not be permitted here)")
+    for name, why in failed.items():
+        rows[name]["kernels"] = why
+        kept = finished.get(name, 0)
+        unchecked.append(f"{name} eager train/infer: {why}"
+                         + (f"; its figures are from the {kept} round(s) before" if name in tps else ""))
+        ctx.log(f"selfcheck: {name}: {why}")
     if base is not None and base in tps and len(tps) > 1:
         ms += paired_against(NAME, [rows[n] for n in tps], tps, base, f"bs={batch_size}")
-    elif base is not None and len(rows) > 1:
-        unchecked.append(f"ratios to {base}: it did not run")
+    elif base is not None and base not in tps:
+        unchecked.append(f"ratios to {base}: it has no measured round")
     models.clear()
     probes.clear()
     if cuda:

@@ -167,11 +167,15 @@ class ThroughputProbe:
         self.window_qps.append(qps)
         return qps
 
-    def result(self) -> Throughput:
+    def result(self, windows: int | None = None) -> Throughput:
+        """The measured windows, or only the first `windows` of them (a run cut short by a failure
+        keeps the rounds every model finished)."""
         if self.mode == "train":
             self.model.zero_grad(set_to_none=True)
-        return Throughput(self.mode, self.batch_size, list(self.window_qps), list(self.lat_ms),
-                          merge_summaries(self.summaries), self.flops, self.iters or 0, self.compile_s,
+        n = len(self.window_qps) if windows is None else min(windows, len(self.window_qps))
+        lat = self.lat_ms if windows is None or not self.iters else self.lat_ms[:n * self.iters]
+        return Throughput(self.mode, self.batch_size, self.window_qps[:n], list(lat),
+                          merge_summaries(self.summaries[:n]), self.flops, self.iters or 0, self.compile_s,
                           dict(self.ops), dict(self.kernels))
 
 
@@ -200,7 +204,9 @@ def paired_against(suite: str, rows: list[dict[str, Any]], tps: dict[str, dict[s
     side, so their ratio cancels what the host did meanwhile. The median and std of those ratios
     go in the row (`train_speedup`, `infer_speedup`, `train_mfu_ratio`); the measurements come
     back, except the baseline's own 1.0, which only its row shows."""
-    out = []
+    out: list[dict[str, Any]] = []
+    if base not in tps:
+        return out
     for row in rows:
         b = row["backend"]
         for key, mode, flops in PAIRED_KEYS:
@@ -210,7 +216,8 @@ def paired_against(suite: str, rows: list[dict[str, Any]], tps: dict[str, dict[s
             if flops and not (mine.flops_per_example and ref.flops_per_example):
                 continue  # a backend without analytic FLOPs has no MFU to compare
             scale = mine.flops_per_example / ref.flops_per_example if flops else 1.0
-            ratios = paired_ratios(mine.window_qps, ref.window_qps, scale)
+            n = min(len(mine.window_qps), len(ref.window_qps))  # the rounds both finished
+            ratios = paired_ratios(mine.window_qps[:n], ref.window_qps[:n], scale)
             if not ratios:
                 continue
             m = measurement(suite, b, f"{variant} vs {base}", key, statistics.median(ratios), unit="x",

@@ -20,3 +20,14 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("datasets") / "tiny"
     return generate(build_config("tiny", rows=TINY_ROWS), root, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _system_heap(monkeypatch):
+    """The commands tune the process heap (kunbench.host_allocator); tests that invoke them keep
+    glibc's defaults, so the test process is not changed for the tests after them. The heap
+    tests set what they check."""
+    from kunbench import host_allocator
+
+    monkeypatch.setenv(host_allocator.ENV, "system")
+    monkeypatch.setattr(host_allocator, "_applied", None)

@@ -166,10 +166,14 @@ def environment_warnings(base_docs: list[dict], new_docs: list[dict]) -> list[st
             if (tel.get("gpu") or {}).get("throttled"):
                 warnings.append(f"{side} {src}: the GPU throttled during measurement "
                                 f"({', '.join((tel.get('gpu') or {}).get('throttle_reasons', []))})")
+    cpu_runs = any(str(e.get("device") or "").startswith("cpu") for e in b + n)
     for field_name, label in (("torch", "torch version"), ("cuda", "CUDA version"),
                               ("host_malloc", "host heap setting (CPU timings)")):
-        bv = sorted({str(e.get(field_name)) for e in b})
-        nv = sorted({str(e.get(field_name)) for e in n})
+        if field_name == "host_malloc" and not cpu_runs:
+            continue  # GPU timings do not go through the host heap
+        missing = "not recorded" if field_name == "host_malloc" else "None"
+        bv = sorted({str(e.get(field_name) or missing) for e in b})
+        nv = sorted({str(e.get(field_name) or missing) for e in n})
         if bv != nv:
             warnings.append(f"note: {label} differs: base {', '.join(bv)} vs new {', '.join(nv)}")
     return warnings
