@@ -9,15 +9,12 @@ import warnings
 import pytest
 import torch
 
-from tests.backend_utils import make_batch, make_schema
-from tests.test_compile import BACKENDS, tiny_model
+from tests.test_compile import BACKENDS, ragged_batch, tiny_model
 
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_a_training_step_under_bf16_autocast_matches_float32(name):
-    schema = make_schema(n_multihot=2)
-    batch = make_batch(schema, 6, seed=3, lengths={"impression": [9, 0, 4, 12, 1, 3], "click": [0, 2, 5, 1, 0, 7],
-                                                   "conversion": [1, 0, 0, 2, 0, 0]})
+    schema, batch = ragged_batch(seed=3)
     model = tiny_model(name, schema, sparse_embeddings=False)
     ref = model(batch).detach()
     with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings(record=True) as caught:

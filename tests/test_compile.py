@@ -21,6 +21,14 @@ def tiny_model(name, schema, **overrides):
     return spec.build(cfg, schema)
 
 
+def ragged_batch(seed: int):
+    """Six rows whose histories include empty ones and one-event ones, in every stream."""
+    schema = make_schema(n_multihot=2)
+    return schema, make_batch(schema, 6, seed=seed, lengths={"impression": [9, 0, 4, 12, 1, 3],
+                                                             "click": [0, 2, 5, 1, 0, 7],
+                                                             "conversion": [1, 0, 0, 2, 0, 0]})
+
+
 def loss_and_grads(model, batch):
     model.zero_grad(set_to_none=True)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.labels)
@@ -34,9 +42,7 @@ def loss_and_grads(model, batch):
 def test_forward_backward_is_one_graph(name):
     # fullgraph=True turns any graph break (.item(), .tolist(), int(tensor), boolean-mask indexing,
     # data-dependent output shapes) into an error
-    schema = make_schema(n_multihot=2)
-    batch = make_batch(schema, 6, seed=3, lengths={"impression": [9, 0, 4, 12, 1, 3], "click": [0, 2, 5, 1, 0, 7],
-                                                   "conversion": [1, 0, 0, 2, 0, 0]})
+    schema, batch = ragged_batch(seed=3)
     eager = tiny_model(name, schema, sparse_embeddings=False)
     compiled_model = tiny_model(name, schema, sparse_embeddings=False)
     compiled_model.load_state_dict(eager.state_dict())
@@ -54,9 +60,7 @@ def test_inductor_compiled_model_matches_eager():
     # the real --compile path (inductor, power-of-two bucketed widths) on the smallest backend
     from kunbench.train.compiled import CompiledModel
 
-    schema = make_schema(n_multihot=2)
-    batch = make_batch(schema, 6, seed=4, lengths={"impression": [9, 0, 4, 12, 1, 3], "click": [0, 2, 5, 1, 0, 7],
-                                                   "conversion": [1, 0, 0, 2, 0, 0]})
+    schema, batch = ragged_batch(seed=4)
     model = tiny_model("wukong", schema).eval()
     torch._dynamo.reset()
     with torch.no_grad():
