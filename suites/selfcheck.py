@@ -177,6 +177,32 @@ def _failure(exc: Exception) -> str:
     return f"FAIL: {type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"
 
 
+def _one_round(modes: dict[str, "ThroughputProbe"]) -> None:
+    """One window per mode (a function, so no loop variable keeps a failed model alive)."""
+    for probe in modes.values():
+        probe.window()
+
+
+def _compiled_run(ctx: SuiteContext, name: str, preset: str, row: dict[str, Any], batch_size: int,
+                  window_s: float, peak: dict[str, Any]) -> list[dict[str, Any]]:
+    """A `--compile` training run of `name` at `preset`: its figures go in `row`, its measurements
+    come back (named `compiled_*`); the model is freed when this returns."""
+    cuda = ctx.device.type == "cuda"
+    cbuilt = resolve_backend(ctx, name, preset=preset)
+    probe = ThroughputProbe(ctx, cbuilt, build_model(ctx, cbuilt), "train", batch_size, min_window_s=window_s,
+                            warmup=3, label=f"selfcheck {name} compiled", compile=True)
+    for _ in range(2):
+        probe.window()
+    tp = probe.result()
+    row["compiled_preset"] = preset
+    row["compile_s"] = tp.compile_s
+    row["compiled_train_qps"] = tp.qps
+    row["compiled_aten_ops"] = tp.ops.get("cuda_launches" if cuda else "aten_ops")
+    return [dict(m, name="compiled_" + m["name"])
+            for m in throughput_measurements(NAME, name, f"bs={batch_size} {preset}", tp, peak=peak,
+                                             world_size=ctx.world_size)]
+
+
 def backend_runs(ctx: SuiteContext, batch_size: int, window_s: float, windows: int, base: str | None,
                  compile_: bool, deadline: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
     """Every backend built and warmed up first, then `windows` rounds that each measure one train
@@ -224,8 +250,7 @@ def backend_runs(ctx: SuiteContext, batch_size: int, window_s: float, windows: i
         ctx.log(f"selfcheck: round {i + 1}/{windows} of {', '.join(probes) or 'no backend'} ...")
         for name in list(probes):
             try:
-                for probe in probes[name].values():
-                    probe.window()
+                _one_round(probes[name])
                 finished[name] += 1
             except Exception as exc:
                 failed[name] = f"{_failure(exc)} (in round {i + 1} of {windows})"
@@ -267,26 +292,13 @@ def backend_runs(ctx: SuiteContext, batch_size: int, window_s: float, windows: i
             continue
         preset = built_of[name].preset if cuda else "tiny"
         ctx.log(f"selfcheck: {name} --compile train ({preset}) ...")
-        cmodel = None
         try:
-            cbuilt = resolve_backend(ctx, name, preset=preset)
-            cmodel = build_model(ctx, cbuilt)
-            probe = ThroughputProbe(ctx, cbuilt, cmodel, "train", batch_size, min_window_s=window_s, warmup=3,
-                                    label=f"selfcheck {name} compiled", compile=True)
-            for _ in range(2):
-                probe.window()
-            tp = probe.result()
-            row["compiled_preset"] = preset
-            row["compile_s"] = tp.compile_s
-            row["compiled_train_qps"] = tp.qps
-            row["compiled_aten_ops"] = tp.ops.get("cuda_launches" if cuda else "aten_ops")
-            ms += [dict(m, name="compiled_" + m["name"])
-                   for m in throughput_measurements(NAME, name, f"bs={batch_size} {preset}", tp, peak=peak,
-                                                    world_size=ctx.world_size)]
+            ms += _compiled_run(ctx, name, preset, row, batch_size, window_s, peak)
         except Exception as exc:  # report and go on: the other backends still get checked
             row["compiled_preset"] = _failure(exc)
             unchecked.append(f"{name} --compile: {row['compiled_preset']}")
-        del cmodel
+        if cuda:
+            torch.cuda.empty_cache()
     if not compile_:
         unchecked.append("compiled runs: skipped (selfcheck.compile=false)")
     return list(rows.values()), ms, unchecked
