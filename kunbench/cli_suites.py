@@ -198,10 +198,10 @@ def run_cmd(suite, backends, preset, data, device, dtype, repeat, config_file, s
     from kunbench.results.report import print_tables
     from kunbench.suites.context import RunOptions
     from kunbench.suites.registry import parse_suite_list
-
-    host_allocator.configure()  # freed memory stays in the heap: CPU timings without page faults
     from kunbench.suites.runner import check_options, run_suites
     from kunbench.train.distributed import resolve_device
+
+    host_allocator.configure()  # freed memory stays in the heap: CPU timings without page faults
 
     import os
 

@@ -210,8 +210,7 @@ class SuiteContext:
 
         base = {} if self.full else dict(QUICK_TRAIN)
         base.update(self.train_sets)
-        if self.opts.dtype:
-            base["dtype"] = self.opts.dtype
+        base["dtype"] = self.dtype  # --dtype, train.dtype, or the suite's own default on a GPU
         if self.opts.compile:
             base["compile"] = True
         base.update({k: v for k, v in explicit.items() if v is not None})

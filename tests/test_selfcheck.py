@@ -189,6 +189,8 @@ def test_on_a_gpu_the_backend_runs_default_to_bf16_unless_a_dtype_is_named():
                             dist=types.SimpleNamespace(device=torch.device(device)), cuda_dtype=spec.cuda_dtype)
 
     assert ctx("cuda").dtype == "bf16"
+    assert ctx("cuda").train_config().dtype == "bf16"  # the training step autocasts too, not only inference
+    assert ctx("cpu").train_config().dtype == "fp32"
     assert ctx("cpu").dtype == "fp32"
     assert ctx("cuda", dtype="fp32").dtype == "fp32"
     assert ctx("cuda", sets={"train.dtype": "fp32"}).dtype == "fp32"
